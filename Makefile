@@ -1,0 +1,52 @@
+# edged: `make run` (dev daemon) and `make test` (whole suite). Both set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config/edged.toml
+# Debian packages: the wasm32-wasi Rust toolchain and crates for the functions, mosquitto for the MQTT
+# tests, libsystemd headers for systemd-python, systemd for unit checks, chromium for the dashboard test.
+DEB_PACKAGES := rustc cargo libstd-rust-dev-wasm32 librust-image-dev mosquitto libsystemd-dev \
+	pkg-config gcc python3-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup deb venv run test lint typecheck check functions bench clean
+
+setup: deb $(STAMP)
+
+deb:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev,litert]'
+	@touch $@
+
+run: setup
+	$(VENV)/bin/edged run --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check edged tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+functions: deb
+	functions/build.sh
+
+bench: setup
+	$(PY) bench/pool_bench.py
+
+clean:
+	rm -rf $(VENV) state build

@@ -1,0 +1,101 @@
+"""The composition root: builds every long-lived part in dependency order and runs until stopped.
+
+Startup order is pool -> HTTP; teardown is the reverse, through one AsyncExitStack. Background loops
+(watchdog, later MQTT and sync) live in one TaskGroup and are named ``edged.<area>.<loop>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from edged.ingest.http import HttpApi
+from edged.lifecycle import install_signal_handlers
+from edged.metrics import Metrics
+from edged.settings import Settings
+from edged.status import Components
+from edged.systemd import Notifier
+from edged.wasm.pool import FunctionPool
+
+__all__ = ["App", "run"]
+
+log = logging.getLogger(__name__)
+
+#: How long each shutdown stage may take before the next one goes ahead anyway.
+HTTP_DRAIN_SECONDS = 5.0
+
+
+class App:
+    """One running daemon. ``async with App(settings) as app`` starts it; leaving the block stops it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.components = Components()
+        self.notifier = Notifier()
+        self.pool = FunctionPool(
+            settings.functions, settings.pool, settings.state_dir / "cache", on_call=self.metrics.on_call
+        )
+        self.http = HttpApi(settings, self.pool, self.metrics, self.components)
+        self.http_port: int | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> App:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._stack.enter_async_context(self.pool)
+            await self._stack.enter_async_context(self._serve_http())
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.http.accepting = False
+        self.notifier.stopping()
+        await self._stack.aclose()
+
+    @asynccontextmanager
+    async def _serve_http(self) -> AsyncIterator[None]:
+        runner = web.AppRunner(self.http.application(), shutdown_timeout=HTTP_DRAIN_SECONDS,
+                               access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.http.host, self.settings.http.port, reuse_address=True)
+            await site.start()
+            self.http_port = int(runner.addresses[0][1])
+            log.info("listening on http://%s:%s", self.settings.http.host, self.http_port)
+            yield
+        finally:
+            await runner.cleanup()
+
+    def background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The loops to run while the daemon is up, by task name."""
+        loops: dict[str, Coroutine[Any, Any, None]] = {}
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            loops["edged.systemd.watchdog"] = self.notifier.watchdog_loop(interval)
+        return loops
+
+
+async def run(settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit status."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    async with App(settings) as app, asyncio.TaskGroup() as tasks:
+        running = [tasks.create_task(coro, name=name) for name, coro in app.background().items()]
+        names = ", ".join(settings.functions) or "none"
+        app.notifier.ready(f"serving on port {app.http_port}; functions: {names}")
+        log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
+        await stop.wait()
+        log.info("stopping")
+        app.http.accepting = False
+        for task in running:
+            task.cancel()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,100 @@
+"""Typed errors that cross a boundary (HTTP, MQTT error results, the CLI).
+
+Each carries a stable ``code`` (the JSON ``error`` field), a human ``detail`` and the HTTP status it maps
+to; the HTTP layer renders every one of them as ``{"error": code, "detail": text}``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadImage",
+    "BadOutput",
+    "BodyTooLarge",
+    "EdgedError",
+    "FunctionError",
+    "FunctionFailed",
+    "FunctionTimeout",
+    "FunctionTrap",
+    "ImageError",
+    "MemoryLimit",
+    "Overloaded",
+    "TooManyPixels",
+    "UnknownFunction",
+    "UnsupportedFormat",
+]
+
+
+class EdgedError(Exception):
+    """Base of every error edged reports to a client."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class ImageError(EdgedError):
+    """The payload is not an acceptable image (raised while decoding on ingest)."""
+
+
+class BadImage(ImageError):
+    code = "bad_image"
+    http_status = 400
+
+
+class UnsupportedFormat(ImageError):
+    code = "unsupported_format"
+    http_status = 415
+
+
+class TooManyPixels(ImageError):
+    code = "too_many_pixels"
+    http_status = 422
+
+
+class BodyTooLarge(ImageError):
+    code = "too_large"
+    http_status = 413
+
+
+class UnknownFunction(EdgedError):
+    code = "unknown_function"
+    http_status = 404
+
+
+class Overloaded(EdgedError):
+    """Every worker is busy and the queue is full; the client should retry later."""
+
+    code = "overloaded"
+    http_status = 503
+    retry_after = 1
+
+
+class FunctionError(EdgedError):
+    """One call of a function failed; the daemon and other calls go on."""
+
+
+class FunctionTrap(FunctionError):
+    code = "trap"
+
+
+class FunctionTimeout(FunctionError):
+    code = "timeout"
+    http_status = 504
+
+
+class MemoryLimit(FunctionError):
+    code = "memory_limit"
+
+
+class BadOutput(FunctionError):
+    code = "bad_output"
+
+
+class FunctionFailed(FunctionError):
+    code = "function_error"

@@ -1,0 +1,121 @@
+"""Decode an ingested image once into a Frame that several functions share; encode image results.
+
+Decoding happens in the pool's worker threads (Pillow releases the GIL while decoding), never on the
+event loop. Limits are checked from the header before any pixel is decoded, so a decompression bomb
+costs a header parse, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from edged.errors import BadImage, TooManyPixels, UnsupportedFormat
+
+__all__ = [
+    "FORMAT_CODES",
+    "FRAME_HEADER",
+    "FRAME_MAGIC",
+    "Frame",
+    "decode",
+    "encode_pixels",
+    "sniff_image",
+]
+
+#: Source formats accepted on ingest and their ABI codes (docs/ABI.md).
+FORMAT_CODES = {"JPEG": 1, "PNG": 2, "GIF": 3, "BMP": 4, "WEBP": 5}
+_FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
+FRAME_MAGIC = 0x31464445  # b"EDF1" little endian
+#: magic, kind, width, height, channels, source format, data length, reserved
+FRAME_HEADER = struct.Struct("<8I")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_MAGICS = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An ingested image: the bytes as received and their RGB8 pixels, decoded once."""
+
+    raw: bytes
+    format: str
+    width: int
+    height: int
+    pixels: bytes
+    sha256: str
+
+    @property
+    def format_code(self) -> int:
+        return FORMAT_CODES.get(self.format, 0)
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME.get(self.format, "application/octet-stream")
+
+
+def decode(data: bytes, *, max_pixels: int) -> Frame:
+    """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat or TooManyPixels."""
+    if not data:
+        raise BadImage("empty body: expected an image")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image (JPEG, PNG, GIF, BMP or WebP expected)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(str(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"corrupt image header: {exc}") from exc
+    with img:
+        fmt = img.format or ""
+        if fmt not in FORMAT_CODES:
+            raise UnsupportedFormat(f"{fmt or 'this'} images are not supported (JPEG, PNG, GIF, BMP, WebP)")
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise BadImage("image has no pixels")
+        if width * height > max_pixels:
+            raise TooManyPixels(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+        try:
+            rgb = img.convert("RGB")
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise BadImage(f"corrupt {fmt} image: {exc}") from exc
+        pixels = rgb.tobytes()
+    return Frame(
+        raw=data,
+        format=fmt,
+        width=width,
+        height=height,
+        pixels=pixels,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def encode_pixels(width: int, height: int, channels: int, pixels: bytes, source_format: int) -> tuple[str, bytes]:
+    """Encode raw pixels as GIF when the source was GIF, else PNG; return (content type, bytes)."""
+    mode = _MODES.get(channels)
+    if mode is None:
+        raise ValueError(f"channels must be 1, 3 or 4, not {channels}")
+    if width <= 0 or height <= 0 or len(pixels) != width * height * channels:
+        raise ValueError(f"{len(pixels)} bytes do not make a {width}x{height}x{channels} frame")
+    img = Image.frombytes(mode, (width, height), pixels)
+    out = io.BytesIO()
+    if _FORMAT_NAMES.get(source_format) == "GIF":
+        img.save(out, format="GIF")
+        return "image/gif", out.getvalue()
+    img.save(out, format="PNG", compress_level=3)
+    return "image/png", out.getvalue()
+
+
+def sniff_image(data: bytes) -> str | None:
+    """Return the content type of an encoded PNG, GIF or JPEG image, or None."""
+    for magic, content_type in _MAGICS:
+        if data.startswith(magic):
+            return content_type
+    return None

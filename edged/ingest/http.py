@@ -1,0 +1,171 @@
+"""The local HTTP API (aiohttp): run functions on posted images, describe them, health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edged.errors import BodyTooLarge, EdgedError, Overloaded, UnknownFunction
+from edged.frames import Frame
+from edged.metrics import Metrics
+from edged.settings import Settings
+from edged.status import Components
+from edged.wasm.pool import CallResult, FunctionPool
+
+__all__ = ["LEGACY_API_NAMES", "HttpApi", "ResultSink"]
+
+log = logging.getLogger(__name__)
+
+#: The original demo's `api` header values on POST /api/image.
+LEGACY_API_NAMES = {"rs": "grayscale", "go": "classify"}
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ResultSink(Protocol):
+    """Where results of HTTP calls are kept (the outbox); optional."""
+
+    async def record_http(self, function: str, frame: Frame, result: CallResult | None,
+                          error: EdgedError | None) -> str | None: ...
+
+
+def _error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+class HttpApi:
+    """Routes and middlewares of the HTTP API; ``application()`` builds the aiohttp app."""
+
+    def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
+                 sink: ResultSink | None = None, extra_ready: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._metrics = metrics
+        self._components = components
+        self._sink = sink
+        self._extra_ready = extra_ready
+        self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
+        self.accepting = True
+
+    def application(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self._settings.http.max_body_bytes,
+            middlewares=[self._errors, self._auth],
+        )
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._prometheus)
+        app.router.add_get("/v1/functions", self._list_functions)
+        app.router.add_post("/v1/functions/{name}", self._call_function)
+        app.router.add_post("/api/image", self._legacy_image)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except EdgedError as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+            return _error_response(exc.http_status, exc.code, exc.detail, headers)
+        except web.HTTPRequestEntityTooLarge:
+            self._metrics.rejected.labels("http", "too_large").inc()
+            limit = self._settings.http.max_body_bytes
+            return _error_response(413, "too_large", f"request body over {limit} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            return _error_response(exc.status, code, exc.text or exc.reason, dict(exc.headers))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return _error_response(500, "internal", "internal error; see the daemon log")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if self._token is not None and request.path not in _OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                self._metrics.rejected.labels("http", "unauthorized").inc()
+                return _error_response(401, "unauthorized", "missing or wrong bearer token",
+                                       {"WWW-Authenticate": 'Bearer realm="edged"'})
+        return await handler(request)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = {
+            "ready": self.accepting,
+            "device_id": self._settings.device_id,
+            "components": self._components.snapshot(),
+        }
+        if self._extra_ready is not None:
+            body.update(self._extra_ready())
+        return web.json_response(body, status=200 if self.accepting else 503)
+
+    async def _prometheus(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _list_functions(self, request: web.Request) -> web.Response:
+        return web.json_response({"functions": self._pool.describe()})
+
+    async def _call_function(self, request: web.Request) -> web.Response:
+        return await self._run(request, request.match_info["name"])
+
+    async def _legacy_image(self, request: web.Request) -> web.Response:
+        api = request.headers.get("api", "").strip()
+        if not api:
+            self._metrics.rejected.labels("http", "bad_request").inc()
+            return _error_response(400, "bad_request", "header 'api' names the function (rs, go or a name)")
+        return await self._run(request, LEGACY_API_NAMES.get(api, api))
+
+    async def _run(self, request: web.Request, name: str) -> web.Response:
+        if not self.accepting:
+            raise Overloaded("shutting down")
+        if name not in self._settings.functions:
+            self._metrics.rejected.labels("http", UnknownFunction.code).inc()
+            raise UnknownFunction(f"no function named {name!r}")
+        limit = self._settings.http.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self._metrics.rejected.labels("http", BodyTooLarge.code).inc()
+            raise BodyTooLarge(f"request body of {request.content_length} bytes is over {limit}")
+        data = await request.read()
+        started = time.perf_counter()
+        try:
+            frame = await self._pool.decode(data, self._settings.http.max_pixels)
+        except Overloaded:
+            self._metrics.overloaded.labels("http").inc()
+            raise
+        except EdgedError as exc:
+            self._metrics.rejected.labels("http", exc.code).inc()
+            raise
+        try:
+            result = await self._pool.call(name, frame)
+        except Overloaded:
+            self._metrics.overloaded.labels("http").inc()
+            raise
+        except EdgedError as exc:
+            if self._sink is not None:
+                await self._sink.record_http(name, frame, None, exc)
+            raise
+        event_id = await self._sink.record_http(name, frame, result, None) if self._sink is not None else None
+        headers = {
+            "X-Edged-Function": name,
+            "X-Edged-Duration-Ms": f"{result.duration_ms:.3f}",
+            "X-Edged-Total-Ms": f"{(time.perf_counter() - started) * 1000:.3f}",
+        }
+        if event_id is not None:
+            headers["X-Edged-Event-Id"] = event_id
+        if result.json is not None:
+            return web.Response(body=json.dumps(result.json).encode(), content_type="application/json",
+                                headers=headers)
+        return web.Response(body=result.body, headers={**headers, "Content-Type": result.content_type})
