@@ -17,6 +17,7 @@ from aiohttp import web
 from edged.ingest.http import HttpApi
 from edged.lifecycle import install_signal_handlers
 from edged.metrics import Metrics
+from edged.pipeline import EventStore, Pipeline
 from edged.settings import Settings
 from edged.status import Components
 from edged.systemd import Notifier
@@ -41,7 +42,9 @@ class App:
         self.pool = FunctionPool(
             settings.functions, settings.pool, settings.state_dir / "cache", on_call=self.metrics.on_call
         )
-        self.http = HttpApi(settings, self.pool, self.metrics, self.components)
+        self.store: EventStore | None = None
+        self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
+        self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
 

@@ -7,19 +7,19 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edged.errors import BodyTooLarge, EdgedError, Overloaded, UnknownFunction
-from edged.frames import Frame
 from edged.metrics import Metrics
+from edged.pipeline import Pipeline
 from edged.settings import Settings
 from edged.status import Components
-from edged.wasm.pool import CallResult, FunctionPool
+from edged.wasm.pool import FunctionPool
 
-__all__ = ["LEGACY_API_NAMES", "HttpApi", "ResultSink"]
+__all__ = ["LEGACY_API_NAMES", "HttpApi"]
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 LEGACY_API_NAMES = {"rs": "grayscale", "go": "classify"}
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ResultSink(Protocol):
-    """Where results of HTTP calls are kept (the outbox); optional."""
-
-    async def record_http(self, function: str, frame: Frame, result: CallResult | None,
-                          error: EdgedError | None) -> str | None: ...
 
 
 def _error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -44,12 +37,12 @@ class HttpApi:
     """Routes and middlewares of the HTTP API; ``application()`` builds the aiohttp app."""
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
-                 sink: ResultSink | None = None, extra_ready: Callable[[], dict[str, Any]] | None = None) -> None:
+                 pipeline: Pipeline, extra_ready: Callable[[], dict[str, Any]] | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
         self._components = components
-        self._sink = sink
+        self._pipeline = pipeline
         self._extra_ready = extra_ready
         self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
         self.accepting = True
@@ -140,24 +133,20 @@ class HttpApi:
             raise BodyTooLarge(f"request body of {request.content_length} bytes is over {limit}")
         data = await request.read()
         started = time.perf_counter()
+        camera = request.headers.get("X-Camera", "http")[:128]
         try:
-            frame = await self._pool.decode(data, self._settings.http.max_pixels)
+            outcome = await self._pipeline.process(
+                transport="http", camera=camera, data=data, functions=[name],
+                max_pixels=self._settings.http.max_pixels, record_ingest_errors=False)
         except Overloaded:
             self._metrics.overloaded.labels("http").inc()
             raise
-        except EdgedError as exc:
-            self._metrics.rejected.labels("http", exc.code).inc()
-            raise
-        try:
-            result = await self._pool.call(name, frame)
-        except Overloaded:
-            self._metrics.overloaded.labels("http").inc()
-            raise
-        except EdgedError as exc:
-            if self._sink is not None:
-                await self._sink.record_http(name, frame, None, exc)
-            raise
-        event_id = await self._sink.record_http(name, frame, result, None) if self._sink is not None else None
+        if outcome.ingest_error is not None:
+            raise outcome.ingest_error
+        result = outcome.results[name]
+        if isinstance(result, EdgedError):
+            raise result
+        event_id = outcome.events[0].id if outcome.events else None
         headers = {
             "X-Edged-Function": name,
             "X-Edged-Duration-Ms": f"{result.duration_ms:.3f}",

@@ -1,0 +1,176 @@
+"""One path for every ingested image: dedupe -> decode once -> functions -> one durable commit.
+
+HTTP and MQTT both go through ``Pipeline.process``; what differs is what they do with the outcome
+(answer the client, or publish and ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from edged.errors import EdgedError, FunctionError, ImageError
+from edged.frames import Frame
+from edged.metrics import Metrics
+from edged.settings import Settings
+from edged.wasm.pool import CallResult, FunctionPool
+
+__all__ = ["EventStore", "NewEvent", "Outcome", "Pipeline", "StoredEvent", "rfc3339"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["result", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event before it is stored (no id yet). See docs/STORE.md."""
+
+    function: str
+    kind: Kind
+    data: dict[str, Any]
+    body: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as committed: its id is stable from here on."""
+
+    id: str
+    seq: int
+    camera: str
+    function: str
+    kind: Kind
+    data: dict[str, Any]
+    body: bytes | None
+    content_type: str | None
+    created_at: float
+
+
+class EventStore(Protocol):
+    """The part of the store the pipeline needs (edged.store.Store implements it)."""
+
+    async def commit_input(self, *, transport: str, camera: str, sha256: str, received_at: float,
+                           correlation: bytes | None, events: list[NewEvent],
+                           publish_mqtt: bool) -> list[StoredEvent]: ...
+
+    async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one ingested image."""
+
+    events: list[StoredEvent] = field(default_factory=list)
+    results: dict[str, CallResult | FunctionError] = field(default_factory=dict)
+    frame: Frame | None = None
+    ingest_error: ImageError | None = None
+    duplicate: bool = False
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _correlation_text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii")
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, pool: FunctionPool, store: EventStore | None,
+                 metrics: Metrics) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._store = store
+        self._metrics = metrics
+
+    async def process(self, *, transport: str, camera: str, data: bytes, functions: Sequence[str],
+                      max_pixels: int, correlation: bytes | None = None, received_at: float | None = None,
+                      publish_mqtt: bool = False, dedupe_window: float = 0.0,
+                      record_ingest_errors: bool = True) -> Outcome:
+        """Run ``data`` through ``functions`` and commit the events in one transaction.
+
+        Raises Overloaded (nothing committed: the caller must not ack) and OutboxFull (likewise).
+        Bad payloads and failed calls are not raised: they are in the outcome as error events.
+        """
+        received = time.time() if received_at is None else received_at
+        sha256 = hashlib.sha256(data).hexdigest()
+        if dedupe_window > 0 and self._store is not None:
+            earlier = await self._store.recent_input(camera, sha256, dedupe_window)
+            if earlier is not None:
+                log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera)
+                return Outcome(events=earlier, duplicate=True)
+        source = {"transport": transport, "camera": camera, "sha256": sha256,
+                  "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
+        outcome = Outcome()
+        started = time.perf_counter()
+        try:
+            outcome.frame = await self._pool.decode(data, max_pixels)
+        except ImageError as exc:
+            self._metrics.rejected.labels(transport, exc.code).inc()
+            log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
+            outcome.ingest_error = exc
+            if record_ingest_errors:
+                event = self._event("", camera, source, started, error=exc)
+                outcome.events = await self._commit(transport, camera, sha256, received, correlation,
+                                                    [event], publish_mqtt)
+            return outcome
+        frame = outcome.frame
+        calls = [self._call(name, frame) for name in functions]
+        settled = await asyncio.gather(*calls)
+        events: list[NewEvent] = []
+        for name, result in zip(functions, settled, strict=True):
+            outcome.results[name] = result
+            if isinstance(result, CallResult):
+                events.append(self._event(name, camera, source, started, result=result))
+            else:
+                events.append(self._event(name, camera, source, started, error=result))
+        outcome.events = await self._commit(transport, camera, sha256, received, correlation, events,
+                                            publish_mqtt)
+        return outcome
+
+    async def _call(self, name: str, frame: Frame) -> CallResult | FunctionError:
+        try:
+            return await self._pool.call(name, frame)
+        except FunctionError as exc:
+            return exc
+
+    async def _commit(self, transport: str, camera: str, sha256: str, received: float,
+                      correlation: bytes | None, events: list[NewEvent], publish_mqtt: bool) -> list[StoredEvent]:
+        if self._store is None:
+            return []
+        return await self._store.commit_input(transport=transport, camera=camera, sha256=sha256,
+                                              received_at=received, correlation=correlation, events=events,
+                                              publish_mqtt=publish_mqtt)
+
+    def _event(self, function: str, camera: str, source: dict[str, Any], started: float, *,
+               result: CallResult | None = None, error: EdgedError | None = None) -> NewEvent:
+        data: dict[str, Any] = {
+            "device_id": self._settings.device_id, "camera": camera, "function": function,
+            "kind": "error" if error is not None else "result", "source": source,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "result": None, "image": None, "error": None,
+        }
+        if error is not None:
+            data["error"] = {"code": error.code, "detail": error.detail}
+            return NewEvent(function, "error", data)
+        assert result is not None
+        if result.json is not None:
+            data["result"] = result.json
+            return NewEvent(function, "result", data)
+        data["image"] = {"content_type": result.content_type, "bytes": len(result.body),
+                         "sha256": hashlib.sha256(result.body).hexdigest()}
+        return NewEvent(function, "result", data, body=result.body, content_type=result.content_type)
