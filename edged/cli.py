@@ -93,16 +93,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_functions(args: argparse.Namespace) -> int:
+    from edged.inference.tflite import ModelRegistry
+    from edged.wasm.host.nn import NnHost
     from edged.wasm.pool import FunctionPool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
-    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache") as pool:
+    # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
+    nn = NnHost(ModelRegistry(settings.models, backend=settings.nn_backend))
+    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", nn=nn) as pool:
         print(json.dumps(pool.describe(), indent=2))
     return 0
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
+    from edged.inference.tflite import ModelRegistry
+    from edged.wasm.host.nn import NnHost
     from edged.wasm.pool import FunctionPool
 
     settings = _load(args.config)
@@ -112,14 +118,23 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CALL_FAILED
     data = Path(args.file).read_bytes()
-    with FunctionPool({args.name: settings.functions[args.name]}, settings.pool,
-                      settings.state_dir / "cache") as pool:
-        try:
-            frame = pool.decode_sync(data, settings.http.max_pixels)
-            result = pool.call_sync(args.name, frame)
-        except EdgedError as exc:
-            print(json.dumps(exc.as_dict()), file=sys.stderr)
-            return EXIT_CALL_FAILED
+    fn = settings.functions[args.name]
+    # Only the models this function may load, loaded once as the daemon does.
+    models = ModelRegistry({m: settings.models[m] for m in fn.models}, backend=settings.nn_backend,
+                           max_interpreters=settings.pool.workers)
+    try:
+        with models, FunctionPool({args.name: fn}, settings.pool, settings.state_dir / "cache",
+                                  nn=NnHost(models)) as pool:
+            try:
+                frame = pool.decode_sync(data, settings.http.max_pixels)
+                result = pool.call_sync(args.name, frame)
+            except EdgedError as exc:
+                print(json.dumps(exc.as_dict()), file=sys.stderr)
+                return EXIT_CALL_FAILED
+    except ConfigError as exc:
+        for key, message in exc.problems:
+            print(f"config error: {key}: {message}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.output:
         Path(args.output).write_bytes(result.body)
         print(json.dumps({"function": args.name, "content_type": result.content_type,
@@ -156,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        # E.g. a module that fails validation when the pool loads it (FunctionLoadError).
+        for key, message in exc.problems:
+            print(f"config error: {key}: {message}", file=sys.stderr)
+        return EXIT_CONFIG
     return code
 
 

@@ -1,0 +1,51 @@
+"""``edged.log(level, ptr, len) -> errno``: guest text to the daemon log, when the function's grant allows."""
+
+from __future__ import annotations
+
+import logging
+
+import wasmtime
+
+from edged.wasm.abi import Errno, GuestMemory, GuestMemoryError, u32
+from edged.wasm.host.context import LOG_BUDGET, current, escape_text, host_function
+
+__all__ = ["LEVELS", "edged_log", "log_lines"]
+
+#: Python logging levels a guest may use (debug, info, warning, error).
+LEVELS = frozenset({logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR})
+
+
+def log_lines(logger: logging.Logger, level: int, text: str) -> None:
+    """Log each line of guest text separately, escaped, so a guest cannot forge daemon log lines."""
+    for line in text.splitlines():
+        logger.log(level, "%s", escape_text(line))
+
+
+@host_function("edged.log", on_error=Errno.IO_ERROR)
+def edged_log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int:
+    ctx = current()
+    if ctx is None or not ctx.settings.log:
+        return Errno.DENIED
+    if level not in LEVELS:
+        return Errno.INVALID_ARGUMENT
+    length = u32(length)
+    if ctx.log_bytes + length > LOG_BUDGET:
+        if ctx.log_bytes <= LOG_BUDGET:
+            ctx.logger.warning("log budget of %d bytes per call used up; further lines are dropped", LOG_BUDGET)
+            ctx.log_bytes = LOG_BUDGET + 1
+        return Errno.TOO_LARGE
+    memory = GuestMemory.of_caller(caller)
+    if memory is None:
+        return Errno.INVALID_ARGUMENT
+    try:
+        data = memory.read(u32(ptr), length)
+    except GuestMemoryError:
+        return Errno.INVALID_ARGUMENT
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return Errno.INVALID_ARGUMENT
+    ctx.log_bytes += length
+    if ctx.logger.isEnabledFor(level):
+        log_lines(ctx.logger, level, text)
+    return Errno.OK

@@ -1,0 +1,427 @@
+"""WASI-NN preview1 (``wasi_ephemeral_nn``) on TFLite: inference runs natively, behind the standard API.
+
+Memory layouts and numbering follow the preview1 witx as wasmtime and WasmEdge implement it today:
+every parameter and result is an i32 and every import returns an errno. A tensor is 20 bytes:
+``dims_ptr@0 dims_len@4 type@8 (one byte; the 3 padding bytes are ignored) data_ptr@12 data_len@16``.
+Graph encoding ``tensorflowlite`` is 4; tensor types f16 0, f32 1, f64 2, u8 3, i32 4, i64 5.
+
+Policy (docs/ABI.md, "WASI-NN"):
+
+- Linking: the module is linked only for functions whose grant has ``models`` or ``allow_model_bytes``.
+  A function without either that imports it is refused when its module is loaded (``check_module``),
+  with a message naming the missing grant; so an ungranted function never reaches a model.
+- ``load_by_name`` answers ``not_found`` for every name outside the function's ``models`` grant, declared
+  or not, so a guest cannot probe which models exist. Declared models are read once at startup and shared
+  read-only; a call borrows an interpreter and gives it back when the call ends.
+- ``load`` (model bytes from the guest) is ``unsupported_operation`` unless ``allow_model_bytes``:
+  a model parsed by the host is host attack surface. Encodings other than tensorflowlite are
+  ``invalid_encoding``; target gpu/tpu is ``unsupported_operation`` and a value outside the enum
+  ``invalid_argument``.
+- ``set_input`` checks the index, rank, dims, type and byte size against the model's input:
+  any mismatch (u8 data for a float model, too few bytes, ...) is ``invalid_argument``.
+  ``compute`` before every input is set, and ``get_output`` before ``compute``, are ``invalid_argument``.
+- ``get_output`` into a buffer smaller than the tensor is ``too_large`` (as wasmtime answers it).
+- One call holds at most one execution context per graph's model (a second is ``busy``), so N workers
+  never need more than N interpreters per model. Per call at most ``MAX_GRAPHS`` graphs and
+  ``MAX_CONTEXTS`` contexts (``busy`` beyond).
+- Every pointer and length is bounds-checked against the guest memory (``invalid_argument``); no
+  exported memory is ``missing_memory``. Every import catches everything and returns ``runtime_error``
+  for the unexpected: nothing raises across the Wasm boundary.
+
+``NnHost`` is the pool's ``nn`` host extension: ``link`` defines the imports on a function's linker,
+``check`` refuses an ungranted module at load time, and per-call state (graph and context handles) lives
+in the call's ``CallContext.extensions`` until ``end_call`` returns the interpreters it borrowed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import wasmtime
+
+from edged.inference.tflite import WASI_NN_TYPES, Lease, Model, ModelError, ModelRegistry
+from edged.settings import FunctionSettings
+from edged.wasm.abi import u32
+from edged.wasm.host.context import CallContext, current
+
+__all__ = [
+    "ENCODING_TFLITE",
+    "MAX_CONTEXTS",
+    "MAX_GRAPHS",
+    "MODULE",
+    "NnCall",
+    "NnErrno",
+    "NnGrant",
+    "NnHost",
+]
+
+log = logging.getLogger(__name__)
+
+MODULE = "wasi_ephemeral_nn"
+#: Key of the per-call state in ``CallContext.extensions``.
+EXTENSION = "wasi_nn"
+ENCODING_TFLITE = 4
+_TARGET_CPU, _TARGETS = 0, (0, 1, 2)
+MAX_GRAPHS = 4
+MAX_CONTEXTS = 4
+#: Guest-supplied model bytes per call (``load`` with ``allow_model_bytes``).
+MAX_GUEST_MODELS = 1
+_MAX_RANK = 8
+_MAX_NAME = 256
+_TENSOR = struct.Struct("<IIBxxxII")
+_BUILDER = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+_DTYPES = {code: dtype for dtype, code in WASI_NN_TYPES.items()}
+
+
+class NnErrno(enum.IntEnum):
+    """The preview1 ``nn_errno`` values."""
+
+    SUCCESS = 0
+    INVALID_ARGUMENT = 1
+    INVALID_ENCODING = 2
+    MISSING_MEMORY = 3
+    BUSY = 4
+    RUNTIME_ERROR = 5
+    UNSUPPORTED_OPERATION = 6
+    TOO_LARGE = 7
+    NOT_FOUND = 8
+
+
+#: Errnos that mean "not granted": logged at WARNING (once per call), the rest at DEBUG.
+_REFUSALS = frozenset({NnErrno.NOT_FOUND, NnErrno.UNSUPPORTED_OPERATION})
+
+
+class _Fail(Exception):
+    """An errno and why; raised inside an import and turned into its return value, never further."""
+
+    def __init__(self, errno: NnErrno, why: str) -> None:
+        super().__init__(why)
+        self.errno = errno
+
+
+@dataclass(frozen=True, slots=True)
+class NnGrant:
+    """What one function may load."""
+
+    function: str
+    models: frozenset[str]
+    allow_model_bytes: bool
+
+    @classmethod
+    def of(cls, name: str, fn: FunctionSettings) -> NnGrant:
+        return cls(name, frozenset(fn.models), fn.allow_model_bytes)
+
+
+@dataclass(slots=True)
+class _Context:
+    model: Model
+    lease: Lease
+    inputs_set: set[int] = field(default_factory=set)
+    computed: bool = False
+
+
+@dataclass(slots=True)
+class NnCall:
+    """One call's WASI-NN state: handles to graphs and execution contexts, released by ``close``."""
+
+    #: The call's deadline (time.monotonic()); host code is not interrupted by epochs, so waits honour it.
+    deadline: float = float("inf")
+    graphs: list[Model] = field(default_factory=list)
+    contexts: list[_Context] = field(default_factory=list)
+    #: Models built from guest bytes in this call; dropped with it.
+    owned: list[Model] = field(default_factory=list)
+    #: The last errno's reason, for the call's failure detail and tests.
+    last_error: str | None = None
+    #: Refusals are logged at WARNING once per call (a guest could otherwise flood the log).
+    warned: bool = False
+
+    def close(self) -> None:
+        for ctx in self.contexts:
+            ctx.lease.release()
+        for model in self.owned:
+            model.close()
+        self.contexts.clear()
+        self.graphs.clear()
+        self.owned.clear()
+
+
+class _Guest:
+    """Bounds-checked access to the caller's exported memory during one import.
+
+    Unlike ``edged.wasm.abi.GuestMemory`` it hands out zero-copy views: a tensor goes from guest memory
+    into the interpreter with one copy.
+    """
+
+    __slots__ = ("_base", "size")
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise _Fail(NnErrno.MISSING_MEMORY, "the module exports no memory named 'memory'")
+        self.size = memory.data_len(caller)
+        pointer = memory.data_ptr(caller)
+        self._base = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+
+    def _check(self, ptr: int, length: int, what: str) -> int:
+        if length < 0 or ptr < 0 or ptr + length > self.size or (length and not self._base):
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"{what}: {length} bytes at {ptr} are outside guest memory")
+        return self._base + ptr
+
+    def view(self, ptr: int, length: int, what: str) -> ctypes.Array[ctypes.c_ubyte]:
+        """A zero-copy view; valid until the guest runs again (its memory may then move)."""
+        return (ctypes.c_ubyte * length).from_address(self._check(ptr, length, what))
+
+    def u32s(self, ptr: int, count: int, what: str) -> tuple[int, ...]:
+        return struct.unpack(f"<{count}I", self.view(ptr, 4 * count, what))
+
+    def write(self, ptr: int, data: bytes | np.ndarray[Any, Any], what: str) -> None:
+        if isinstance(data, np.ndarray):
+            array = np.ascontiguousarray(data)
+            ctypes.memmove(self._check(ptr, array.nbytes, what), array.ctypes.data, array.nbytes)
+        else:
+            ctypes.memmove(self._check(ptr, len(data), what), data, len(data))
+
+    def put_u32(self, ptr: int, value: int, what: str) -> None:
+        self.write(ptr, _U32.pack(value), what)
+
+
+_I32 = wasmtime.ValType.i32()
+
+
+def _functype(params: int) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_I32] * params, [_I32])
+
+
+class NnHost:
+    """The WASI-NN host over a ModelRegistry: the function pool's ``nn`` extension."""
+
+    def __init__(self, registry: ModelRegistry, *, checkout_timeout: float = 5.0,
+                 max_model_bytes: int = 256 * 1024 * 1024) -> None:
+        self.registry = registry
+        self.checkout_timeout = checkout_timeout
+        self.max_model_bytes = max_model_bytes
+
+    # -- the pool's hooks ----------------------------------------------------------------------------
+
+    @staticmethod
+    def granted(settings: FunctionSettings) -> bool:
+        """Whether ``wasi_ephemeral_nn`` is linked for this function."""
+        return bool(settings.models) or settings.allow_model_bytes
+
+    def check(self, function: str, settings: FunctionSettings, module: wasmtime.Module) -> str | None:
+        """Why the module cannot load (it imports WASI-NN without a grant), or None."""
+        if self.granted(settings):
+            return None
+        wanted = sorted({imp.name or "" for imp in module.imports if imp.module == MODULE})
+        if not wanted:
+            return None
+        return (f"the module imports {MODULE} ({', '.join(wanted)}) but the function may load no model: "
+                f"grant one with models = [...] in [functions.{function}]")
+
+    def link(self, linker: wasmtime.Linker, function: str, settings: FunctionSettings) -> None:
+        """Define the six imports on this function's linker, bound to its grant; nothing without a grant."""
+        if not self.granted(settings):
+            return
+        grant = NnGrant.of(function, settings)
+        imports: dict[str, tuple[int, Callable[..., NnErrno]]] = {
+            "load": (5, self._load),
+            "load_by_name": (3, self._load_by_name),
+            "init_execution_context": (2, self._init_execution_context),
+            "set_input": (3, self._set_input),
+            "compute": (1, self._compute),
+            "get_output": (5, self._get_output),
+        }
+        for import_name, (params, impl) in imports.items():
+            linker.define_func(MODULE, import_name, _functype(params),
+                               self._guarded(import_name, grant, impl), access_caller=True)
+
+    def end_call(self, ctx: CallContext) -> None:
+        """The call is over: give back its interpreters and drop its graphs (on the call's thread)."""
+        state = ctx.extensions.pop(EXTENSION, None)
+        if isinstance(state, NnCall):
+            state.close()
+
+    @staticmethod
+    def state(ctx: CallContext) -> NnCall:
+        """The call's WASI-NN state, created on its first import."""
+        state = ctx.extensions.get(EXTENSION)
+        if not isinstance(state, NnCall):
+            state = NnCall(deadline=ctx.deadline)
+            ctx.extensions[EXTENSION] = state
+        return state
+
+    # -- the boundary ----------------------------------------------------------------------------------
+
+    def _guarded(self, import_name: str, grant: NnGrant,
+                 impl: Callable[..., NnErrno]) -> Callable[..., int]:
+        def host(caller: wasmtime.Caller, *args: int) -> int:
+            call: NnCall | None = None
+            try:
+                ctx = current()
+                if ctx is None:
+                    raise _Fail(NnErrno.RUNTIME_ERROR, "no call in progress on this thread")
+                call = self.state(ctx)
+                return int(impl(call, grant, _Guest(caller), *(u32(a) for a in args)))
+            except _Fail as fail:
+                level = logging.DEBUG
+                if call is not None:
+                    call.last_error = f"{import_name}: {fail}"
+                    if fail.errno in _REFUSALS and not call.warned:
+                        call.warned, level = True, logging.WARNING
+                log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, fail.errno.name, fail)
+                return int(fail.errno)
+            # A host import must never raise: wasmtime-py reports a host exception through module-global
+            # state that another thread's call could pick up. Everything unexpected is runtime_error.
+            except BaseException as exc:  # noqa: BLE001
+                if call is not None:
+                    call.last_error = f"{import_name}: {type(exc).__name__}: {exc}"
+                log.exception("%s: %s.%s failed", grant.function, MODULE, import_name)
+                return int(NnErrno.RUNTIME_ERROR)
+        return host
+
+    # -- the imports -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _add_graph(call: NnCall, model: Model) -> int:
+        if len(call.graphs) >= MAX_GRAPHS:
+            raise _Fail(NnErrno.BUSY, f"a call may hold at most {MAX_GRAPHS} graphs")
+        call.graphs.append(model)
+        return len(call.graphs) - 1
+
+    def _load(self, call: NnCall, grant: NnGrant, mem: _Guest, builders_ptr: int, builders_len: int,
+              encoding: int, target: int, graph_out: int) -> NnErrno:
+        if not grant.allow_model_bytes:
+            raise _Fail(NnErrno.UNSUPPORTED_OPERATION,
+                        "loading model bytes from the guest is not granted (allow_model_bytes)")
+        if encoding != ENCODING_TFLITE:
+            raise _Fail(NnErrno.INVALID_ENCODING, f"encoding {encoding}: only tensorflowlite (4) is available")
+        if target not in _TARGETS:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"execution target {target} is not cpu, gpu or tpu")
+        if target != _TARGET_CPU:
+            raise _Fail(NnErrno.UNSUPPORTED_OPERATION, f"execution target {target}: only cpu (0) is available")
+        if builders_len != 1:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"a TFLite graph is one builder, not {builders_len}")
+        if len(call.owned) >= MAX_GUEST_MODELS:
+            raise _Fail(NnErrno.BUSY, f"at most {MAX_GUEST_MODELS} guest-supplied model(s) per call")
+        mem.view(graph_out, 4, "graph_out")
+        data_ptr, data_len = _BUILDER.unpack(mem.view(builders_ptr, _BUILDER.size, "builder array"))
+        if data_len > self.max_model_bytes:
+            raise _Fail(NnErrno.TOO_LARGE, f"model of {data_len} bytes is over {self.max_model_bytes}")
+        content = bytes(mem.view(data_ptr, data_len, "model bytes"))
+        try:
+            model = self.registry.load_bytes(content)
+        except ModelError as exc:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"not a usable TFLite model: {exc}") from exc
+        call.owned.append(model)
+        mem.put_u32(graph_out, self._add_graph(call, model), "graph_out")
+        return NnErrno.SUCCESS
+
+    def _load_by_name(self, call: NnCall, grant: NnGrant, mem: _Guest, name_ptr: int, name_len: int,
+                      graph_out: int) -> NnErrno:
+        if name_len > _MAX_NAME:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"model name of {name_len} bytes")
+        mem.view(graph_out, 4, "graph_out")
+        try:
+            name = bytes(mem.view(name_ptr, name_len, "model name")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, "model name is not UTF-8") from exc
+        model = self.registry.get(name) if name in grant.models else None
+        if model is None:
+            # The same answer for "not declared" and "not granted": existence is not disclosed.
+            raise _Fail(NnErrno.NOT_FOUND, f"model {name!r} is not granted to this function")
+        mem.put_u32(graph_out, self._add_graph(call, model), "graph_out")
+        return NnErrno.SUCCESS
+
+    def _init_execution_context(self, call: NnCall, grant: NnGrant, mem: _Guest, graph: int,
+                                ctx_out: int) -> NnErrno:
+        if graph >= len(call.graphs):
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"no graph {graph}")
+        mem.view(ctx_out, 4, "context_out")
+        model = call.graphs[graph]
+        if any(ctx.model is model for ctx in call.contexts):
+            raise _Fail(NnErrno.BUSY, f"this call already has an execution context for model {model.name!r}")
+        if len(call.contexts) >= MAX_CONTEXTS:
+            raise _Fail(NnErrno.BUSY, f"a call may hold at most {MAX_CONTEXTS} execution contexts")
+        timeout = max(0.0, min(self.checkout_timeout, call.deadline - time.monotonic()))
+        try:
+            lease = model.checkout(timeout)
+        except ModelError as exc:
+            raise _Fail(NnErrno.RUNTIME_ERROR, str(exc)) from exc
+        if lease is None:
+            raise _Fail(NnErrno.BUSY, f"no interpreter of {model.name!r} free within {timeout:.3f} s")
+        call.contexts.append(_Context(model, lease))
+        mem.put_u32(ctx_out, len(call.contexts) - 1, "context_out")
+        return NnErrno.SUCCESS
+
+    @staticmethod
+    def _context(call: NnCall, ctx: int) -> _Context:
+        if ctx >= len(call.contexts):
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"no execution context {ctx}")
+        return call.contexts[ctx]
+
+    def _set_input(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int, index: int,
+                   tensor_ptr: int) -> NnErrno:
+        context = self._context(call, ctx)
+        inputs = context.model.inputs
+        if index >= len(inputs):
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index}: the model has {len(inputs)} input(s)")
+        spec = inputs[index]
+        dims_ptr, dims_len, type_code, data_ptr, data_len = _TENSOR.unpack(
+            mem.view(tensor_ptr, _TENSOR.size, "tensor"))
+        if dims_len > _MAX_RANK:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"tensor of rank {dims_len}")
+        dims = mem.u32s(dims_ptr, dims_len, "tensor dimensions")
+        dtype = _DTYPES.get(type_code)
+        if dtype is None:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"unknown tensor type {type_code}")
+        if dtype != spec.dtype:
+            raise _Fail(NnErrno.INVALID_ARGUMENT,
+                        f"input {index} is {spec.dtype.name} (type {spec.wasi_nn_type}), not {dtype.name}")
+        if dims != spec.shape:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index} has dims {list(spec.shape)}, not {list(dims)}")
+        if data_len != spec.nbytes:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, not {data_len}")
+        view = mem.view(data_ptr, data_len, "tensor data")
+        value = np.frombuffer(memoryview(view), dtype=spec.dtype).reshape(spec.shape)
+        context.lease.set_input(index, value)  # copies into the interpreter
+        context.inputs_set.add(index)
+        context.computed = False
+        return NnErrno.SUCCESS
+
+    def _compute(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int) -> NnErrno:
+        context = self._context(call, ctx)
+        missing = sorted(set(range(len(context.model.inputs))) - context.inputs_set)
+        if missing:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input(s) {missing} not set")
+        try:
+            context.lease.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise _Fail(NnErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
+        context.computed = True
+        return NnErrno.SUCCESS
+
+    def _get_output(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int, index: int, out_ptr: int,
+                    out_max: int, written_out: int) -> NnErrno:
+        context = self._context(call, ctx)
+        outputs = context.model.outputs
+        if index >= len(outputs):
+            raise _Fail(NnErrno.INVALID_ARGUMENT, f"output {index}: the model has {len(outputs)} output(s)")
+        if not context.computed:
+            raise _Fail(NnErrno.INVALID_ARGUMENT, "compute() has not run since the inputs were set")
+        mem.view(written_out, 4, "written_out")
+        mem.view(out_ptr, out_max, "output buffer")
+        value = context.lease.output(index)
+        if value.nbytes > out_max:
+            raise _Fail(NnErrno.TOO_LARGE, f"output {index} is {value.nbytes} bytes; the buffer holds {out_max}")
+        mem.write(out_ptr, value, "output buffer")
+        mem.put_u32(written_out, value.nbytes, "written_out")
+        return NnErrno.SUCCESS

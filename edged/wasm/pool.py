@@ -1,0 +1,330 @@
+"""The function pool: loads every module once, then runs calls and decodes on a bounded set of threads.
+
+Admission is bounded: at most ``workers + queue`` calls and decodes are admitted (running or waiting);
+one more raises Overloaded at once, so memory never grows with load. Every call gets a fresh Store with
+its memory limit and an epoch deadline; one ticker thread advances the engine's epoch every 5 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import wasmtime
+
+from edged.errors import FunctionError, Overloaded, UnknownFunction
+from edged.frames import Frame, decode
+from edged.settings import FunctionSettings, PoolSettings
+from edged.wasm.call import CallResult, FunctionLoadError, FunctionRunner, trap_summary
+from edged.wasm.engine import CacheStats, WasmEngine
+from edged.wasm.host import HostExtension
+from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
+
+__all__ = ["TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool", "OnCall"]
+
+log = logging.getLogger(__name__)
+
+#: Epoch tick; a call's timeout is rounded up to whole ticks plus one.
+TICK_SECONDS = 0.005
+#: Recent calls per function kept for the latency percentiles.
+LATENCY_WINDOW = 1024
+
+#: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
+OnCall = Callable[[str, str, float], None]
+_T = TypeVar("_T")
+
+
+class _FunctionStats:
+    """Calls, errors by code and latency of one function; updated from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.errors: dict[str, int] = {}
+        self._sum = 0.0
+        self._last = 0.0
+        self._recent: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def record(self, outcome: str, seconds: float) -> None:
+        with self._lock:
+            self.calls += 1
+            if outcome != "ok":
+                self.errors[outcome] = self.errors.get(outcome, 0) + 1
+            self._sum += seconds
+            self._last = seconds
+            self._recent.append(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            recent = sorted(self._recent)
+            calls, errors, total, last = self.calls, dict(self.errors), self._sum, self._last
+
+        def pct(q: float) -> float | None:
+            if not recent:
+                return None
+            return round(recent[min(len(recent) - 1, math.ceil(q * len(recent)) - 1)] * 1000, 3)
+
+        return {
+            "calls": calls,
+            "errors": errors,
+            "latency": {
+                "count": calls, "sum_ms": round(total * 1000, 3), "last_ms": round(last * 1000, 3),
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "window": len(recent),
+            },
+        }
+
+
+def _decode(data: bytes, max_pixels: int) -> Frame:
+    return decode(data, max_pixels=max_pixels)
+
+
+class FunctionPool:
+    """Runs Wasm functions (docs/ABI.md) in worker threads. Use as ``with pool:`` or ``async with pool:``.
+
+    ``nn`` is the WASI-NN host (a HostExtension) or None; ``on_call`` feeds metrics.
+    """
+
+    def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings, cache_dir: Path,
+                 nn: object | None = None, *, on_call: OnCall | None = None) -> None:
+        if nn is not None and not isinstance(nn, HostExtension):
+            raise TypeError("nn must be a HostExtension (link, check, end_call)")
+        self._functions = dict(functions)
+        self._settings = pool
+        self._cache_dir = cache_dir
+        self._extension: HostExtension | None = nn
+        self._on_call = on_call
+        self._capacity = pool.workers + pool.queue
+        self._stats = {name: _FunctionStats() for name in self._functions}
+        self._runners: dict[str, FunctionRunner] = {}
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._overloaded = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._engine: WasmEngine | None = None
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._scratch_root: Path | None = None
+        self._local = threading.local()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Compile or load every module, validate it, then start the ticker and the workers.
+
+        Raises FunctionLoadError naming the first function whose module is unusable.
+        """
+        if self._engine is not None:
+            raise RuntimeError("the pool is already started")
+        engine = WasmEngine(self._cache_dir)
+        self._engine = engine
+        self._stop.clear()
+        # Validation instantiates frame-v1 modules, which needs epochs advancing: start the ticker first.
+        self._ticker = threading.Thread(target=self._tick, name="edged-wasm-epoch", daemon=True)
+        self._ticker.start()
+        try:
+            for name, settings in self._functions.items():
+                self._runners[name] = self._load(engine, name, settings)
+            self._scratch_root = make_scratch_root()
+            self._executor = ThreadPoolExecutor(self._settings.workers, thread_name_prefix="edged-wasm")
+        except BaseException:
+            self._stop_ticker()
+            self._engine = None
+            self._runners.clear()
+            raise
+        log.info("function pool ready: %d functions, %d workers, queue %d", len(self._runners),
+                 self._settings.workers, self._settings.queue)
+
+    def _load(self, engine: WasmEngine, name: str, settings: FunctionSettings) -> FunctionRunner:
+        try:
+            module = engine.load_module(settings.module)
+        except OSError as exc:
+            raise FunctionLoadError(name, f"cannot read {settings.module}: {exc.strerror or exc}") from exc
+        except wasmtime.WasmtimeError as exc:
+            raise FunctionLoadError(name, f"{settings.module} is not a valid module: "
+                                          f"{trap_summary(str(exc))}") from exc
+        runner = FunctionRunner(name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
+        runner.validate()
+        return runner
+
+    def close(self) -> None:
+        """Stop admitting, let admitted calls finish (each is bounded by its timeout), stop the ticker."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # The ticker must outlive the workers: it is what interrupts a runaway guest.
+            executor.shutdown(wait=True)
+        self._stop_ticker()
+        if self._scratch_root is not None:
+            remove_scratch_root(self._scratch_root)
+            self._scratch_root = None
+        self._runners.clear()
+        self._engine = None
+
+    def _stop_ticker(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
+
+    def _tick(self) -> None:
+        engine = self._engine
+        assert engine is not None
+        while not self._stop.wait(TICK_SECONDS):
+            engine.increment_epoch()
+
+    def __enter__(self) -> FunctionPool:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> FunctionPool:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- admission -----------------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        with self._lock:
+            executor = self._executor
+            if executor is None:
+                raise Overloaded("the function pool is not running")
+            if self._admitted >= self._capacity:
+                self._overloaded += 1
+                raise Overloaded(f"all {self._settings.workers} workers are busy and {self._settings.queue} "
+                                 f"calls are waiting")
+            self._admitted += 1
+        try:
+            future = executor.submit(fn, *args)
+        except RuntimeError as exc:  # shut down between the check and the submit
+            self._release(None)
+            raise Overloaded("the function pool is shutting down") from exc
+        # Runs on completion and on cancellation (a caller gave up before a worker took the call).
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _future: Future[Any] | None) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    # -- calls ---------------------------------------------------------------------------------------
+
+    def _runner(self, name: str) -> FunctionRunner:
+        runner = self._runners.get(name)
+        if runner is None:
+            if name in self._functions:
+                raise Overloaded("the function pool is not running")
+            raise UnknownFunction(f"no function named {name!r}")
+        return runner
+
+    async def call(self, name: str, frame: Frame) -> CallResult:
+        """Run function ``name`` on ``frame``; raise UnknownFunction, Overloaded or a FunctionError."""
+        return await asyncio.wrap_future(self._submit(self._run, self._runner(name), frame))
+
+    def call_sync(self, name: str, frame: Frame) -> CallResult:
+        """Like ``call`` for code without an event loop (CLI, tests, benchmarks). Blocks until done."""
+        return self._submit(self._run, self._runner(name), frame).result()
+
+    async def decode(self, data: bytes, max_pixels: int) -> Frame:
+        """``edged.frames.decode`` on a worker; counts against the same bound as calls."""
+        return await asyncio.wrap_future(self._submit(_decode, data, max_pixels))
+
+    def decode_sync(self, data: bytes, max_pixels: int) -> Frame:
+        return self._submit(_decode, data, max_pixels).result()
+
+    def _scratch(self) -> Scratch:
+        scratch: Scratch | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            assert self._scratch_root is not None
+            scratch = Scratch(self._scratch_root)
+            self._local.scratch = scratch
+        return scratch
+
+    def _run(self, runner: FunctionRunner, frame: Frame) -> CallResult:
+        """On a worker thread: one call, counted and logged whatever happens to it."""
+        started = time.perf_counter()
+        try:
+            result = runner.call(frame, self._scratch())
+        except FunctionError as exc:
+            log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail)
+            self._record(runner.name, exc.code, time.perf_counter() - started)
+            raise
+        except Exception:
+            log.exception("function %s: internal error", runner.name)
+            self._record(runner.name, "internal", time.perf_counter() - started)
+            raise
+        self._record(runner.name, "ok", time.perf_counter() - started)
+        return result
+
+    def _record(self, name: str, outcome: str, seconds: float) -> None:
+        self._stats[name].record(outcome, seconds)
+        if self._on_call is not None:
+            try:
+                self._on_call(name, outcome, seconds)
+            except Exception:
+                log.exception("on_call hook failed")
+
+    # -- introspection -------------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Calls and decodes admitted at most (running plus waiting)."""
+        return self._capacity
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._admitted
+
+    @property
+    def overloaded(self) -> int:
+        """Calls and decodes refused with Overloaded so far."""
+        with self._lock:
+            return self._overloaded
+
+    @property
+    def cache_stats(self) -> CacheStats | None:
+        """How modules were loaded at start (from the compiled cache or compiled), None before start."""
+        return self._engine.stats if self._engine is not None else None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per function: calls, errors by code, latency (count, sum, last, p50 and p99 of recent calls)."""
+        return {name: stats.snapshot() for name, stats in self._stats.items()}
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per function: name, ABI, input, limits, grants, calls, errors and latency."""
+        out = []
+        for name, fn in self._functions.items():
+            out.append({
+                "name": name,
+                "abi": fn.abi,
+                "input": fn.input,
+                "module": str(fn.module),
+                "limits": {"timeout_ms": fn.timeout_ms, "memory_mb": fn.memory_mb,
+                           "max_output_bytes": fn.max_output_bytes},
+                "grants": {
+                    "preopens": [{"host": str(p.host), "guest": p.guest, "writable": p.writable}
+                                 for p in fn.preopens],
+                    "allowed_hosts": list(fn.allowed_hosts),
+                    "models": list(fn.models),
+                    "allow_model_bytes": fn.allow_model_bytes,
+                    "log": fn.log,
+                },
+                **self._stats[name].snapshot(),
+            })
+        return out

@@ -1,0 +1,504 @@
+"""FunctionPool with real wasmtime and small WAT modules: results, every error class, admission, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from edged.errors import (
+    BadOutput,
+    FunctionError,
+    FunctionFailed,
+    FunctionTimeout,
+    FunctionTrap,
+    MemoryLimit,
+    Overloaded,
+    UnknownFunction,
+)
+from edged.frames import FRAME_MAGIC, Frame
+from edged.settings import FunctionSettings, PoolSettings
+from edged.wasm.pool import FunctionLoadError, FunctionPool
+from tests.wat import Wat, raw_frame, write_wasm
+
+pytestmark = pytest.mark.timeout(120)
+
+RETURN_OK = "(i32.const 0)"
+
+
+# -- modules -----------------------------------------------------------------------------------------
+
+def m_ok() -> str:
+    w = Wat()
+    return w.frame_module(f"{w.json(ok='(i32.const 1)')}\n(drop (call $emit)) {RETURN_OK}")
+
+
+def m_echo_raw(spin: int = 0) -> str:
+    """Returns the raw input (after the 32-byte header) as the JSON result."""
+    return Wat().frame_module(f"""
+    (call $spin (i32.const {max(spin, 1)}))
+    (call $output (i32.add (local.get $ptr) (i32.const 32)) (i32.sub (local.get $len) (i32.const 32))
+                  (i32.const 1))""")
+
+
+def m_echo_frame() -> str:
+    """The input frame goes back as the result frame: same header layout, kind 1."""
+    return Wat().frame_module("(call $output (local.get $ptr) (local.get $len) (i32.const 3))")
+
+
+def m_header() -> str:
+    """Reports the input header and len as JSON."""
+    w = Wat()
+    fields = {name: f"(i32.load offset={off} (local.get $ptr))"
+              for name, off in (("magic", 0), ("kind", 4), ("width", 8), ("height", 12), ("channels", 16),
+                                ("format", 20), ("length", 24))}
+    return w.frame_module(f"{w.json(len='(local.get $len)', **fields)}\n(drop (call $emit)) {RETURN_OK}")
+
+
+def m_trap() -> str:
+    return Wat().frame_module("unreachable")
+
+
+def m_endless() -> str:
+    return Wat().frame_module("(loop $forever (br $forever)) (i32.const 0)")
+
+
+def m_grow_until_limit() -> str:
+    return Wat().frame_module(
+        "(loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable")
+
+
+def m_no_output() -> str:
+    return Wat().frame_module(RETURN_OK)
+
+
+def m_output(data: bytes, kind: int) -> str:
+    w = Wat()
+    return w.frame_module(f"(drop (call $output {w.ptr_len(data)} (i32.const {kind}))) {RETURN_OK}")
+
+
+def m_output_twice() -> str:
+    """Sets a result twice and logs the second errno, so the test can see it."""
+    w = Wat()
+    return w.frame_module(f"""
+    (drop (call $output {w.ptr_len('{"first":1}')} (i32.const 1)))
+    (local.set $errno (call $output {w.ptr_len('{"second":2}')} (i32.const 1)))
+    {w.put("second output errno=")}
+    (call $put_int (local.get $errno))
+    (drop (call $log (i32.const 30) (i32.const 8192) (i32.sub (global.get $cur) (i32.const 8192))))
+    {RETURN_OK}""", locals_="(local $errno i32)")
+
+
+def m_fail_with_json() -> str:
+    w = Wat()
+    result = w.ptr_len(b'{"error":"boom"}')
+    return w.frame_module(f"(drop (call $output {result} (i32.const 1))) (i32.const 7)")
+
+
+def m_fail_plain() -> str:
+    return Wat().frame_module("(i32.const 2)")
+
+
+def m_state() -> str:
+    """Counts calls in a global and in memory: a fresh instance per call must always report 1."""
+    w = Wat()
+    return w.frame_module(f"""
+    (global.set $counter (i32.add (global.get $counter) (i32.const 1)))
+    (i32.store8 (i32.const 700) (i32.add (i32.load8_u (i32.const 700)) (i32.const 1)))
+    {w.json(global_='(global.get $counter)', memory='(i32.load8_u (i32.const 700))')}
+    (drop (call $emit)) {RETURN_OK}""")
+
+
+def m_command_echo() -> str:
+    """A command copying stdin to stdout."""
+    return Wat().command_module("""
+    (i32.store (i32.const 800) (i32.const 16384))
+    (i32.store (i32.const 804) (i32.const 16384))
+    (drop (call $fd_read (i32.const 0) (i32.const 800) (i32.const 1) (i32.const 808)))
+    (drop (call $write_fd (i32.const 1) (i32.const 16384) (i32.load (i32.const 808))))""")
+
+
+def m_command_exit(status: int, stderr: str = "") -> str:
+    w = Wat()
+    write = f"(drop (call $write_fd (i32.const 2) {w.ptr_len(stderr)}))" if stderr else ""
+    return w.command_module(f"{write} (call $proc_exit (i32.const {status}))")
+
+
+def m_command_oom() -> str:
+    w = Wat()
+    return w.command_module(
+        f"(drop (call $write_fd (i32.const 2) {w.ptr_len('memory allocation of 1048576 bytes failed')})) "
+        "unreachable")
+
+
+def m_command_stdout(text: str) -> str:
+    w = Wat()
+    return w.command_module(f"(drop (call $write_fd (i32.const 1) {w.ptr_len(text)}))")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+def make_pool(tmp_path: Path, modules: dict[str, tuple[str, dict[str, Any]]], workers: int = 2, queue: int = 4,
+              **kwargs: Any) -> FunctionPool:
+    functions = {}
+    for name, (wat, settings) in modules.items():
+        path = write_wasm(tmp_path, name, wat)
+        functions[name] = FunctionSettings(module=path, **settings)
+    return FunctionPool(functions, PoolSettings(workers=workers, queue=queue), tmp_path / "cache", **kwargs)
+
+
+def png(width: int = 4, height: int = 3, color: tuple[int, int, int] = (10, 20, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` for at most ``seconds``; fail the test if it never holds."""
+    pause = threading.Event()
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        pause.wait(0.005)
+    pytest.fail("condition never became true")
+
+
+async def async_wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail("condition never became true")
+
+
+FRAME = raw_frame(b"{}")
+
+FAILING: dict[str, tuple[str, dict[str, Any]]] = {
+    "trap": (m_trap(), {}),
+    "endless": (m_endless(), {"timeout_ms": 50}),
+    "grow": (m_grow_until_limit(), {"memory_mb": 2}),
+    "alloc0": (m_echo_raw(), {"memory_mb": 1, "input": "raw"}),
+    "nooutput": (m_no_output(), {}),
+    "badjson": (m_output(b"not json", 1), {}),
+    "notobject": (m_output(b"[1, 2]", 1), {}),
+    "badmagic": (m_output(b"XXXXXXXXXXXX", 2), {}),
+    "framelen": (m_output(struct.pack("<8I", FRAME_MAGIC, 1, 2, 2, 3, 0, 12, 0) + bytes(10), 3), {}),
+    "badkind": (m_output(b"{}", 9), {}),
+    "toolarge": (m_output(b'{"a":"0123456789"}', 1), {"max_output_bytes": 8}),
+    "twice": (m_output_twice(), {}),
+    "failjson": (m_fail_with_json(), {}),
+    "failplain": (m_fail_plain(), {}),
+    "cmdexit": (m_command_exit(3, "boom on stderr\n"), {"abi": "wasi-command", "input": "raw"}),
+    "cmdoom": (m_command_oom(), {"abi": "wasi-command", "input": "raw"}),
+    "cmdnotjson": (m_command_stdout("hello"), {"abi": "wasi-command", "input": "raw"}),
+    "cmdempty": (m_command_stdout(""), {"abi": "wasi-command", "input": "raw"}),
+    "cmdbig": (m_command_stdout('{"a":"0123456789"}'), {"abi": "wasi-command", "input": "raw",
+                                                        "max_output_bytes": 8}),
+}
+
+EXPECTED: dict[str, tuple[type[FunctionError], str]] = {
+    "trap": (FunctionTrap, "unreachable"),
+    "endless": (FunctionTimeout, "50 ms"),
+    "grow": (MemoryLimit, "2 MiB"),
+    "alloc0": (MemoryLimit, "edged_alloc"),
+    "nooutput": (BadOutput, "without calling edged.output"),
+    "badjson": (BadOutput, "JSON"),
+    "notobject": (BadOutput, "JSON object"),
+    "badmagic": (BadOutput, "unknown magic"),
+    "framelen": (BadOutput, "needs 12 bytes"),
+    "badkind": (BadOutput, "unknown result kind 9"),
+    "toolarge": (BadOutput, "max_output_bytes"),
+    "twice": (BadOutput, "more than once"),
+    "failjson": (FunctionFailed, '{"error":"boom"}'),
+    "failplain": (FunctionFailed, "edged_run returned 2"),
+    "cmdexit": (FunctionFailed, "exited with status 3: boom on stderr"),
+    "cmdoom": (MemoryLimit, "memory limit"),
+    "cmdnotjson": (BadOutput, "neither a JSON object"),
+    "cmdempty": (BadOutput, "no output"),
+    "cmdbig": (BadOutput, "max_output_bytes"),
+}
+
+
+@pytest.fixture(scope="module")
+def failing_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionPool]:
+    modules = {**FAILING, "ok": (m_ok(), {})}
+    with make_pool(tmp_path_factory.mktemp("failing"), modules) as pool:
+        yield pool
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+def test_json_result(tmp_path: Path) -> None:
+    with make_pool(tmp_path, {"ok": (m_ok(), {})}) as pool:
+        result = pool.call_sync("ok", FRAME)
+    assert result.function == "ok"
+    assert result.content_type == "application/json"
+    assert result.json == {"ok": 1}
+    assert result.body == b'{"ok":1}'
+    assert result.duration_ms >= result.run_ms >= 0
+    assert result.instantiate_ms > 0
+
+
+def test_frame_input_header_and_frame_result(tmp_path: Path) -> None:
+    modules = {"header": (m_header(), {}), "raw": (m_header(), {"input": "raw"}), "echo": (m_echo_frame(), {})}
+    data = png(5, 4, (200, 100, 50))
+    with make_pool(tmp_path, modules) as pool:
+        frame = pool.decode_sync(data, max_pixels=100)
+        header = pool.call_sync("header", frame).json
+        raw = pool.call_sync("raw", frame).json
+        echoed = pool.call_sync("echo", frame)
+    assert header == {"len": 32 + 5 * 4 * 3, "magic": FRAME_MAGIC, "kind": 1, "width": 5, "height": 4,
+                      "channels": 3, "format": 2, "length": 60}
+    assert raw == {"len": 32 + len(data), "magic": FRAME_MAGIC, "kind": 2, "width": 0, "height": 0,
+                   "channels": 0, "format": 2, "length": len(data)}
+    assert echoed.content_type == "image/png"
+    assert echoed.json is None
+    with Image.open(io.BytesIO(echoed.body)) as img:
+        assert img.size == (5, 4)
+        assert img.convert("RGB").getpixel((2, 2)) == (200, 100, 50)
+
+
+def test_gif_input_gives_gif_frame_result(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (3, 3), (255, 0, 0)).save(out, format="GIF")
+    with make_pool(tmp_path, {"echo": (m_echo_frame(), {})}) as pool:
+        result = pool.call_sync("echo", pool.decode_sync(out.getvalue(), max_pixels=100))
+    assert result.content_type == "image/gif"
+    assert result.body.startswith(b"GIF8")
+
+
+def test_image_result_content_type_from_magic(tmp_path: Path) -> None:
+    data = png(2, 2)
+    with make_pool(tmp_path, {"img": (m_output(data, 2), {})}) as pool:
+        result = pool.call_sync("img", FRAME)
+    assert (result.content_type, result.body, result.json) == ("image/png", data, None)
+
+
+def test_command_echoes_stdin(tmp_path: Path) -> None:
+    data = png(3, 3)
+    with make_pool(tmp_path, {"cat": (m_command_echo(), {"abi": "wasi-command", "input": "raw"})}) as pool:
+        as_json = pool.call_sync("cat", raw_frame(b'{"x": [1, 2]}'))
+        as_image = pool.call_sync("cat", raw_frame(data))
+    assert as_json.json == {"x": [1, 2]}
+    assert as_json.content_type == "application/json"
+    assert (as_image.content_type, as_image.body) == ("image/png", data)
+
+
+# -- failures ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(FAILING))
+def test_failure_is_typed_and_pool_keeps_working(failing_pool: FunctionPool, name: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    error, detail = EXPECTED[name]
+    frame = raw_frame(b"x" * (2 * 1024 * 1024)) if name == "alloc0" else FRAME
+    with caplog.at_level(logging.WARNING, logger="edged.wasm.pool"), pytest.raises(error) as info:
+        failing_pool.call_sync(name, frame)
+    assert type(info.value) is error
+    assert detail in info.value.detail
+    warnings = [r for r in caplog.records if r.name == "edged.wasm.pool" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert name in warnings[0].getMessage()
+    assert info.value.code in warnings[0].getMessage()
+    # The failure was this call's only: the next one on the same pool works.
+    assert failing_pool.call_sync("ok", FRAME).json == {"ok": 1}
+    assert failing_pool.stats()[name]["errors"].get(info.value.code, 0) >= 1
+
+
+def test_second_output_gets_already_set(failing_pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="edged.function.twice"), pytest.raises(BadOutput):
+        failing_pool.call_sync("twice", FRAME)
+    assert [r.getMessage() for r in caplog.records if r.name == "edged.function.twice"] == [
+        "second output errno=3"]
+
+
+def test_command_stderr_is_logged(failing_pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="edged.function.cmdexit"), pytest.raises(FunctionFailed):
+        failing_pool.call_sync("cmdexit", FRAME)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edged.function.cmdexit"]
+    assert lines == [(logging.INFO, "boom on stderr")]
+
+
+def test_unknown_function(failing_pool: FunctionPool) -> None:
+    with pytest.raises(UnknownFunction):
+        failing_pool.call_sync("nope", FRAME)
+
+
+def test_no_state_leaks_between_calls(tmp_path: Path) -> None:
+    with make_pool(tmp_path, {"state": (m_state(), {})}) as pool:
+        results = [pool.call_sync("state", FRAME).json for _ in range(5)]
+    assert results == [{"global_": 1, "memory": 1}] * 5
+
+
+def test_two_threads_get_their_own_results(tmp_path: Path) -> None:
+    modules = {"echo": (m_echo_raw(spin=200_000), {"input": "raw"})}
+    with make_pool(tmp_path, modules, workers=2, queue=2) as pool:
+
+        def worker(tag: int) -> list[Any]:
+            return [pool.call_sync("echo", raw_frame(f'{{"tag": {tag}, "i": {i}}}'.encode())).json
+                    for i in range(25)]
+
+        with ThreadPoolExecutor(2) as threads:
+            futures = [threads.submit(worker, tag) for tag in (1, 2)]
+            results = [f.result(timeout=60) for f in futures]
+    for tag, got in zip((1, 2), results, strict=True):
+        assert got == [{"tag": tag, "i": i} for i in range(25)]
+
+
+# -- admission ---------------------------------------------------------------------------------------
+
+def test_overloaded_when_workers_and_queue_are_full(tmp_path: Path) -> None:
+    modules = {"slow": (m_endless(), {"timeout_ms": 1500}), "ok": (m_ok(), {})}
+    with make_pool(tmp_path, modules, workers=1, queue=1) as pool, ThreadPoolExecutor(2) as threads:
+        running = threads.submit(pool.call_sync, "slow", FRAME)
+        wait_until(lambda: pool.in_flight == 1)
+        queued = threads.submit(pool.call_sync, "ok", FRAME)
+        wait_until(lambda: pool.in_flight == 2)
+        with pytest.raises(Overloaded):
+            pool.call_sync("ok", FRAME)
+        with pytest.raises(Overloaded):
+            pool.decode_sync(png(), max_pixels=100)
+        assert pool.overloaded == 2
+        with pytest.raises(FunctionTimeout):
+            running.result(timeout=30)
+        assert queued.result(timeout=30).json == {"ok": 1}
+        assert pool.in_flight == 0
+        assert pool.call_sync("ok", FRAME).json == {"ok": 1}
+
+
+async def test_async_calls_overload_and_cancellation(tmp_path: Path) -> None:
+    modules = {"slow": (m_endless(), {"timeout_ms": 1500}), "ok": (m_ok(), {})}
+    async with make_pool(tmp_path, modules, workers=1, queue=1) as pool:
+        frame = await pool.decode(png(), max_pixels=100)
+        assert isinstance(frame, Frame)
+        assert (await pool.call("ok", frame)).json == {"ok": 1}
+        slow = asyncio.create_task(pool.call("slow", frame), name="test.slow")
+        await async_wait_until(lambda: pool.in_flight == 1)
+        waiting = asyncio.create_task(pool.call("ok", frame), name="test.waiting")
+        await async_wait_until(lambda: pool.in_flight == 2)
+        with pytest.raises(Overloaded):
+            await pool.call("ok", frame)
+        # A caller that gives up while queued frees its place.
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await async_wait_until(lambda: pool.in_flight == 1)
+        with pytest.raises(FunctionTimeout):
+            await asyncio.wait_for(slow, 30)
+        assert (await pool.call("ok", frame)).json == {"ok": 1}
+        assert pool.in_flight == 0
+
+
+def test_calls_outside_the_context_are_refused(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, {"ok": (m_ok(), {})})
+    with pytest.raises(Overloaded):
+        pool.call_sync("ok", FRAME)
+    with pool:
+        pool.call_sync("ok", FRAME)
+    with pytest.raises(Overloaded):
+        pool.call_sync("ok", FRAME)
+
+
+# -- stats, hooks, describe --------------------------------------------------------------------------
+
+def test_stats_describe_and_on_call(tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    modules = {"ok": (m_ok(), {"timeout_ms": 250, "memory_mb": 8, "log": False}), "trap": (m_trap(), {})}
+    pool = make_pool(tmp_path, modules, on_call=lambda fn, outcome, seconds: seen.append((fn, outcome)))
+    with pool:
+        for _ in range(3):
+            pool.call_sync("ok", FRAME)
+        with pytest.raises(FunctionTrap):
+            pool.call_sync("trap", FRAME)
+        described = {d["name"]: d for d in pool.describe()}
+        stats = pool.stats()
+    assert seen == [("ok", "ok")] * 3 + [("trap", "trap")]
+    assert stats["ok"]["calls"] == 3
+    assert stats["ok"]["errors"] == {}
+    assert stats["trap"]["errors"] == {"trap": 1}
+    ok = described["ok"]
+    assert ok["abi"] == "frame-v1"
+    assert ok["input"] == "frame"
+    assert ok["limits"] == {"timeout_ms": 250, "memory_mb": 8, "max_output_bytes": 32 * 1024 * 1024}
+    assert ok["grants"] == {"preopens": [], "allowed_hosts": [], "models": [], "allow_model_bytes": False,
+                            "log": False}
+    latency = ok["latency"]
+    assert latency["count"] == 3
+    assert latency["window"] == 3
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+
+
+# -- loading and the compiled cache ------------------------------------------------------------------
+
+def test_compiled_cache_is_reused_and_repaired(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    modules: dict[str, tuple[str, dict[str, Any]]] = {"ok": (m_ok(), {})}
+    caplog.set_level(logging.INFO, logger="edged.wasm.engine")
+    with make_pool(tmp_path, modules) as first:
+        assert first.cache_stats is not None
+        assert (first.cache_stats.compiled, first.cache_stats.hits) == (1, 0)
+    cached = list((tmp_path / "cache").glob("*.cwasm"))
+    assert len(cached) == 1
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+
+    with make_pool(tmp_path, modules) as second:
+        assert second.cache_stats is not None
+        assert (second.cache_stats.compiled, second.cache_stats.hits) == (0, 1)
+        assert second.call_sync("ok", FRAME).json == {"ok": 1}
+    assert any("(cached)" in r.getMessage() for r in caplog.records)
+
+    cached[0].write_bytes(b"\x7fELF not really a compiled module")
+    caplog.clear()
+    with make_pool(tmp_path, modules) as third:
+        assert third.cache_stats is not None
+        assert (third.cache_stats.discarded, third.cache_stats.compiled, third.cache_stats.hits) == (1, 1, 0)
+        assert third.call_sync("ok", FRAME).json == {"ok": 1}
+    assert any("corrupt or incompatible" in r.getMessage() for r in caplog.records)
+    assert cached[0].read_bytes() != b"\x7fELF not really a compiled module"
+
+
+BAD_MODULES: dict[str, tuple[str, str, str]] = {
+    "noexports": ('(module (memory (export "memory") 1))', "frame-v1", "must export edged_abi_version"),
+    "nomemory": ('(module (func (export "edged_run") (param i32 i32) (result i32) (i32.const 0)))',
+                 "frame-v1", "must export its memory"),
+    "badsig": ('(module (memory (export "memory") 1) (func (export "edged_abi_version") (result i32) i32.const 1)'
+               ' (func (export "edged_alloc") (param i32) (result i32) i32.const 0)'
+               ' (func (export "edged_run") (param i32) (result i32) i32.const 0))',
+               "frame-v1", "edged_run: (i32, i32) -> (i32)"),
+    "version2": (Wat().frame_module(RETURN_OK, version=2), "frame-v1", "returned 2"),
+    "badimport": (Wat().frame_module(RETURN_OK, imports='(import "env" "missing" (func))'), "frame-v1",
+                  "cannot link"),
+    "inittraps": (Wat().frame_module(RETURN_OK, exports='(func (export "_initialize") unreachable)'),
+                  "frame-v1", "failed while checking"),
+    "nostart": (m_ok(), "wasi-command", "must export _start"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MODULES))
+def test_bad_module_names_the_function(tmp_path: Path, name: str) -> None:
+    wat, abi, detail = BAD_MODULES[name]
+    settings: dict[str, Any] = {"abi": abi, "input": "raw"}
+    pool = make_pool(tmp_path, {"good": (m_ok(), {}), name: (wat, settings)})
+    with pytest.raises(FunctionLoadError) as info, pool:
+        pass
+    assert info.value.function == name
+    assert detail in str(info.value)
+    assert f"functions.{name}.module" in str(info.value)
+
+
+def test_missing_and_invalid_module_files(tmp_path: Path) -> None:
+    settings = PoolSettings(workers=1, queue=0)
+    missing = FunctionPool({"gone": FunctionSettings(module=tmp_path / "gone.wasm")}, settings, tmp_path / "c")
+    with pytest.raises(FunctionLoadError, match="gone"), missing:
+        pass
+    (tmp_path / "junk.wasm").write_bytes(b"\0asm junk")
+    junk = FunctionPool({"junk": FunctionSettings(module=tmp_path / "junk.wasm")}, settings, tmp_path / "c")
+    with pytest.raises(FunctionLoadError, match="not a valid module"), junk:
+        pass

@@ -1,0 +1,286 @@
+"""What a function can reach: filesystem preopens, environment, log grant and the HTTP allowlist."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged.errors import FunctionTimeout
+from edged.settings import FunctionSettings, PoolSettings, Preopen
+from edged.wasm.pool import FunctionPool
+from tests.wat import OUT_FD, RESP_BUF, RESP_LEN, Wat, raw_frame, write_wasm
+
+pytestmark = pytest.mark.timeout(120)
+
+FRAME = raw_frame(b"{}")
+O_CREAT, O_TRUNC = 1, 8
+RIGHT_READ, RIGHT_WRITE = 1 << 1, 1 << 6
+
+
+def call(tmp_path: Path, wat: str, **settings: Any) -> Any:
+    path = write_wasm(tmp_path, "fn", wat)
+    functions = {"fn": FunctionSettings(module=path, **settings)}
+    with FunctionPool(functions, PoolSettings(workers=1, queue=1), tmp_path / "cache") as pool:
+        return pool.call_sync("fn", FRAME).json
+
+
+# -- filesystem --------------------------------------------------------------------------------------
+
+def m_open(path: str, *, fd: int = 3, write: bool = False) -> str:
+    """path_open(fd, path) for reading, or create+truncate for writing 'hello'; reports both errnos."""
+    w = Wat()
+    oflags = O_CREAT | O_TRUNC if write else 0
+    rights = RIGHT_WRITE if write else RIGHT_READ
+    write_code = f"""(if (i32.eqz (local.get $open))
+        (then (local.set $write (call $write_fd (i32.load (i32.const {OUT_FD})) {w.ptr_len('hello')}))))"""
+    return w.frame_module(f"""
+    (local.set $write (i32.const -1))
+    (local.set $open (call $path_open (i32.const {fd}) (i32.const 0) {w.ptr_len(path)} (i32.const {oflags})
+                                      (i64.const {rights}) (i64.const 0) (i32.const 0) (i32.const {OUT_FD})))
+    {write_code if write else ""}
+    {w.json(open='(local.get $open)', write='(local.get $write)')}
+    (drop (call $emit)) (i32.const 0)""", locals_="(local $open i32) (local $write i32)")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """tmp/secret.txt outside the preopen, tmp/data/{in.txt, sub/, link -> ../secret.txt}, tmp/out/."""
+    (tmp_path / "secret.txt").write_text("secret")
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "in.txt").write_text("input")
+    (data / "link").symlink_to(tmp_path / "secret.txt")
+    (tmp_path / "out").mkdir()
+    return tmp_path
+
+
+def test_no_preopen_no_files(tmp_path: Path) -> None:
+    for path in ("/etc/passwd", "etc/passwd", "../../etc/passwd"):
+        assert call(tmp_path, m_open(path))["open"] != 0
+
+
+def test_read_only_preopen_reads_inside_only(tree: Path) -> None:
+    grant = {"preopens": (Preopen(host=tree / "data", guest="/data"),)}
+    assert call(tree, m_open("in.txt"), **grant)["open"] == 0
+    for escape in ("../secret.txt", "sub/../../secret.txt", "/etc/passwd", "link"):
+        assert call(tree, m_open(escape), **grant)["open"] != 0, escape
+
+
+def test_read_only_preopen_refuses_writes(tree: Path) -> None:
+    grant = {"preopens": (Preopen(host=tree / "data", guest="/data"),)}
+    assert call(tree, m_open("new.txt", write=True), **grant)["open"] != 0
+    assert call(tree, m_open("in.txt", write=True), **grant)["open"] != 0
+    assert not (tree / "data" / "new.txt").exists()
+    assert (tree / "data" / "in.txt").read_text() == "input"
+
+
+def test_writable_preopen_takes_writes(tree: Path) -> None:
+    grant = {"preopens": (Preopen(host=tree / "out", guest="/out", writable=True),)}
+    assert call(tree, m_open("result.txt", write=True), **grant) == {"open": 0, "write": 0}
+    assert (tree / "out" / "result.txt").read_text() == "hello"
+    assert call(tree, m_open("../escaped.txt", write=True), **grant)["open"] != 0
+    assert not (tree / "escaped.txt").exists()
+
+
+def test_nothing_inherited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_SECRET_FOR_TEST", "x")
+    w = Wat()
+    wat = w.command_module(f"""
+    (drop (call $args_sizes_get (i32.const 100) (i32.const 104)))
+    (drop (call $environ_sizes_get (i32.const 108) (i32.const 112)))
+    {w.json(argc='(i32.load (i32.const 100))', argv_bytes='(i32.load (i32.const 104))',
+            envc='(i32.load (i32.const 108))')}
+    (call $emit_stdout)""")
+    got = call(tmp_path, wat, abi="wasi-command", input="raw")
+    assert got == {"argc": 1, "argv_bytes": len("fn") + 1, "envc": 0}
+
+
+# -- edged.log ---------------------------------------------------------------------------------------
+
+def m_log(level: int, text: str | bytes) -> str:
+    w = Wat()
+    return w.frame_module(f"""
+    (local.set $errno (call $log (i32.const {level}) {w.ptr_len(text)}))
+    {w.json(errno='(local.get $errno)')}
+    (drop (call $emit)) (i32.const 0)""", locals_="(local $errno i32)")
+
+
+def test_log_grant(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="edged.function.fn")
+
+    def lines() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edged.function.fn"]
+
+    assert call(tmp_path, m_log(30, "hello\nsecond \x1b[31mline")) == {"errno": 0}
+    assert lines() == [(logging.WARNING, "hello"), (logging.WARNING, "second \\x1b[31mline")]
+    caplog.clear()
+    assert call(tmp_path, m_log(20, "not allowed"), log=False) == {"errno": 2}
+    assert call(tmp_path, m_log(99, "bad level")) == {"errno": 1}
+    assert call(tmp_path, m_log(20, b"\xff\xfe not UTF-8")) == {"errno": 1}
+    assert lines() == []
+
+
+# -- edged.http_request ------------------------------------------------------------------------------
+
+@dataclass
+class Seen:
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.seen.requests.append((self.command, self.path, dict(self.headers.items()), body))
+        port = self.server.server_address[1]
+        if self.path == "/hello":
+            self._answer(200, b'{"hello":"world"}')
+        elif self.path == "/redirect":
+            self._answer(302, b"", {"Location": f"http://127.0.0.2:{port}/hello"})
+        elif self.path == "/big":
+            self._answer(200, b"x" * 10_000)
+        elif self.path == "/echo":
+            self._answer(200, json.dumps({"body": body.decode(), "method": self.command}).encode())
+        elif self.path == "/slow":
+            self.server.seen.release.wait(10)
+            self._answer(200, b'{"late":true}')
+        else:
+            self._answer(404, b"{}")
+
+    do_GET = do_POST = _handle  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    seen: Seen
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Seen]]:
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.seen = Seen()
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.seen
+    finally:
+        srv.seen.release.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
+
+
+def m_http(request: str, body: bytes = b"", cap: int = 4096, *, echo: bool = False) -> str:
+    """Makes the request; reports {"status", "len"}, or with ``echo`` returns a 200's body as the result."""
+    w = Wat()
+    body_args = w.ptr_len(body) if body else "(i32.const 0) (i32.const 0)"
+    report = f"""{w.json(status='(local.get $status)', len=f'(i32.load (i32.const {RESP_LEN}))')}
+    (drop (call $emit))"""
+    if echo:
+        report = f"""(if (i32.eq (local.get $status) (i32.const 200))
+      (then (drop (call $output (i32.const {RESP_BUF}) (i32.load (i32.const {RESP_LEN})) (i32.const 1))))
+      (else {report}))"""
+    return w.frame_module(f"""
+    (local.set $status (call $http {w.ptr_len(request)} {body_args}
+                             (i32.const {RESP_BUF}) (i32.const {cap}) (i32.const {RESP_LEN})))
+    {report}
+    (i32.const 0)""", locals_="(local $status i32)")
+
+
+def test_allowed_host_works(tmp_path: Path, server: tuple[str, Seen]) -> None:
+    origin, seen = server
+    got = call(tmp_path, m_http(f"GET {origin}/hello\nX-Test: yes\n", echo=True), allowed_hosts=(origin,))
+    assert got == {"hello": "world"}
+    [(method, path, headers, _)] = seen.requests
+    assert (method, path, headers["X-Test"], headers["Host"]) == ("GET", "/hello", "yes", origin[len("http://"):])
+
+
+def test_post_body(tmp_path: Path, server: tuple[str, Seen]) -> None:
+    origin, _ = server
+    got = call(tmp_path, m_http(f"POST {origin}/echo\nContent-Type: text/plain", body=b"ping", echo=True),
+               allowed_hosts=(origin,))
+    assert got == {"body": "ping", "method": "POST"}
+
+
+@pytest.mark.parametrize("allowed", [(), ("http://127.0.0.1:1",), ("https://127.0.0.1",)])
+def test_host_not_allowed_is_denied(tmp_path: Path, server: tuple[str, Seen], allowed: tuple[str, ...]) -> None:
+    origin, seen = server
+    assert call(tmp_path, m_http(f"GET {origin}/hello"), allowed_hosts=allowed)["status"] == -2
+    assert seen.requests == []
+
+
+@pytest.mark.parametrize("header", ["Host: evil.example", "host: evil.example", "Connection: close",
+                                    "Transfer-Encoding: chunked", "Content-Length: 5", "Proxy-Authorization: x",
+                                    "Upgrade: websocket", "X-Bad: a\rb"])
+def test_refused_headers(tmp_path: Path, server: tuple[str, Seen], header: str) -> None:
+    origin, seen = server
+    assert call(tmp_path, m_http(f"GET {origin}/hello\n{header}"), allowed_hosts=(origin,))["status"] == -1
+    assert seen.requests == []
+
+
+@pytest.mark.parametrize("request_text", ["GARBAGE", "GET", "GET  /hello", "GET ftp://127.0.0.1/x", "\n"])
+def test_malformed_requests(tmp_path: Path, server: tuple[str, Seen], request_text: str) -> None:
+    origin, seen = server
+    assert call(tmp_path, m_http(request_text), allowed_hosts=(origin,))["status"] == -1
+    assert seen.requests == []
+
+
+def test_redirect_is_not_followed(tmp_path: Path, server: tuple[str, Seen]) -> None:
+    origin, seen = server
+    got = call(tmp_path, m_http(f"GET {origin}/redirect"), allowed_hosts=(origin, origin.replace(".1:", ".2:")))
+    assert got == {"status": 302, "len": 0}
+    assert [path for _, path, _, _ in seen.requests] == ["/redirect"]
+
+
+def test_response_over_capacity(tmp_path: Path, server: tuple[str, Seen]) -> None:
+    origin, _ = server
+    assert call(tmp_path, m_http(f"GET {origin}/big", cap=100), allowed_hosts=(origin,)) == {
+        "status": -7, "len": 10_000}
+    assert call(tmp_path, m_http(f"GET {origin}/big", cap=10_000), allowed_hosts=(origin,)) == {
+        "status": 200, "len": 10_000}
+
+
+def test_connection_failure_is_io_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    origin = f"http://127.0.0.1:{port}"
+    assert call(tmp_path, m_http(f"GET {origin}/"), allowed_hosts=(origin,))["status"] == -5
+
+
+def test_request_bounded_by_call_timeout(tmp_path: Path, server: tuple[str, Seen]) -> None:
+    """The server would answer after 10 s; the call's 300 ms end the request (host code is not
+    interrupted by epochs, so the host must bound it itself)."""
+    origin, seen = server
+    path = write_wasm(tmp_path, "fn", m_http(f"GET {origin}/slow"))
+    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
+    with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
+        try:
+            got = pool.call_sync("fn", FRAME).json
+        except FunctionTimeout:
+            got = None
+        seen.release.set()
+    assert got in (None, {"status": -5, "len": 0})
