@@ -113,7 +113,7 @@ def rss_mb() -> float:
 def native_gray(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as img:
         out = io.BytesIO()
-        img.convert("L").save(out, "PNG", compress_level=3)
+        img.convert("L").save(out, "PNG", compress_level=1)  # as edged encodes frames
         return out.getvalue()
 
 
