@@ -17,6 +17,7 @@ __all__ = [
     "FunctionTrap",
     "ImageError",
     "MemoryLimit",
+    "OutboxFull",
     "Overloaded",
     "TooManyPixels",
     "UnknownFunction",
@@ -73,6 +74,14 @@ class Overloaded(EdgedError):
     code = "overloaded"
     http_status = 503
     retry_after = 1
+
+
+class OutboxFull(EdgedError):
+    """The outbox is at its disk cap and ``outbox.on_full = "reject_new"``: nothing was stored."""
+
+    code = "outbox_full"
+    http_status = 503
+    retry_after = 30
 
 
 class FunctionError(EdgedError):

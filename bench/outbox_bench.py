@@ -1,0 +1,155 @@
+"""Outbox benchmark: write cost per result, disk bytes per result, drain rate to a sidecar (single vs bulk).
+
+    .venv/bin/python bench/outbox_bench.py [--n 100000] [--cameras 8] [--dir /var/tmp/x]
+
+Fills a real store (SQLite, WAL, synchronous=FULL: one fsync per commit, as in production) with ``n``
+results through ``Store.commit_input``, then drains a copy of it through ``DaprSync`` into the sidecar
+emulator from tests/ running in its own process (as daprd would be), once with single publishes and once
+with the bulk API. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edged.pipeline import NewEvent  # noqa: E402
+from edged.settings import DaprSettings, OutboxSettings, SyncSettings  # noqa: E402
+from edged.status import Components  # noqa: E402
+from edged.store import Store  # noqa: E402
+from edged.sync.dapr import DaprSync  # noqa: E402
+
+DEVICE = "bench-gw"
+OUTBOX = OutboxSettings(max_bytes=4 * 1024**3)
+
+_EMULATOR = """
+import sys, threading
+sys.path.insert(0, {tests!r})
+from dapr_emulator import DaprEmulator
+with DaprEmulator() as dapr:
+    print(dapr.url, flush=True)
+    sys.stdin.read()
+    print(len(dapr.published), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def emulator() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """The sidecar emulator in its own process (its CPU is not ours, as with a real daprd)."""
+    proc = subprocess.Popen([sys.executable, "-c", _EMULATOR.format(tests=str(REPO / "tests"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    url = proc.stdout.readline().strip()
+    try:
+        yield url, proc
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+
+def result_event(camera: str, i: int) -> NewEvent:
+    """A classify result shaped like the real ones (top-5 labels)."""
+    data: dict[str, Any] = {
+        "device_id": DEVICE, "camera": camera, "function": "classify", "kind": "result",
+        "source": {"transport": "mqtt", "camera": camera, "sha256": f"{i:064x}", "correlation": f"req-{i}",
+                   "received_at": "2025-01-01T00:00:00.000Z"},
+        "latency_ms": 11.2,
+        "result": {"top": [{"label": f"label {k}", "index": k * 37 + i % 11, "score": round(0.9 / (k + 1), 4)}
+                           for k in range(5)], "model": "efficientnet_lite0"},
+        "image": None, "error": None,
+    }
+    return NewEvent("classify", "result", data)
+
+
+async def fill(path: Path, n: int, cameras: int) -> list[float]:
+    """Commit ``n`` results one input at a time; the per-commit wall times in seconds."""
+    costs: list[float] = []
+    async with Store(path, DEVICE, OUTBOX, SyncSettings()) as store:
+        for i in range(n):
+            camera = f"cam{i % cameras}"
+            started = time.perf_counter()
+            await store.commit_input(transport="mqtt", camera=camera, sha256=f"{i:064x}", received_at=time.time(),
+                                     correlation=None, events=[result_event(camera, i)], publish_mqtt=False)
+            costs.append(time.perf_counter() - started)
+    return costs
+
+
+async def drain(path: Path, url: str, *, bulk: bool, batch: int) -> tuple[int, float]:
+    """Drain the outbox at ``path``; (events sent, seconds)."""
+    async with Store(path, DEVICE, OUTBOX, SyncSettings(batch=batch)) as store:
+        depth = (await store.outbox_status())["depth"]
+        sync = DaprSync(DaprSettings(url=url, bulk=bulk), SyncSettings(batch=batch), store, Components())
+        started = time.perf_counter()
+        task = asyncio.create_task(sync.run(), name="edged.sync.drain")
+        try:
+            # Polling a counter the store keeps in memory; there is no "outbox empty" event to wait on.
+            while (await store.outbox_status())["depth"] > 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return depth, time.perf_counter() - started
+
+
+def db_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    for part in src.parent.glob(src.name + "*"):
+        shutil.copyfile(part, dst.parent / part.name.replace(src.name, dst.name))
+    return dst
+
+
+def remove_db(path: Path) -> None:
+    for part in path.parent.glob(path.name + "*"):
+        os.remove(part)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="results to queue")
+    parser.add_argument("--cameras", type=int, default=8, help="cameras the results come from")
+    parser.add_argument("--dir", type=Path, default=None, help="where the database goes (default: a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        base = Path(tmp) / "filled.db"
+        costs = await fill(base, args.n, args.cameras)
+        size = db_bytes(base)
+        rows: list[tuple[str, str]] = []
+        costs_us = sorted(c * 1e6 for c in costs)
+        rows.append(("outbox write cost, mean (µs/result)", f"{statistics.fmean(costs_us):,.0f}"))
+        rows.append(("outbox write cost, p50 / p99 (µs)",
+                     f"{costs_us[len(costs_us) // 2]:,.0f} / {costs_us[int(len(costs_us) * 0.99)]:,.0f}"))
+        rows.append(("disk bytes per result (db+wal)", f"{size / args.n:,.0f}"))
+        with emulator() as (url, _):
+            for label, bulk, batch in (("single", False, 100), ("bulk", True, 100), ("bulk", True, 500)):
+                copy = copy_db(base, Path(tmp) / f"drain-{label}-{batch}.db")
+                sent, seconds = await drain(copy, url, bulk=bulk, batch=batch)
+                rows.append((f"drain {label}, batch {batch} (results/s)", f"{sent / seconds:,.0f}"))
+                remove_db(copy)
+    width = max(len(k) for k, _ in rows)
+    print(f"\noutbox benchmark: {args.n:,} results from {args.cameras} cameras, SQLite synchronous=FULL\n")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:>14}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
