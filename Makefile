@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/edged.toml
-# Debian packages: the wasm32-wasi Rust toolchain and crates for the functions, mosquitto for the MQTT
-# tests, libsystemd headers for systemd-python, systemd for unit checks, chromium for the dashboard test.
-DEB_PACKAGES := rustc cargo libstd-rust-dev-wasm32 librust-image-dev mosquitto libsystemd-dev \
+# Debian packages: the wasm32-wasi Rust toolchain and crates for the functions, mosquitto (and openssl
+# for its TLS test certificates) for the MQTT tests, libsystemd headers for systemd-python, systemd for
+# unit checks, chromium for the dashboard test.
+DEB_PACKAGES := rustc cargo libstd-rust-dev-wasm32 librust-image-dev mosquitto openssl libsystemd-dev \
 	pkg-config gcc python3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
@@ -47,6 +48,8 @@ functions: deb
 
 bench: setup
 	$(PY) bench/pool_bench.py
+	$(PY) bench/classify_bench.py
+	$(PY) bench/mqtt_bench.py
 
 clean:
 	rm -rf $(VENV) state build

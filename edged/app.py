@@ -1,7 +1,8 @@
 """The composition root: builds every long-lived part in dependency order and runs until stopped.
 
-Startup order is pool -> HTTP; teardown is the reverse, through one AsyncExitStack. Background loops
-(watchdog, later MQTT and sync) live in one TaskGroup and are named ``edged.<area>.<loop>``.
+Startup order is store -> models -> pool -> MQTT -> HTTP; teardown is the reverse, through one
+AsyncExitStack. Background loops (watchdog, cloud sync, MQTT) live in one TaskGroup and are named
+``edged.<area>.<loop>``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.inference.tflite import ModelRegistry
 from edged.ingest.http import HttpApi
+from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers
 from edged.metrics import Metrics
-from edged.pipeline import EventStore, Pipeline
+from edged.pipeline import Pipeline
 from edged.settings import Settings
 from edged.status import Components
+from edged.store import Store
+from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
+from edged.sync.dapr import DaprSync
 from edged.systemd import Notifier
+from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
 
 __all__ = ["App", "run"]
@@ -39,19 +46,35 @@ class App:
         self.metrics = Metrics()
         self.components = Components()
         self.notifier = Notifier()
+        # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
+        self.models = ModelRegistry(settings.models, backend=settings.nn_backend,
+                                    max_interpreters=settings.pool.workers)
         self.pool = FunctionPool(
-            settings.functions, settings.pool, settings.state_dir / "cache", on_call=self.metrics.on_call
+            settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
+            on_call=self.metrics.on_call
         )
-        self.store: EventStore | None = None
+        self.store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync,
+                           self.metrics)
+        self.sync: DaprSync | None = None
+        if settings.dapr.enabled:
+            self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics)
+        else:
+            self.components.set(DAPR_COMPONENT, "disabled")
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
-        self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline)
+        self.mqtt = MqttIngest(settings, self.pipeline, self.store, self.metrics, self.components)
+        self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
+                            outbox=self.store)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> App:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # The store first: everything after it may commit (and it must outlive the sync loop).
+            await self._stack.enter_async_context(self.store)
+            await self._stack.enter_async_context(self.models)
             await self._stack.enter_async_context(self.pool)
+            await self._stack.enter_async_context(self.mqtt)
             await self._stack.enter_async_context(self._serve_http())
         except BaseException:
             await self._stack.aclose()
@@ -83,6 +106,9 @@ class App:
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             loops["edged.systemd.watchdog"] = self.notifier.watchdog_loop(interval)
+        if self.sync is not None:
+            loops["edged.sync.drain"] = self.sync.run()
+        loops.update(self.mqtt.background())
         return loops
 
 

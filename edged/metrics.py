@@ -31,6 +31,44 @@ class Metrics:
             "edged_component_up", "1 when a component (mqtt, dapr) is connected.", ["component"],
             registry=self.registry,
         )
+        self.mqtt_frames = Counter(
+            "edged_mqtt_frames", "MQTT frames handled, by outcome (processed, duplicate, rejected, unrouted).",
+            ["outcome"], registry=self.registry,
+        )
+        self.mqtt_inflight = Gauge(
+            "edged_mqtt_inflight_frames", "MQTT frames taken and not yet acknowledged.", registry=self.registry,
+        )
+        self.mqtt_retries = Counter(
+            "edged_mqtt_retries", "MQTT frames kept unacknowledged and retried, by reason (outbox_full, store).",
+            ["reason"], registry=self.registry,
+        )
+        self.mqtt_published = Counter(
+            "edged_mqtt_published", "Result messages the broker acknowledged (ok) or refused.", ["outcome"],
+            registry=self.registry,
+        )
+        self.outbox_events = Gauge(
+            "edged_outbox_events", "Events in the cloud outbox, by state (queued, dead).", ["state"],
+            registry=self.registry,
+        )
+        self.outbox_bytes = Gauge(
+            "edged_outbox_bytes", "Bytes of CloudEvents in the outbox (queued and dead).", registry=self.registry,
+        )
+        self.outbox_evicted = Counter(
+            "edged_outbox_evicted", "Outbox events dropped unsent, by reason (max_bytes, max_age, oversize).",
+            ["reason"], registry=self.registry,
+        )
+        self.outbox_rejected = Counter(
+            "edged_outbox_rejected", "Inputs refused because the outbox was full (on_full = reject_new).",
+            registry=self.registry,
+        )
+        self.sync_events = Counter(
+            "edged_sync_events", "Outbox events handled by the cloud sync, by outcome (published, retry, dead).",
+            ["outcome"], registry=self.registry,
+        )
+        self.sync_last_success = Gauge(
+            "edged_sync_last_success_timestamp_seconds", "Unix time of the last event the sidecar accepted.",
+            registry=self.registry,
+        )
 
     def on_call(self, function: str, outcome: str, seconds: float) -> None:
         self.calls.labels(function, outcome).inc()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from edged.errors import EdgedError, FunctionError, ImageError
+from edged.errors import BodyTooLarge, EdgedError, FunctionError, ImageError
 from edged.frames import Frame
 from edged.metrics import Metrics
 from edged.settings import Settings
@@ -100,14 +100,16 @@ class Pipeline:
     async def process(self, *, transport: str, camera: str, data: bytes, functions: Sequence[str],
                       max_pixels: int, correlation: bytes | None = None, received_at: float | None = None,
                       publish_mqtt: bool = False, dedupe_window: float = 0.0,
-                      record_ingest_errors: bool = True) -> Outcome:
+                      record_ingest_errors: bool = True, max_bytes: int | None = None,
+                      sha256: str | None = None) -> Outcome:
         """Run ``data`` through ``functions`` and commit the events in one transaction.
 
         Raises Overloaded (nothing committed: the caller must not ack) and OutboxFull (likewise).
-        Bad payloads and failed calls are not raised: they are in the outcome as error events.
+        Bad payloads (including over ``max_bytes``) and failed calls are not raised: they are in the
+        outcome as error events. ``sha256`` is the payload's hex digest when the caller has it already.
         """
         received = time.time() if received_at is None else received_at
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
         if dedupe_window > 0 and self._store is not None:
             earlier = await self._store.recent_input(camera, sha256, dedupe_window)
             if earlier is not None:
@@ -118,6 +120,8 @@ class Pipeline:
         outcome = Outcome()
         started = time.perf_counter()
         try:
+            if max_bytes is not None and len(data) > max_bytes:
+                raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {max_bytes}")
             outcome.frame = await self._pool.decode(data, max_pixels)
         except ImageError as exc:
             self._metrics.rejected.labels(transport, exc.code).inc()

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 
-from systemd import daemon
+import systemd.daemon as daemon
 
 __all__ = ["Notifier"]
 

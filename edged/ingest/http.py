@@ -7,12 +7,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edged.errors import BodyTooLarge, EdgedError, Overloaded, UnknownFunction
+from edged.errors import BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.settings import Settings
@@ -29,6 +29,13 @@ _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class OutboxControl(Protocol):
+    """What the outbox routes need from the store (edged.store.Store)."""
+
+    async def outbox_status(self) -> dict[str, Any]: ...
+    async def retry_dead(self) -> int: ...
+
+
 def _error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
@@ -37,13 +44,15 @@ class HttpApi:
     """Routes and middlewares of the HTTP API; ``application()`` builds the aiohttp app."""
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
-                 pipeline: Pipeline, extra_ready: Callable[[], dict[str, Any]] | None = None) -> None:
+                 pipeline: Pipeline, extra_ready: Callable[[], dict[str, Any]] | None = None,
+                 outbox: OutboxControl | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
         self._components = components
         self._pipeline = pipeline
         self._extra_ready = extra_ready
+        self._outbox = outbox
         self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
         self.accepting = True
 
@@ -58,6 +67,9 @@ class HttpApi:
         app.router.add_get("/v1/functions", self._list_functions)
         app.router.add_post("/v1/functions/{name}", self._call_function)
         app.router.add_post("/api/image", self._legacy_image)
+        if self._outbox is not None:
+            app.router.add_get("/v1/outbox", self._outbox_status)
+            app.router.add_post("/v1/outbox/dead/retry", self._retry_dead)
         return app
 
     @web.middleware
@@ -65,7 +77,8 @@ class HttpApi:
         try:
             return await handler(request)
         except EdgedError as exc:
-            headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+            headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded | OutboxFull)
+                       else None)
             return _error_response(exc.http_status, exc.code, exc.detail, headers)
         except web.HTTPRequestEntityTooLarge:
             self._metrics.rejected.labels("http", "too_large").inc()
@@ -107,6 +120,14 @@ class HttpApi:
     async def _prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _outbox_status(self, request: web.Request) -> web.Response:
+        assert self._outbox is not None
+        return web.json_response(await self._outbox.outbox_status())
+
+    async def _retry_dead(self, request: web.Request) -> web.Response:
+        assert self._outbox is not None
+        return web.json_response({"requeued": await self._outbox.retry_dead()})
 
     async def _list_functions(self, request: web.Request) -> web.Response:
         return web.json_response({"functions": self._pool.describe()})

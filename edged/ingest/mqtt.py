@@ -1,0 +1,326 @@
+"""MQTT camera ingest: frames in, acknowledged only after their results are durably committed.
+
+Path of one frame: paho delivers it (on the loop, see ``mqtt_client``) -> an internal queue -> the
+``edged.mqtt.ingest`` loop starts a ``edged.mqtt.frame`` task -> ``Pipeline.process`` (dedupe, decode
+once, functions, ONE commit that also marks the events "to publish") -> manual PUBACK. The
+``edged.mqtt.publish`` loop then sends the committed events from the store (``mqtt_publish``), on a
+second connection (``{client_id}-results``, a clean session) so result acknowledgements never queue
+behind frames.
+
+Overload policy (memory stays bounded, nothing is dropped):
+- Frames taken and not yet acked are bounded. With MQTT 5 the broker is told ``mqtt.max_inflight`` as
+  the Receive Maximum; MQTT 3.1.1 has no such property (mosquitto's per-client
+  ``max_inflight_messages`` plays that part). Neither is relied on: mosquitto 2.0.11 (Debian 12) sends
+  more than either once PUBACKs flow (eclipse/mosquitto#2301). So, whatever the protocol, edged stops
+  reading the socket once ``max_inflight`` frames are held (TCP backpressure, which also holds back
+  QoS 0 frames) and reads again below it. paho's read in progress still finishes: it handles at most
+  one packet per publish of ours in flight, so at most ``max_inflight + max_publish_inflight + 1``
+  frames are ever held.
+- Frames run concurrently up to what the function pool admits for them. When the pool is full
+  (Overloaded) or the outbox refuses new events (OutboxFull), the frame is not acked and is retried
+  with backoff; it keeps its slot, so no further frames are taken meanwhile.
+- A bad payload (not an image, too big, too many pixels) gets an error event, published on
+  ``{prefix}/errors/{camera}``, and is acked: a poison message never comes back.
+- A frame redelivered after a crash (same camera, same bytes, within ``mqtt.dedupe_window``) is
+  answered from the store: its stored events are published again with their original ids.
+QoS 0 frames are processed the same way but are lost if edged dies before committing them (that is
+what QoS 0 means); QoS 2 subscriptions are made at QoS 1, see ``Subscription.qos``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.properties import Properties
+
+from edged.errors import EdgedError, OutboxFull, Overloaded
+from edged.ingest.mqtt_client import COMPONENT, ConnectionHandler, MqttConnection, Received, backoff_delay
+from edged.ingest.mqtt_publish import PublishStore, ResultPublisher
+from edged.metrics import Metrics
+from edged.pipeline import EventStore, Outcome, Pipeline
+from edged.settings import Settings, Subscription
+from edged.status import Components
+
+__all__ = ["MqttIngest", "MqttStore", "Route", "camera_of", "route_for", "routes"]
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_CAMERA = "unknown"
+MAX_CAMERA_CHARS = 128
+#: Retry delays (seconds) of a frame the pool or the outbox could not take yet.
+RETRY_MIN, RETRY_MAX = 0.05, 5.0
+
+
+class MqttStore(EventStore, PublishStore, Protocol):
+    """What MQTT needs from edged.store.Store."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One subscription, ready to match topics."""
+
+    filter: str
+    functions: tuple[str, ...]
+    qos: int
+    match: str
+    camera_level: int | None
+
+
+def routes(subscriptions: Sequence[Subscription]) -> list[Route]:
+    out = []
+    for sub in subscriptions:
+        match = sub.topic
+        if match.startswith("$share/"):
+            match = match.split("/", 2)[2]  # shared subscriptions deliver plain topics
+        levels = match.split("/")
+        camera_level = levels.index("+") if "+" in levels else None
+        out.append(Route(sub.topic, sub.functions, min(sub.qos, 1), match, camera_level))
+    return out
+
+
+def route_for(table: Sequence[Route], topic: str) -> Route | None:
+    for route in table:
+        if topic_matches_sub(route.match, topic):
+            return route
+    return None
+
+
+def _clean_camera(value: str) -> str:
+    # The id becomes a topic level of the results: no separators or wildcards in it.
+    cleaned = "".join("_" if ch in "/+#\0" else ch for ch in value.strip())[:MAX_CAMERA_CHARS]
+    return cleaned or UNKNOWN_CAMERA
+
+
+def camera_of(route: Route, topic: str, properties: Properties | None) -> str:
+    """The topic level under the filter's first '+', else the MQTT 5 user property ``camera``."""
+    if route.camera_level is not None:
+        levels = topic.split("/")
+        if route.camera_level < len(levels) and levels[route.camera_level]:
+            return _clean_camera(levels[route.camera_level])
+    for key, value in getattr(properties, "UserProperty", None) or ():
+        if key == "camera":
+            return _clean_camera(value)
+    return UNKNOWN_CAMERA
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    msg: Received
+    route: Route
+    camera: str
+    correlation: bytes | None
+
+
+class MqttIngest(ConnectionHandler):
+    """The MQTT component: ``async with`` builds the client; ``background()`` gives its three loops."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, store: MqttStore, metrics: Metrics,
+                 components: Components) -> None:
+        self._settings = settings
+        self._mqtt = settings.mqtt
+        self._pipeline = pipeline
+        self._store = store
+        self._metrics = metrics
+        self._components = components
+        self._routes = routes(settings.mqtt.subscriptions)
+        self._conn: MqttConnection | None = None
+        self._publisher: ResultPublisher | None = None
+        self._queue: deque[_Frame] = deque()
+        self._queued = asyncio.Event()
+        self._inflight = 0
+        self._inflight_peak = 0
+        self._session_resumed = False
+        self._busy: dict[tuple[str, str], asyncio.Event] = {}
+        # Frames processed at once: as many as the pool admits calls for (decode + each function).
+        per_frame = 1 + max((len(r.functions) for r in self._routes), default=1)
+        admitted = settings.pool.workers + settings.pool.queue
+        self._slots = asyncio.Semaphore(max(1, min(self._mqtt.max_inflight, admitted // per_frame)))
+
+    @property
+    def inflight(self) -> int:
+        """Frames taken and not yet acknowledged (queued or being processed)."""
+        return self._inflight
+
+    @property
+    def inflight_peak(self) -> int:
+        """The most frames ever held at once: ``max_inflight`` plus what one socket read may add."""
+        return self._inflight_peak
+
+    async def __aenter__(self) -> MqttIngest:
+        if not self._mqtt.enabled:
+            self._components.set(COMPONENT, "disabled", "mqtt.enabled = false")
+            return self
+        self._components.set(COMPONENT, "starting", f"{self._mqtt.host}:{self._mqtt.port}")
+        if any(sub.qos == 2 for sub in self._mqtt.subscriptions):
+            log.warning("QoS 2 subscriptions are made at QoS 1 (at-least-once; duplicates answered from the store)")
+        if self._mqtt.publish_images and self._mqtt.protocol != "5":
+            log.warning("mqtt.publish_images needs MQTT 5 (user properties): publishing JSON events instead")
+        client_id = self._settings.mqtt_client_id
+        self._conn = MqttConnection(self._mqtt, client_id, self, self._components, self._metrics)
+        self._publisher = ResultPublisher(self._mqtt, client_id, self._store, self._metrics, self._components)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+        if self._publisher is not None:
+            await self._publisher.close()
+
+    def background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        if self._conn is None or self._publisher is None:
+            return {}
+        return {
+            "edged.mqtt.connection": self._conn.run(),
+            "edged.mqtt.ingest": self._ingest(),
+            "edged.mqtt.results-connection": self._publisher.conn.run(),
+            "edged.mqtt.publish": self._publisher.run(),
+        }
+
+    # -- ConnectionHandler (loop thread, inside paho's callbacks) -------------------------------------
+
+    def on_connected(self, generation: int, session_present: bool) -> None:
+        assert self._conn is not None
+        self._session_resumed = session_present
+        if session_present:
+            self._forget_redelivered()
+        # Also on a resumed session: the configuration may have gained a subscription since. (3.1.1 then
+        # replays retained frames; within dedupe_window they are answered from the store.)
+        self._conn.subscribe([(r.filter, r.qos) for r in self._routes])
+
+    def on_disconnected(self) -> None:
+        pass  # frames held keep their generation; see _stale
+
+    def on_published(self, mid: int, ok: bool, reason: str) -> None:
+        pass  # only the status message is published on this connection
+
+    def on_message(self, message: Received) -> None:
+        assert self._conn is not None
+        route = route_for(self._routes, message.topic)
+        if route is None:
+            # A subscription left in the broker's session by an older configuration.
+            self._metrics.mqtt_frames.labels("unrouted").inc()
+            log.warning("no subscription matches %r: acknowledged without processing", message.topic)
+            self._conn.ack(message.mid, message.qos, message.generation)
+            return
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self._queue.append(_Frame(message, route, camera_of(route, message.topic, props),
+                                  bytes(correlation) if correlation is not None else None))
+        self._taken(+1)
+        self._queued.set()
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+
+    def _taken(self, delta: int) -> None:
+        assert self._conn is not None
+        self._inflight += delta
+        self._inflight_peak = max(self._inflight_peak, self._inflight)
+        self._metrics.mqtt_inflight.set(self._inflight)
+        if self._inflight >= self._mqtt.max_inflight:
+            self._conn.pause_reading()
+        elif self._conn.reading_paused:
+            self._conn.resume_reading()
+
+    def _stale(self, frame: _Frame) -> bool:
+        """True when the broker will deliver this frame again: it came on an older connection of a
+        session that was resumed (unacked QoS 1 messages are resent with it)."""
+        assert self._conn is not None
+        return frame.msg.qos > 0 and self._session_resumed and frame.msg.generation != self._conn.generation
+
+    def _forget_redelivered(self) -> None:
+        kept = deque(f for f in self._queue if not self._stale(f))
+        dropped = len(self._queue) - len(kept)
+        if dropped:
+            self._queue = kept
+            log.info("%d queued frames will be redelivered by the broker: taking those instead", dropped)
+            self._taken(-dropped)
+
+    # -- the ingest loop -------------------------------------------------------------------------------
+
+    async def _ingest(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                await self._slots.acquire()
+                while not self._queue:
+                    self._queued.clear()
+                    await self._queued.wait()
+                frame = self._queue.popleft()
+                tasks.create_task(self._handle(frame), name="edged.mqtt.frame")
+
+    async def _handle(self, frame: _Frame) -> None:
+        try:
+            outcome = await self._process(frame)
+            if outcome is not None:
+                self._finish(frame, outcome)
+        except Exception:
+            # Not acked: the broker redelivers the frame on the next connection.
+            log.exception("frame from %s on %s failed; not acknowledged", frame.camera, frame.msg.topic)
+        finally:
+            self._slots.release()
+            self._taken(-1)
+
+    async def _process(self, frame: _Frame) -> Outcome | None:
+        data = frame.msg.payload
+        sha256 = hashlib.sha256(data).hexdigest()
+        async with self._one_at_a_time(frame.camera, sha256):
+            attempt = 0
+            while True:
+                try:
+                    return await self._pipeline.process(
+                        transport="mqtt", camera=frame.camera, data=data, functions=frame.route.functions,
+                        max_pixels=self._mqtt.max_pixels, max_bytes=self._mqtt.max_payload_bytes,
+                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
+                        publish_mqtt=True, dedupe_window=self._mqtt.dedupe_window)
+                except Overloaded:
+                    self._metrics.overloaded.labels("mqtt").inc()
+                    delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
+                except OutboxFull as exc:
+                    self._metrics.mqtt_retries.labels(exc.code).inc()
+                    delay = backoff_delay(attempt, RETRY_MIN * 20, exc.retry_after)
+                    log.warning("outbox full: frame from %s waits unacknowledged (retry in %.1fs)", frame.camera,
+                                delay)
+                except EdgedError as exc:  # the store failed (disk full, I/O error): nothing was committed
+                    self._metrics.mqtt_retries.labels(exc.code).inc()
+                    delay = backoff_delay(attempt, RETRY_MIN * 20, RETRY_MAX * 6)
+                    log.error("frame from %s not committed (%s: %s); retrying in %.1fs", frame.camera, exc.code,
+                              exc.detail, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                if self._stale(frame):
+                    return None
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, camera: str, sha256: str) -> AsyncIterator[None]:
+        """Copies of one frame (a redelivery racing the original) run one after the other, so the
+        second is answered from the store with the first one's events."""
+        key = (camera, sha256)
+        while (busy := self._busy.get(key)) is not None:
+            await busy.wait()
+        done = self._busy[key] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._busy[key]
+            done.set()
+
+    def _finish(self, frame: _Frame, outcome: Outcome) -> None:
+        assert self._conn is not None
+        assert self._publisher is not None
+        if outcome.duplicate:
+            self._metrics.mqtt_frames.labels("duplicate").inc()
+            self._publisher.echo(outcome.events)
+        else:
+            self._metrics.mqtt_frames.labels("rejected" if outcome.ingest_error else "processed").inc()
+            self._publisher.wake()
+        msg = frame.msg
+        if not self._conn.ack(msg.mid, msg.qos, msg.generation):
+            # A resumed session redelivers it, and the copy is answered from the store.
+            log.debug("frame from %s committed after its connection closed: not acknowledged", frame.camera)

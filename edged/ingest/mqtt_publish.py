@@ -1,0 +1,223 @@
+"""Results from the store to the broker: QoS 1, on a connection of their own, marked published on PUBACK.
+
+The store is the queue: ``Store.mqtt_pending`` lists committed events still to publish, oldest first, and
+``Store.mqtt_published`` clears the mark once the broker acknowledged them. Nothing waits in memory
+for a broker: while it is away the events just stay pending, and after a reconnect the loop starts over
+from the store (paho's unacknowledged publishes are dropped on disconnect, so nothing goes out twice
+from two places).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edged.ingest.mqtt_client import ConnectionHandler, MqttConnection, Received, backoff_delay, new_properties
+from edged.metrics import Metrics
+from edged.pipeline import StoredEvent
+from edged.settings import MqttSettings
+from edged.status import Components
+
+__all__ = ["PublishStore", "Rendered", "ResultPublisher", "render"]
+
+log = logging.getLogger(__name__)
+
+#: Rows read per look at the store beyond those already in flight.
+BATCH = 64
+#: The store is looked at this often even when nothing announced new results (a safety net).
+POLL_SECONDS = 5.0
+#: Duplicates answered from the store wait at most this many at once for a free publish slot.
+MAX_ECHOES = 1024
+
+
+class PublishStore(Protocol):
+    async def mqtt_pending(self, limit: int) -> list[StoredEvent]: ...
+
+    async def mqtt_published(self, ids: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    topic: str
+    payload: bytes
+    properties: Properties | None
+
+
+def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -> Rendered:
+    """The MQTT message of one event: results on {prefix}/results/{camera}/{function}, errors on
+    {prefix}/errors/{camera}; the JSON event body, or with ``publish_images`` (MQTT 5 only) an image
+    result's bytes with the event's identity in user properties."""
+    if event.kind == "error":
+        topic = f"{prefix}/errors/{event.camera}"
+    else:
+        topic = f"{prefix}/results/{event.camera}/{event.function}"
+    props = new_properties(PacketTypes.PUBLISH) if v5 else None
+    if publish_images and v5 and event.kind == "result" and event.body is not None:
+        assert props is not None
+        source = event.data.get("source") or {}
+        props.ContentType = event.content_type or "application/octet-stream"
+        props.UserProperty = [
+            ("id", event.id), ("camera", event.camera), ("function", event.function),
+            ("sha256", str(source.get("sha256", ""))), ("received_at", str(source.get("received_at", ""))),
+            ("latency_ms", str(event.data.get("latency_ms", ""))),
+        ]
+        if source.get("correlation") is not None:
+            props.UserProperty = ("correlation", str(source["correlation"]))
+        return Rendered(topic, event.body, props)
+    if props is not None:
+        props.ContentType = "application/json"
+        props.PayloadFormatIndicator = 1
+    return Rendered(topic, json.dumps(event.data, separators=(",", ":")).encode(), props)
+
+
+class ResultPublisher(ConnectionHandler):
+    """The ``edged.mqtt.publish`` loop: drains ``mqtt_pending`` whenever connected, bounded in flight.
+
+    It owns the results connection (client id ``{client_id}-results``); ``conn.run()`` is its loop.
+    """
+
+    def __init__(self, settings: MqttSettings, client_id: str, store: PublishStore, metrics: Metrics,
+                 components: Components) -> None:
+        self._settings = settings
+        self.conn = MqttConnection(settings, f"{client_id}-results", self, components, metrics, ingest=False)
+        self._store = store
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        #: mid -> event id (None for an echo of a duplicate, which is not tracked in the store).
+        self._by_mid: dict[int, str | None] = {}
+        #: Event ids published or acknowledged but not yet marked in the store: never picked twice.
+        self._claimed: set[str] = set()
+        self._acked: list[str] = []
+        self._echoes: deque[StoredEvent] = deque()
+        self._refusals = 0
+        self._hold_until = 0.0
+
+    # -- called by the ingest side and, as its ConnectionHandler, by the results connection (loop thread) --
+
+    def wake(self) -> None:
+        """New events were committed, or the connection came back."""
+        self._wake.set()
+
+    def echo(self, events: Sequence[StoredEvent]) -> None:
+        """Publish these stored events again (a duplicate frame answered from the store), best effort:
+        the originals are published from the store anyway."""
+        for event in events:
+            if len(self._echoes) >= MAX_ECHOES:
+                log.warning("skipping the repeat of event %s: %d repeats already waiting", event.id, MAX_ECHOES)
+                continue
+            self._echoes.append(event)
+        self._wake.set()
+
+    def on_published(self, mid: int, ok: bool, reason: str) -> None:
+        if mid not in self._by_mid:
+            return
+        event_id = self._by_mid.pop(mid)
+        if ok:
+            self._metrics.mqtt_published.labels("ok").inc()
+            self._refusals = 0
+            if event_id is not None:
+                self._acked.append(event_id)
+        else:
+            # The broker took the message but refused it (v5 reason code, e.g. not authorized): keep it
+            # pending and hold back, so a broker-side ACL problem is retried slowly, not in a hot loop.
+            self._metrics.mqtt_published.labels("refused").inc()
+            if event_id is not None:
+                self._claimed.discard(event_id)
+            delay = backoff_delay(self._refusals, 1.0, 60.0)
+            self._refusals += 1
+            self._hold_until = time.monotonic() + delay
+            log.error("the broker refused result %s (%s); it stays queued, retrying in %.0fs", event_id, reason,
+                      delay)
+        self._wake.set()
+
+    def on_connected(self, generation: int, session_present: bool) -> None:
+        self._wake.set()
+
+    def on_message(self, message: Received) -> None:
+        pass  # this connection subscribes to nothing
+
+    def on_disconnected(self) -> None:
+        """paho dropped its unacknowledged publishes: those events are picked again after reconnecting."""
+        for event_id in self._by_mid.values():
+            if event_id is not None:
+                self._claimed.discard(event_id)
+        self._by_mid.clear()
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def _limit(self) -> int:
+        return min(self._settings.max_publish_inflight, self.conn.server_receive_maximum)
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self._flush()
+            wait = POLL_SECONDS
+            if self.conn.connected:
+                hold = self._hold_until - time.monotonic()
+                if hold > 0:
+                    wait = min(wait, hold)
+                else:
+                    await self._fill()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        """Disconnect, then mark what the broker acknowledged, so it is not published again after a restart."""
+        await self.conn.close()
+        await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._acked:
+            return
+        ids, self._acked = self._acked, []
+        try:
+            await self._store.mqtt_published(ids)
+        finally:
+            # On a store error these are picked again and published twice: at-least-once either way.
+            self._claimed.difference_update(ids)
+
+    async def _fill(self) -> None:
+        free = self._limit() - len(self._by_mid)
+        while free > 0 and self._echoes:
+            if not self._send(self._echoes[0], None):
+                return
+            self._echoes.popleft()
+            free -= 1
+        if free <= 0:
+            return
+        generation = self.conn.generation
+        limit = len(self._claimed) + BATCH
+        rows = await self._store.mqtt_pending(limit)
+        for event in rows:
+            if free <= 0 or not self.conn.connected or self.conn.generation != generation:
+                break
+            if event.id in self._claimed:
+                continue
+            if not self._send(event, event.id):
+                break
+            self._claimed.add(event.id)
+            free -= 1
+        if free > 0 and len(rows) >= limit:
+            self._wake.set()  # more may be waiting beyond this batch
+
+    def _send(self, event: StoredEvent, event_id: str | None) -> bool:
+        msg = render(event, prefix=self._settings.prefix, publish_images=self._settings.publish_images,
+                     v5=self.conn.v5)
+        mid = self.conn.publish(msg.topic, msg.payload, qos=1, properties=msg.properties)
+        if mid is None:
+            return False
+        self._by_mid[mid] = event_id
+        return True
