@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from edged.settings import ConfigError, load_settings, normalize_origin
+from edged.settings import ConfigError, Settings, load_settings, normalize_origin
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -111,3 +114,44 @@ def test_check_config_cli(tmp_path: Path) -> None:
     out = run_cli("check-config", "--config", str(repo_config))
     assert out.returncode == 0, out.stderr
     assert "config ok" in out.stdout
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested and typing.get_origin(field.annotation) is not dict:
+            keys |= _leaf_keys(nested[0], f"{prefix}{name}.")
+        elif typing.get_origin(field.annotation) is dict:
+            value_type = typing.get_args(field.annotation)[1]
+            keys |= _leaf_keys(value_type, f"{prefix}{name}.*.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def _toml_keys(value: object, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            generic = "*" if prefix in ("functions.", "models.") else name
+            keys |= _toml_keys(sub, f"{prefix}{generic}.") if isinstance(sub, dict | list) and sub and \
+                not (isinstance(sub, list) and not isinstance(sub[0], dict)) else {f"{prefix}{generic}"}
+    elif isinstance(value, list):
+        for item in value:
+            keys |= _toml_keys(item, prefix)
+    return keys
+
+
+def test_example_config_is_valid_and_shows_every_key() -> None:
+    example = Path(__file__).parent.parent / "config" / "edged.example.toml"
+    settings = load_settings(example)
+    assert settings.functions["classify"].models == ("efficientnet_lite0",)
+    text = example.read_text()
+    shown = _toml_keys(tomllib.loads(text))
+    # Keys shown only as comments (secrets, optional TLS) count as documented too.
+    commented = {line.lstrip("# ").split(" ")[0] for line in text.splitlines() if line.startswith("# ")}
+    missing = {key for key in _leaf_keys(Settings)
+               if key not in shown and key.rsplit(".", 1)[-1] not in commented}
+    assert not missing, f"config/edged.example.toml does not show: {sorted(missing)}"
