@@ -241,20 +241,26 @@ def latency_tables(n: int, tmp: Path) -> None:
 
 
 def rss_table(calls: int, tmp: Path) -> None:
+    """RSS over ``calls`` grayscale calls, measured in a fresh process so earlier phases don't count."""
     fns = {"gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256)}
+    checkpoints: list[tuple[int, float]] = []
     with FunctionPool(fns, PoolSettings(workers=2, queue=64), tmp / "cache") as pool:
         frame = pool.decode_sync(jpeg((640, 480)), 50_000_000)
-        for _ in range(50):
-            pool.call_sync("gray", frame)
-        before = rss_mb()
-        t0 = time.perf_counter()
         with ThreadPoolExecutor(2) as ex:
-            list(ex.map(lambda _: pool.call_sync("gray", frame), range(calls)))
-        elapsed = time.perf_counter() - t0
-        after = rss_mb()
-    print(f"\n## RSS over {calls} grayscale calls (640x480, 2 workers)\n")
-    print("| RSS before (MB) | RSS after (MB) | growth (MB) | calls/s |\n|---|---|---|---|")
-    print(f"| {before:.1f} | {after:.1f} | {after - before:+.1f} | {calls / elapsed:.0f} |")
+            # Warm up with the same two threads: each gets its malloc arena, linker and scratch files.
+            list(ex.map(lambda _: pool.call_sync("gray", frame), range(500)))
+            checkpoints.append((0, rss_mb()))
+            t0 = time.perf_counter()
+            step = max(1, calls // 5)
+            for done in range(step, calls + 1, step):
+                list(ex.map(lambda _: pool.call_sync("gray", frame), range(step)))
+                checkpoints.append((done, rss_mb()))
+            elapsed = time.perf_counter() - t0
+    print(f"\n## RSS over {calls} grayscale calls (640x480, 2 workers, fresh process, after 500 warm-up calls)\n")
+    print("| calls | RSS (MB) |\n|---|---|")
+    for done, mb in checkpoints:
+        print(f"| {done} | {mb:.1f} |")
+    print(f"\ngrowth: {checkpoints[-1][1] - checkpoints[0][1]:+.1f} MB; {calls / elapsed:.0f} calls/s")
 
 
 async def _load(url: str, data: bytes, total: int, concurrency: int) -> tuple[float, list[float]]:
@@ -326,19 +332,24 @@ def http_table(total: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve"])
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve", "rss"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
     if args.mode == "serve":
         asyncio.run(serve(args.port))
         return
+    if args.mode == "rss":
+        with tempfile.TemporaryDirectory() as tmp:
+            rss_table(1000 if args.quick else 10_000, Path(tmp))
+        return
     print(f"wasmtime-py {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?'}, "
           f"{os.cpu_count()} CPUs, {sys.platform} {os.uname().machine}")
     n = 30 if args.quick else 200
     with tempfile.TemporaryDirectory() as tmp:
         latency_tables(n, Path(tmp))
-        rss_table(1000 if args.quick else 10_000, Path(tmp))
+    subprocess.run([sys.executable, __file__, "rss", *(["--quick"] if args.quick else [])], check=True,
+                   timeout=1800)
     http_table(200 if args.quick else 2000)
 
 
