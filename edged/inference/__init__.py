@@ -1,1 +1,1 @@
-"""inference"""
+"""On-device inference for WASI-NN: TFLite models loaded once, interpreters pooled per model."""

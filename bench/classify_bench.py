@@ -1,0 +1,391 @@
+"""classify benchmark: edged (HTTP and the `invoke` path) against the same model called natively.
+
+All in one run, on the same photos (tests/data/chelsea.jpg 451x300 and coffee.jpg 600x400, alternating),
+with 1 and 2 workers; the model gets one interpreter thread per worker everywhere (threads = 1):
+
+  native   Python in this process: Pillow decode + convert("RGB") + resize((224, 224), BILINEAR),
+           float32 tensor, interpreter set_tensor/invoke/get_tensor, top-5. One interpreter per thread.
+  invoke   what `edged invoke classify FILE` does per image, in this process: FunctionPool.decode_sync +
+           call_sync (host decode, fresh Wasm instance, resize in the guest, WASI-NN, JSON).
+  http     POST /v1/functions/classify to a real daemon (`python -m edged run`, a subprocess) over
+           keep-alive connections, one client thread per worker; includes the HTTP round trip and the
+           durable store commit of the result (SQLite, synchronous=FULL: an fsync per request), with
+           state_dir on disk (a temporary directory).
+  http-shm the same with state_dir in /dev/shm: the difference is the cost of that fsync.
+
+A worker count of N means N pool workers and N client threads (native: N threads). Each mode runs in
+rounds, interleaved with the others, so slow drift on the machine hits every mode alike. Prints a
+table (p50, p99, images/s) and the two target ratios; asserts nothing.
+
+    .venv/bin/python bench/classify_bench.py [--requests 300] [--rounds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edged.inference.tflite import ModelRegistry, load_backend
+from edged.settings import FunctionSettings, ModelSettings, PoolSettings, Preopen
+from edged.wasm.host.nn import NnHost
+from edged.wasm.pool import FunctionPool
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "functions" / "classify" / "model"
+MODEL = MODEL_DIR / "efficientnet_lite0.tflite"
+LABELS = MODEL_DIR / "labels.txt"
+WASM = ROOT / "functions" / "classify" / "classify.wasm"
+PHOTOS = [ROOT / "tests" / "data" / "chelsea.jpg", ROOT / "tests" / "data" / "coffee.jpg"]
+NAME = "efficientnet_lite0"
+MAX_PIXELS = 40_000_000
+_LISTENING = re.compile(r"listening on http://(\S+):(\d+)")
+
+#: (photo index) -> latency seconds, run by one client thread
+Job = Callable[[int], None]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def drive(make_job: Callable[[int], Job], workers: int, total: int) -> tuple[list[float], float]:
+    """``total`` requests spread over ``workers`` threads (each with its own job); latencies and wall time."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[Exception] = []
+    per_thread = total // workers
+
+    def run(worker: int) -> None:
+        job = make_job(worker)
+        mine: list[float] = []
+        try:
+            for i in range(per_thread):
+                t0 = time.perf_counter()
+                job((i + worker) % len(PHOTOS))
+                mine.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 (re-raised by the driving thread below)
+            errors.append(exc)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return latencies, wall
+
+
+# -- native ------------------------------------------------------------------------------------------------
+
+#: native per call: Pillow decode + resize, tensor + invoke + top-5 (seconds)
+NATIVE_PHASES: list[tuple[float, float]] = []
+
+
+def native_jobs(data: list[bytes], labels: list[str]) -> Callable[[int], Job]:
+    backend = load_backend("auto")
+    content = MODEL.read_bytes()
+    interpreters: dict[int, Any] = {}
+
+    def make(worker: int) -> Job:
+        if worker not in interpreters:
+            interpreter = backend.factory(model_content=content, num_threads=1)
+            interpreter.allocate_tensors()
+            interpreters[worker] = interpreter
+        interpreter = interpreters[worker]
+        inp = interpreter.get_input_details()[0]["index"]
+        out = interpreter.get_output_details()[0]["index"]
+
+        def job(k: int) -> None:
+            t0 = time.perf_counter()
+            with Image.open(io.BytesIO(data[k])) as img:
+                rgb = img.convert("RGB").resize((224, 224), Image.BILINEAR)
+            t1 = time.perf_counter()
+            interpreter.set_tensor(inp, np.asarray(rgb, np.float32)[None])
+            interpreter.invoke()
+            scores = interpreter.get_tensor(out)[0]
+            top = np.argsort(-scores)[:5]
+            json.dumps({"label": labels[top[0]], "top": [[labels[i], float(scores[i])] for i in top]})
+            NATIVE_PHASES.append((t1 - t0, time.perf_counter() - t1))
+
+        return job
+
+    return make
+
+
+# -- edged, in process (the invoke path) ---------------------------------------------------------------------
+
+#: TFLite invoke time inside WASI-NN compute() in this process (the invoke path), seconds
+COMPUTE: list[float] = []
+_compute = NnHost._compute
+
+
+def _timed_compute(self: NnHost, *args: Any) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return _compute(self, *args)
+    finally:
+        COMPUTE.append(time.perf_counter() - t0)
+
+
+NnHost._compute = _timed_compute  # type: ignore[method-assign]
+
+
+class InvokePath:
+    def __init__(self, workers: int, cache: Path) -> None:
+        fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256,
+                              preopens=(Preopen(host=MODEL_DIR, guest=f"/models/{NAME}"),))
+        COMPUTE.clear()
+        self.registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS, threads=1)},
+                                      max_interpreters=workers)
+        self.registry.load()
+        self.pool = FunctionPool({"classify": fn}, PoolSettings(workers=workers, queue=workers),
+                                 cache, nn=NnHost(self.registry))
+        self.pool.start()
+        #: per call: decode wall, call wall, CallResult duration / instantiate / run (seconds)
+        self.phases: list[tuple[float, float, float, float, float]] = []
+        self._lock = threading.Lock()
+
+    def jobs(self, data: list[bytes]) -> Callable[[int], Job]:
+        def make(worker: int) -> Job:
+            def job(k: int) -> None:
+                t0 = time.perf_counter()
+                frame = self.pool.decode_sync(data[k], MAX_PIXELS)
+                t1 = time.perf_counter()
+                result = self.pool.call_sync("classify", frame)
+                t2 = time.perf_counter()
+                assert result.json is not None
+                with self._lock:
+                    self.phases.append((t1 - t0, t2 - t1, result.duration_ms / 1000,
+                                        result.instantiate_ms / 1000, result.run_ms / 1000))
+
+            return job
+
+        return make
+
+    def breakdown(self) -> str:
+        def med(i: int) -> float:
+            return pct([p[i] for p in self.phases], 0.5) * 1000
+
+        return (f"decode {med(0):.2f} ms (wall, via the pool), call {med(1):.2f} ms (wall): in the worker "
+                f"{med(2):.2f} ms, of which instantiate {med(3):.2f}, edged_run {med(4):.2f} (guest resize, "
+                f"WASI-NN incl. TFLite invoke, JSON); WASI-NN compute {pct(COMPUTE, 0.5) * 1000:.2f} ms")
+
+    def close(self) -> None:
+        self.pool.close()
+        self.registry.close()
+
+
+# -- edged, over HTTP ----------------------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, workers: int, tmp: Path, state_dir: Path) -> None:
+        cfg = tmp / f"edged-{workers}-{state_dir.name}.toml"
+        cfg.write_text(f"""
+state_dir = "{state_dir}"
+device_id = "bench"
+log_level = "WARNING"
+[http]
+port = 0
+[mqtt]
+enabled = false
+[dapr]
+enabled = false
+[pool]
+workers = {workers}
+queue = {workers * 4}
+[models.{NAME}]
+path = "{MODEL}"
+labels = "{LABELS}"
+threads = 1
+[functions.classify]
+module = "{WASM}"
+models = ["{NAME}"]
+memory_mb = 256
+preopens = [{{ host = "{MODEL_DIR}", guest = "/models/{NAME}" }}]
+""")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "EDGED_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+        self.host, self.port = self._wait_listening()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _wait_listening(self) -> tuple[str, int]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        lines = []
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                return match.group(1), int(match.group(2))
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError("daemon did not start:\n" + "".join(lines[-20:]))
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in iter(self.proc.stdout.readline, b""):
+            pass
+
+    def jobs(self, data: list[bytes]) -> Callable[[int], Job]:
+        def make(worker: int) -> Job:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+            def job(k: int) -> None:
+                conn.request("POST", "/v1/functions/classify", body=data[k],
+                             headers={"Content-Type": "image/jpeg"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+
+            return job
+
+        return make
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def invoke_cli_once(cfg: Path) -> float:
+    """One `edged invoke` process, start to finish (process start, imports, model load, one call)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edged", "--config", str(cfg), "invoke", "classify", str(PHOTOS[0])],
+                   check=True, capture_output=True, timeout=120)
+    return time.perf_counter() - t0
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat), while this benchmark itself is idle."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return idle, sum(fields)
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(max_busy: float, limit: float = 120.0) -> float:
+    """Wait (bounded) until other processes leave the CPUs alone; return the busy share at the start."""
+    deadline = time.monotonic() + limit
+    busy = busy_fraction()
+    while busy >= max_busy and time.monotonic() < deadline:
+        busy = busy_fraction()
+    return busy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="requests per mode, worker count and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--max-busy", type=float, default=0.1,
+                        help="before each round wait (up to 120 s) until other processes use less than this share "
+                             "of the CPUs")
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    data = [p.read_bytes() for p in PHOTOS]
+    labels = LABELS.read_text().splitlines()
+
+    results: dict[tuple[str, int], list[tuple[list[float], float]]] = {}
+    breakdowns: dict[int, str] = {}
+    loads: list[float] = []
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # noqa: S108 (a private mkdtemp inside)
+    with tempfile.TemporaryDirectory(prefix="classify-bench-") as tmp_name, \
+            tempfile.TemporaryDirectory(prefix="classify-bench-", dir=shm) as shm_name:
+        tmp = Path(tmp_name)
+        for workers in worker_counts:
+            native = native_jobs(data, labels)
+            invoke = InvokePath(workers, tmp / "cache")
+            daemons = {"http": Daemon(workers, tmp, tmp / f"state-{workers}"),
+                       "http-shm": Daemon(workers, tmp, Path(shm_name) / f"state-{workers}")}
+            modes: dict[str, Callable[[int], Job]] = {"native": native, "invoke": invoke.jobs(data)}
+            modes.update({name: d.jobs(data) for name, d in daemons.items()})
+            try:
+                for make in modes.values():
+                    drive(make, workers, args.warmup * workers)
+                for _ in range(args.rounds):
+                    loads.append(wait_for_quiet(args.max_busy))
+                    for name, make in modes.items():
+                        results.setdefault((name, workers), []).append(drive(make, workers, args.requests))
+            finally:
+                for d in daemons.values():
+                    d.close()
+                invoke.close()
+            breakdowns[workers] = invoke.breakdown()
+        cli = [invoke_cli_once(tmp / "edged-1-state-1.toml") for _ in range(3)]
+
+    print(f"\nclassify: {platform.machine()}, {os.cpu_count()} CPUs, {args.rounds} rounds x {args.requests} "
+          f"requests per mode and worker count, photos {', '.join(p.name for p in PHOTOS)} alternating\n")
+    print("| mode | workers | p50 ms | p99 ms | images/s |")
+    print("| --- | --- | --- | --- | --- |")
+    table: dict[tuple[str, int], dict[str, float]] = {}
+    for (name, workers), runs in results.items():
+        latencies = [x for lat, _ in runs for x in lat]
+        count = sum(len(lat) for lat, _ in runs)
+        wall = sum(w for _, w in runs)
+        row = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
+               "images_per_s": count / wall}
+        table[(name, workers)] = row
+    modes_order = ("native", "invoke", "http", "http-shm")
+    for workers in worker_counts:
+        for name in modes_order:
+            row = table[(name, workers)]
+            print(f"| {name} | {workers} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['images_per_s']:.1f} |")
+    print()
+    for name in modes_order[1:]:
+        for workers in worker_counts:
+            ratio = table[(name, workers)]["p50_ms"] / table[("native", workers)]["p50_ms"]
+            print(f"{name} p50 / native p50, {workers} worker(s): {ratio:.3f}  (target <= 1.15)")
+    if 1 in worker_counts and 2 in worker_counts:
+        for name in modes_order:
+            scale = table[(name, 2)]["images_per_s"] / table[(name, 1)]["images_per_s"]
+            print(f"{name} images/s, 2 workers / 1 worker: {scale:.2f}  (target >= 1.7)")
+    print(f"native, medians: Pillow decode + resize {pct([p[0] for p in NATIVE_PHASES], 0.5) * 1000:.2f} ms, "
+          f"tensor + invoke + top-5 {pct([p[1] for p in NATIVE_PHASES], 0.5) * 1000:.2f} ms")
+    for workers, text in breakdowns.items():
+        print(f"invoke path, {workers} worker(s), medians: {text}")
+    print(f"CPU busy (other processes) before each round: {', '.join(f'{x:.0%}' for x in loads)}")
+    print(f"\none `edged invoke classify chelsea.jpg` process, start to exit: "
+          f"{', '.join(f'{c * 1000:.0f}' for c in cli)} ms")
+    if args.json:
+        args.json.write_text(json.dumps({f"{n}/{w}": row for (n, w), row in table.items()} | {
+            "invoke_cli_process_ms": [c * 1000 for c in cli]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
