@@ -122,7 +122,12 @@ class Pipeline:
         try:
             if max_bytes is not None and len(data) > max_bytes:
                 raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {max_bytes}")
-            outcome.frame = await self._pool.decode(data, max_pixels)
+            if len(functions) == 1:
+                # The common one-function request: decode and call in one worker hand-off.
+                outcome.frame, single = await self._pool.decode_and_call(data, max_pixels, functions[0])
+                settled: list[CallResult | FunctionError] | None = [single]
+            else:
+                outcome.frame, settled = await self._pool.decode(data, max_pixels), None
         except ImageError as exc:
             self._metrics.rejected.labels(transport, exc.code).inc()
             log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
@@ -132,9 +137,8 @@ class Pipeline:
                 outcome.events = await self._commit(transport, camera, sha256, received, correlation,
                                                     [event], publish_mqtt)
             return outcome
-        frame = outcome.frame
-        calls = [self._call(name, frame) for name in functions]
-        settled = await asyncio.gather(*calls)
+        if settled is None:
+            settled = list(await asyncio.gather(*(self._call(name, outcome.frame) for name in functions)))
         events: list[NewEvent] = []
         for name, result in zip(functions, settled, strict=True):
             outcome.results[name] = result

@@ -244,6 +244,24 @@ class FunctionPool:
         """``edged.frames.decode`` on a worker; counts against the same bound as calls."""
         return await asyncio.wrap_future(self._submit(_decode, data, max_pixels))
 
+    async def decode_and_call(self, data: bytes, max_pixels: int,
+                              name: str) -> tuple[Frame, CallResult | FunctionError]:
+        """Decode ``data`` and run ``name`` on it in one worker hand-off (one admission slot).
+
+        Raises ImageError for an unacceptable image, UnknownFunction or Overloaded; a failed call is
+        returned, not raised, since the frame it ran on is wanted either way.
+        """
+        job = self._submit(self._decode_and_run, self._runner(name), data, max_pixels)
+        return await asyncio.wrap_future(job)
+
+    def _decode_and_run(self, runner: FunctionRunner, data: bytes,
+                        max_pixels: int) -> tuple[Frame, CallResult | FunctionError]:
+        frame = _decode(data, max_pixels)
+        try:
+            return frame, self._run(runner, frame)
+        except FunctionError as exc:
+            return frame, exc
+
     def decode_sync(self, data: bytes, max_pixels: int) -> Frame:
         return self._submit(_decode, data, max_pixels).result()
 
