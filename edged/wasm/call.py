@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,12 @@ class FunctionRunner:
         store.set_epoch_deadline(self._ticks)
         return store
 
+    def _fresh_instance(self, store: wasmtime.Store) -> tuple[Mapping[str, object], wasmtime.Memory | None]:
+        """Instantiate into ``store``; return its exports and its exported memory, if any."""
+        exports = self._instance_pre().instantiate(store).exports(store)
+        found = exports.get("memory")
+        return exports, found if isinstance(found, wasmtime.Memory) else None
+
     def _wasi(self, scratch: Scratch | None) -> wasmtime.WasiConfig:
         """Nothing inherited: argv is [name], no environment, preopens as granted, stdio as the ABI needs."""
         wasi = wasmtime.WasiConfig()
@@ -275,10 +282,7 @@ class FunctionRunner:
         memory: wasmtime.Memory | None = None
         with activate(ctx):
             try:
-                instance = self._instance_pre().instantiate(store)
-                exports = instance.exports(store)
-                found = exports.get("memory")
-                memory = found if isinstance(found, wasmtime.Memory) else None
+                exports, memory = self._fresh_instance(store)
                 init = exports.get("_initialize")
                 if isinstance(init, wasmtime.Func):
                     init(store)
@@ -319,10 +323,7 @@ class FunctionRunner:
         memory: wasmtime.Memory | None = None
         with activate(ctx):
             try:
-                instance = self._instance_pre().instantiate(store)
-                exports = instance.exports(store)
-                found = exports.get("memory")
-                memory = found if isinstance(found, wasmtime.Memory) else None
+                exports, memory = self._fresh_instance(store)
                 start = exports.get("_start")
                 assert isinstance(start, wasmtime.Func)
                 t1 = time.perf_counter()
