@@ -50,6 +50,7 @@ bench: setup
 	$(PY) bench/pool_bench.py
 	$(PY) bench/classify_bench.py
 	$(PY) bench/mqtt_bench.py
+	$(PY) bench/outbox_bench.py
 
 clean:
 	rm -rf $(VENV) state build
