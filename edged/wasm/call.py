@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,10 @@ class _Attempt:
     memory_bytes: int = 0
     alloc_failed: int | None = None
     bad_pointer: str | None = None
+
+
+#: The ABI-specific part of a call: runs with the fresh instance's store, exports and memory.
+_Body = Callable[[wasmtime.Store, Mapping[str, object], "wasmtime.Memory | None", _Attempt], None]
 
 
 def _i32(value: int) -> int:
@@ -272,74 +276,69 @@ class FunctionRunner:
             header = pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data))
         return header, data
 
-    def _run_reactor(self, ctx: CallContext, frame: Frame, scratch: Scratch) -> _Attempt:
+    def _attempt(self, ctx: CallContext, scratch: Scratch, body: _Body) -> _Attempt:
+        """A fresh store and instance; ``body`` runs the ABI's part; traps are gathered, never raised."""
         attempt = _Attempt()
-        header, data = self._input(frame)
-        total = HEADER_SIZE + len(data)
         t0 = time.perf_counter()
         store = self._store()
         store.set_wasi(self._wasi(scratch))
         memory: wasmtime.Memory | None = None
+        run_started: float | None = None
         with activate(ctx):
             try:
                 exports, memory = self._fresh_instance(store)
-                init = exports.get("_initialize")
-                if isinstance(init, wasmtime.Func):
-                    init(store)
-                alloc, run = exports.get("edged_alloc"), exports.get("edged_run")
-                if memory is None or not isinstance(alloc, wasmtime.Func) or not isinstance(run, wasmtime.Func):
-                    attempt.bad_pointer = "the instance lacks memory, edged_alloc or edged_run"
-                    return attempt
-                t1 = time.perf_counter()
-                attempt.instantiate_ms = (t1 - t0) * 1000
-                ptr = u32(alloc(store, _i32(total)))
-                if ptr == 0:
-                    attempt.alloc_failed = total
-                    return attempt
-                guest = GuestMemory(memory, store)
-                try:
-                    guest.write(ptr, header)
-                    guest.write(ptr + HEADER_SIZE, data)
-                except GuestMemoryError as exc:
-                    attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
-                    return attempt
-                attempt.status = run(store, _i32(ptr), _i32(total))
-                attempt.run_ms = (time.perf_counter() - t1) * 1000
+                run_started = time.perf_counter()
+                attempt.instantiate_ms = (run_started - t0) * 1000
+                body(store, exports, memory, attempt)
             except wasmtime.ExitTrap as exc:
-                # proc_exit inside a reactor: its status stands in for edged_run's result.
+                # proc_exit: its status stands in for the command's exit status or edged_run's result.
                 attempt.status = exc.code
             except wasmtime.Trap as exc:
                 attempt.trap = exc.with_traceback(None)
                 attempt.memory_bytes = memory.data_len(store) if memory is not None else 0
             except wasmtime.WasmtimeError as exc:
                 attempt.error = exc.with_traceback(None)
+            if run_started is not None:
+                attempt.run_ms = (time.perf_counter() - run_started) * 1000
         return attempt
 
-    def _run_command(self, ctx: CallContext, scratch: Scratch) -> _Attempt:
-        attempt = _Attempt()
-        t0 = time.perf_counter()
-        store = self._store()
-        store.set_wasi(self._wasi(scratch))
-        memory: wasmtime.Memory | None = None
-        with activate(ctx):
+    def _run_reactor(self, ctx: CallContext, frame: Frame, scratch: Scratch) -> _Attempt:
+        header, data = self._input(frame)
+        total = HEADER_SIZE + len(data)
+
+        def body(store: wasmtime.Store, exports: Mapping[str, object], memory: wasmtime.Memory | None,
+                 attempt: _Attempt) -> None:
+            init = exports.get("_initialize")
+            if isinstance(init, wasmtime.Func):
+                init(store)
+            alloc, run = exports.get("edged_alloc"), exports.get("edged_run")
+            if memory is None or not isinstance(alloc, wasmtime.Func) or not isinstance(run, wasmtime.Func):
+                attempt.bad_pointer = "the instance lacks memory, edged_alloc or edged_run"
+                return
+            ptr = u32(alloc(store, _i32(total)))
+            if ptr == 0:
+                attempt.alloc_failed = total
+                return
+            guest = GuestMemory(memory, store)
             try:
-                exports, memory = self._fresh_instance(store)
-                start = exports.get("_start")
-                assert isinstance(start, wasmtime.Func)
-                t1 = time.perf_counter()
-                attempt.instantiate_ms = (t1 - t0) * 1000
-                try:
-                    start(store)
-                    attempt.status = 0
-                except wasmtime.ExitTrap as exc:
-                    attempt.status = exc.code
-                attempt.run_ms = (time.perf_counter() - t1) * 1000
-            except wasmtime.Trap as exc:
-                attempt.trap = exc.with_traceback(None)
-                attempt.memory_bytes = memory.data_len(store) if memory is not None else 0
-            except wasmtime.WasmtimeError as exc:
-                attempt.error = exc.with_traceback(None)
-        return attempt
+                guest.write(ptr, header)
+                guest.write(ptr + HEADER_SIZE, data)
+            except GuestMemoryError as exc:
+                attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
+                return
+            attempt.status = run(store, _i32(ptr), _i32(total))
+
+        return self._attempt(ctx, scratch, body)
+
+    def _run_command(self, ctx: CallContext, scratch: Scratch) -> _Attempt:
+        def body(store: wasmtime.Store, exports: Mapping[str, object], memory: wasmtime.Memory | None,
+                 attempt: _Attempt) -> None:
+            start = exports.get("_start")
+            assert isinstance(start, wasmtime.Func)
+            start(store)
+            attempt.status = 0
+
+        return self._attempt(ctx, scratch, body)
 
     # -- outcomes ------------------------------------------------------------------------------------
 
