@@ -7,7 +7,6 @@ costs a header parse, not gigabytes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import struct
 from dataclasses import dataclass
@@ -50,7 +49,6 @@ class Frame:
     width: int
     height: int
     pixels: bytes
-    sha256: str
 
     @property
     def format_code(self) -> int:
@@ -93,7 +91,6 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
         width=width,
         height=height,
         pixels=pixels,
-        sha256=hashlib.sha256(data).hexdigest(),
     )
 
 

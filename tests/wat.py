@@ -10,7 +10,6 @@ Memory layout of every module built here:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -180,5 +179,4 @@ def write_wasm(directory: Path, name: str, wat: str) -> Path:
 
 def raw_frame(raw: bytes, width: int = 1, height: int = 1, fmt: str = "PNG") -> Frame:
     """A Frame with arbitrary raw bytes (for ``input = "raw"`` functions and commands) and grey pixels."""
-    return Frame(raw=raw, format=fmt, width=width, height=height, pixels=bytes(width * height * 3),
-                 sha256=hashlib.sha256(raw).hexdigest())
+    return Frame(raw=raw, format=fmt, width=width, height=height, pixels=bytes(width * height * 3))
