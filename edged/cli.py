@@ -52,10 +52,9 @@ def _file_problems(settings: Settings) -> list[tuple[str, str]]:
             problems.append((f"models.{name}.path", f"no such file: {model.path}"))
         if model.labels is not None and not model.labels.is_file():
             problems.append((f"models.{name}.labels", f"no such file: {model.labels}"))
-    for key in ("password_file",):
-        value = getattr(settings.mqtt, key)
-        if value is not None and not value.is_file() and not os.environ.get("CREDENTIALS_DIRECTORY"):
-            problems.append((f"mqtt.{key}", f"no such file: {value}"))
+    password = settings.mqtt.password_file
+    if password is not None and not password.is_file() and not os.environ.get("CREDENTIALS_DIRECTORY"):
+        problems.append(("mqtt.password_file", f"no such file: {password}"))
     return problems
 
 
