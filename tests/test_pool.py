@@ -478,6 +478,9 @@ BAD_MODULES: dict[str, tuple[str, str, str]] = {
     "inittraps": (Wat().frame_module(RETURN_OK, exports='(func (export "_initialize") unreachable)'),
                   "frame-v1", "failed while checking"),
     "nostart": (m_ok(), "wasi-command", "must export _start"),
+    # Calls trust checked signatures (edged.wasm.rawcall), _initialize included.
+    "badinit": (Wat().frame_module(RETURN_OK, exports='(func (export "_initialize") (param i32))'), "frame-v1",
+                "_initialize, if any, must be () -> ()"),
 }
 
 

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from edged.wasm.abi import (
 )
 from edged.wasm.host import HostExtension, link_edged
 from edged.wasm.host.context import CallContext, activate
+from edged.wasm.rawcall import call_i32, export
 from edged.wasm.scratch import Scratch
 
 __all__ = ["CallResult", "FunctionLoadError", "FunctionRunner", "trap_summary"]
@@ -92,13 +93,8 @@ class _Attempt:
     bad_pointer: str | None = None
 
 
-#: The ABI-specific part of a call: runs with the fresh instance's store, exports and memory.
-_Body = Callable[[wasmtime.Store, Mapping[str, object], "wasmtime.Memory | None", _Attempt], None]
-
-
-def _i32(value: int) -> int:
-    value &= 0xFFFF_FFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
+#: The ABI-specific part of a call: runs with the fresh instance, its store and its exported memory.
+_Body = Callable[[wasmtime.Store, wasmtime.Instance, "wasmtime.Memory | None", _Attempt], None]
 
 
 def trap_summary(message: str) -> str:
@@ -129,6 +125,9 @@ class FunctionRunner:
         self._memory_limit = settings.memory_mb * MiB
         self._ticks = math.ceil(settings.timeout_ms / tick_ms) + 1
         self._local = threading.local()
+        self._has_initialize = any(e.name == "_initialize" for e in module.exports)
+        #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
+        self._validated = False
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -157,11 +156,18 @@ class FunctionRunner:
         store.set_epoch_deadline(self._ticks)
         return store
 
-    def _fresh_instance(self, store: wasmtime.Store) -> tuple[Mapping[str, object], wasmtime.Memory | None]:
-        """Instantiate into ``store``; return its exports and its exported memory, if any."""
-        exports = self._instance_pre().instantiate(store).exports(store)
-        found = exports.get("memory")
-        return exports, found if isinstance(found, wasmtime.Memory) else None
+    def _fresh_instance(self, store: wasmtime.Store) -> tuple[wasmtime.Instance, wasmtime.Memory | None]:
+        """Instantiate into ``store``; return the instance and its exported memory, if any."""
+        instance = self._instance_pre().instantiate(store)
+        found = export(store, instance, "memory")
+        return instance, found if isinstance(found, wasmtime.Memory) else None
+
+    def _initialize(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+        """Run a reactor's ``_initialize`` when it has one (checked to be () -> () by validate)."""
+        if self._has_initialize:
+            init = export(store, instance, "_initialize")
+            assert isinstance(init, wasmtime.Func)
+            call_i32(store, init, results=0)
 
     def _wasi(self, scratch: Scratch | None) -> wasmtime.WasiConfig:
         """Nothing inherited: argv is [name], no environment, preopens as granted, stdio as the ABI needs."""
@@ -192,12 +198,15 @@ class FunctionRunner:
         else:
             if not isinstance(exports.get("memory"), wasmtime.MemoryType):
                 raise FunctionLoadError(self.name, "a frame-v1 module must export its memory as 'memory'")
-            for export, signature in _EXPECTED_FRAME_EXPORTS.items():
-                ty = exports.get(export)
+            init = exports.get("_initialize")
+            if init is not None and (not isinstance(init, wasmtime.FuncType) or _signature(init) != ((), ())):
+                raise FunctionLoadError(self.name, "a frame-v1 module's _initialize, if any, must be () -> ()")
+            for name, signature in _EXPECTED_FRAME_EXPORTS.items():
+                ty = exports.get(name)
                 if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != signature:
                     params, results = signature
                     raise FunctionLoadError(
-                        self.name, f"a frame-v1 module must export {export}: ({', '.join(params)}) -> "
+                        self.name, f"a frame-v1 module must export {name}: ({', '.join(params)}) -> "
                                    f"({', '.join(results)})")
         if self._extension is not None:
             problem = self._extension.check(self.name, self.settings, self.module)
@@ -209,19 +218,17 @@ class FunctionRunner:
             raise FunctionLoadError(self.name, f"cannot link: {trap_summary(str(exc))}") from exc
         if self.settings.abi == "frame-v1":
             self._check_abi_version(pre)
+        self._validated = True
 
     def _check_abi_version(self, pre: wasmtime.InstancePre) -> None:
         store = self._store()
         store.set_wasi(self._wasi(None))
         try:
             instance = pre.instantiate(store)
-            exports = instance.exports(store)
-            init = exports.get("_initialize")
-            if isinstance(init, wasmtime.Func):
-                init(store)
-            version_fn = exports["edged_abi_version"]
+            self._initialize(store, instance)
+            version_fn = export(store, instance, "edged_abi_version")
             assert isinstance(version_fn, wasmtime.Func)
-            version = version_fn(store)
+            version = call_i32(store, version_fn)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise FunctionLoadError(self.name, f"failed while checking its ABI version: "
                                                f"{trap_summary(str(exc))}") from None
@@ -232,6 +239,8 @@ class FunctionRunner:
 
     def call(self, frame: Frame, scratch: Scratch) -> CallResult:
         """Run one call on this thread; raise a FunctionError subclass when it fails."""
+        if not self._validated:
+            raise RuntimeError(f"function {self.name} was not validated")
         started = time.perf_counter()
         ctx = CallContext(self.name, self.settings, time.monotonic() + self.settings.timeout_ms / 1000,
                           self.logger)
@@ -286,10 +295,10 @@ class FunctionRunner:
         run_started: float | None = None
         with activate(ctx):
             try:
-                exports, memory = self._fresh_instance(store)
+                instance, memory = self._fresh_instance(store)
                 run_started = time.perf_counter()
                 attempt.instantiate_ms = (run_started - t0) * 1000
-                body(store, exports, memory, attempt)
+                body(store, instance, memory, attempt)
             except wasmtime.ExitTrap as exc:
                 # proc_exit: its status stands in for the command's exit status or edged_run's result.
                 attempt.status = exc.code
@@ -306,16 +315,15 @@ class FunctionRunner:
         header, data = self._input(frame)
         total = HEADER_SIZE + len(data)
 
-        def body(store: wasmtime.Store, exports: Mapping[str, object], memory: wasmtime.Memory | None,
+        def body(store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
                  attempt: _Attempt) -> None:
-            init = exports.get("_initialize")
-            if isinstance(init, wasmtime.Func):
-                init(store)
-            alloc, run = exports.get("edged_alloc"), exports.get("edged_run")
+            self._initialize(store, instance)
+            alloc, run = export(store, instance, "edged_alloc"), export(store, instance, "edged_run")
             if memory is None or not isinstance(alloc, wasmtime.Func) or not isinstance(run, wasmtime.Func):
                 attempt.bad_pointer = "the instance lacks memory, edged_alloc or edged_run"
                 return
-            ptr = u32(alloc(store, _i32(total)))
+            # Both signatures were checked by validate(): the unchecked calls are safe.
+            ptr = u32(call_i32(store, alloc, total) or 0)
             if ptr == 0:
                 attempt.alloc_failed = total
                 return
@@ -326,16 +334,16 @@ class FunctionRunner:
             except GuestMemoryError as exc:
                 attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
                 return
-            attempt.status = run(store, _i32(ptr), _i32(total))
+            attempt.status = call_i32(store, run, ptr, total)
 
         return self._attempt(ctx, scratch, body)
 
     def _run_command(self, ctx: CallContext, scratch: Scratch) -> _Attempt:
-        def body(store: wasmtime.Store, exports: Mapping[str, object], memory: wasmtime.Memory | None,
+        def body(store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
                  attempt: _Attempt) -> None:
-            start = exports.get("_start")
+            start = export(store, instance, "_start")
             assert isinstance(start, wasmtime.Func)
-            start(store)
+            call_i32(store, start, results=0)  # validate() checked _start: () -> ()
             attempt.status = 0
 
         return self._attempt(ctx, scratch, body)

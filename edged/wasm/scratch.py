@@ -42,9 +42,25 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_head(path: Path, limit: int) -> bytes:
-    with path.open("rb") as fh:
-        return fh.read(limit)
+def _read_head(path: Path, limit: int) -> tuple[bytes, int]:
+    """At most ``limit`` bytes from the start of ``path``, and the file's whole size.
+
+    Sized by fstat, so a small output is not read into a buffer of ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        want = min(size, limit)
+        chunks = []
+        while want > 0:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks), size
+    finally:
+        os.close(fd)
 
 
 class Scratch:
@@ -57,22 +73,24 @@ class Scratch:
         self.stderr = self.dir / "stderr"
         for path in (self.stdin, self.stdout, self.stderr):
             path.touch(mode=0o600)
+        self._stdio_used = False
 
     def write_stdin(self, data: bytes) -> None:
+        self._stdio_used = True
         with self.stdin.open("wb") as fh:
             fh.write(data)
 
     def read_stdout(self, limit: int) -> bytes | None:
         """stdout, or None when it is over ``limit`` bytes."""
-        data = _read_head(self.stdout, limit + 1)
-        return None if len(data) > limit else data
+        data, size = _read_head(self.stdout, limit)
+        return None if size > limit else data
 
     def log_stderr(self, logger: logging.Logger) -> str:
         """Log the call's stderr line by line (at most STDERR_LIMIT bytes) and return that text."""
-        size = _size(self.stderr)
-        if size == 0:
+        if _size(self.stderr) == 0:
             return ""
-        text = _read_head(self.stderr, STDERR_LIMIT).decode("utf-8", errors="replace")
+        data, size = _read_head(self.stderr, STDERR_LIMIT)
+        text = data.decode("utf-8", errors="replace")
         log_lines(logger, logging.INFO, text)
         if size > STDERR_LIMIT:
             logger.warning("stderr was %d bytes; only the first %d were logged", size, STDERR_LIMIT)
@@ -80,6 +98,8 @@ class Scratch:
 
     def reset(self) -> None:
         """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls."""
-        for path in (self.stdin, self.stdout, self.stderr):
-            if _size(path) > 0:
-                os.truncate(path, 0)
+        os.truncate(self.stderr, 0)
+        if self._stdio_used:  # only wasi-command calls have stdin and stdout
+            os.truncate(self.stdin, 0)
+            os.truncate(self.stdout, 0)
+            self._stdio_used = False

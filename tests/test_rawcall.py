@@ -1,0 +1,100 @@
+"""edged.wasm.rawcall: export lookup and unchecked i32 calls, against the public wasmtime-py API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from edged.settings import FunctionSettings
+from edged.wasm import rawcall
+from edged.wasm.call import FunctionRunner
+from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
+from tests.wat import raw_frame
+
+pytestmark = pytest.mark.timeout(60)
+
+MODULE = """
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $g (export "counter") (mut i32) (i32.const 0))
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "neg") (param i32) (result i32) (i32.sub (i32.const 0) (local.get 0)))
+  (func (export "bump") (global.set $g (i32.add (global.get $g) (i32.const 1))))
+  (func (export "get") (result i32) (global.get $g))
+  (func (export "trap") (param i32) (result i32) unreachable)
+  (func (export "exit") (param i32) (result i32) (call $exit (local.get 0)) (i32.const 0)))
+"""
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "public-api"])
+def instance(request: pytest.FixtureRequest,
+             monkeypatch: pytest.MonkeyPatch) -> tuple[wasmtime.Store, wasmtime.Instance]:
+    """The same module through the fast path and through the public-API fallback."""
+    if request.param:
+        assert rawcall.FAST, "the pinned wasmtime-py must offer the internals rawcall uses"
+    else:
+        monkeypatch.setattr(rawcall, "FAST", False)
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    return store, linker.instantiate(store, wasmtime.Module(engine, MODULE))
+
+
+def func(store: wasmtime.Store, inst: wasmtime.Instance, name: str) -> wasmtime.Func:
+    found = rawcall.export(store, inst, name)
+    assert isinstance(found, wasmtime.Func)
+    return found
+
+
+def test_exports_by_name(instance: tuple[wasmtime.Store, wasmtime.Instance]) -> None:
+    store, inst = instance
+    memory = rawcall.export(store, inst, "memory")
+    assert isinstance(memory, wasmtime.Memory)
+    assert memory.data_len(store) == 65536
+    assert isinstance(rawcall.export(store, inst, "counter"), wasmtime.Global)
+    assert rawcall.export(store, inst, "missing") is None
+
+
+def test_arguments_results_and_state(instance: tuple[wasmtime.Store, wasmtime.Instance]) -> None:
+    store, inst = instance
+    add, neg = func(store, inst, "add"), func(store, inst, "neg")
+    assert rawcall.call_i32(store, add, 40, 2) == 42
+    assert rawcall.call_i32(store, add, 0x7FFF_FFFF, 1) == -(1 << 31)  # i32 wraps
+    assert rawcall.call_i32(store, neg, 0xFFFF_FFFF) == 1  # a u32 argument is taken modulo 2**32
+    bump, get = func(store, inst, "bump"), func(store, inst, "get")
+    assert rawcall.call_i32(store, bump, results=0) is None
+    assert rawcall.call_i32(store, bump, results=0) is None
+    assert rawcall.call_i32(store, get) == 2
+    with pytest.raises(ValueError, match="zero or one"):
+        rawcall.call_i32(store, get, results=2)
+
+
+def test_traps_and_exit_surface_as_in_the_public_api(instance: tuple[wasmtime.Store, wasmtime.Instance]) -> None:
+    store, inst = instance
+    with pytest.raises(wasmtime.Trap) as trapped:
+        rawcall.call_i32(store, func(store, inst, "trap"), 1)
+    assert trapped.value.trap_code == wasmtime.TrapCode.UNREACHABLE
+    with pytest.raises(wasmtime.ExitTrap) as exited:
+        rawcall.call_i32(store, func(store, inst, "exit"), 7)
+    assert exited.value.code == 7
+    # The store is still usable after both.
+    assert rawcall.call_i32(store, func(store, inst, "add"), 1, 2) == 3
+
+
+def test_a_runner_must_be_validated_before_it_calls(tmp_path: Path) -> None:
+    path = tmp_path / "m.wasm"
+    path.write_bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
+    engine = wasmtime.Engine()
+    runner = FunctionRunner("m", FunctionSettings(module=path, abi="wasi-command", input="raw"),
+                            wasmtime.Module.from_file(engine, str(path)), engine, 5.0, None)
+    root = make_scratch_root()
+    try:
+        with pytest.raises(RuntimeError, match="not validated"):
+            runner.call(raw_frame(b""), Scratch(root))
+    finally:
+        remove_scratch_root(root)
