@@ -144,6 +144,11 @@ class PoolSettings(_Model):
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Threads running calls."
     )
     queue: int = Field(default=16, ge=0, le=100_000, description="Calls that may wait for a worker.")
+    keep_resident_mb: int = Field(
+        default=16, ge=0, le=1024,
+        description="Per worker: guest memory zeroed in place between calls instead of unmapped (faster "
+                    "calls; that much RSS stays committed per worker).",
+    )
 
 
 class HttpSettings(_Model):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 from PIL import Image
 
 from edged.errors import (
@@ -27,6 +28,7 @@ from edged.errors import (
 )
 from edged.frames import FRAME_MAGIC, Frame
 from edged.settings import FunctionSettings, PoolSettings
+from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.pool import FunctionLoadError, FunctionPool
 from tests.wat import Wat, raw_frame, write_wasm
 
@@ -109,13 +111,17 @@ def m_fail_plain() -> str:
 
 
 def m_state() -> str:
-    """Counts calls in a global and in memory: a fresh instance per call must always report 1."""
+    """Counts calls in a global, in initial memory and in a page it grows: a fresh instance per call must
+    always report 1 for each (instance slots are reused: their memory must come back zeroed)."""
     w = Wat()
     return w.frame_module(f"""
     (global.set $counter (i32.add (global.get $counter) (i32.const 1)))
     (i32.store8 (i32.const 700) (i32.add (i32.load8_u (i32.const 700)) (i32.const 1)))
-    {w.json(global_='(global.get $counter)', memory='(i32.load8_u (i32.const 700))')}
-    (drop (call $emit)) {RETURN_OK}""")
+    (local.set $grown (i32.add (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)) (i32.const 100)))
+    (i32.store8 (local.get $grown) (i32.add (i32.load8_u (local.get $grown)) (i32.const 1)))
+    {w.json(global_='(global.get $counter)', memory='(i32.load8_u (i32.const 700))',
+            grown='(i32.load8_u (local.get $grown))', pages='(memory.size)')}
+    (drop (call $emit)) {RETURN_OK}""", locals_="(local $grown i32)")
 
 
 def m_command_echo() -> str:
@@ -332,10 +338,17 @@ def test_unknown_function(failing_pool: FunctionPool) -> None:
         failing_pool.call_sync("nope", FRAME)
 
 
-def test_no_state_leaks_between_calls(tmp_path: Path) -> None:
-    with make_pool(tmp_path, {"state": (m_state(), {})}) as pool:
-        results = [pool.call_sync("state", FRAME).json for _ in range(5)]
-    assert results == [{"global_": 1, "memory": 1}] * 5
+@pytest.mark.parametrize("keep_resident_mb", [0, 16])
+def test_no_state_leaks_between_calls(tmp_path: Path, keep_resident_mb: int) -> None:
+    # One worker: every call reuses the same instance slot of the pooling allocator.
+    pool = FunctionPool({"state": FunctionSettings(module=write_wasm(tmp_path, "state", m_state()))},
+                        PoolSettings(workers=1, queue=1, keep_resident_mb=keep_resident_mb), tmp_path / "cache")
+    with pool:
+        results = [pool.call_sync("state", FRAME).json for _ in range(20)]
+    first = results[0]
+    assert first is not None
+    assert first["pages"] >= 3  # the page it grew is there
+    assert results == [{"global_": 1, "memory": 1, "grown": 1, "pages": first["pages"]}] * 20
 
 
 def test_two_threads_get_their_own_results(tmp_path: Path) -> None:
@@ -504,4 +517,47 @@ def test_missing_and_invalid_module_files(tmp_path: Path) -> None:
     (tmp_path / "junk.wasm").write_bytes(b"\0asm junk")
     junk = FunctionPool({"junk": FunctionSettings(module=tmp_path / "junk.wasm")}, settings, tmp_path / "c")
     with pytest.raises(FunctionLoadError, match="not a valid module"), junk:
+        pass
+
+
+# -- the instance pool -------------------------------------------------------------------------------
+
+def test_the_pool_uses_the_pooling_allocator(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, {"ok": (m_ok(), {})})
+    assert pool.allocator is None
+    with pool:
+        assert pool.allocator == "pooling"
+        assert pool.call_sync("ok", FRAME).json == {"ok": 1}
+
+
+def test_instance_slots_bound_live_instances(tmp_path: Path) -> None:
+    engine = WasmEngine(tmp_path, InstanceSlots(count=1, max_memory_bytes=4 * 1024 * 1024))
+    assert engine.pooling
+    module = wasmtime.Module(engine.engine, '(module (memory 1))')
+    first = wasmtime.Store(engine.engine)
+    wasmtime.Instance(first, module, [])
+    with pytest.raises(wasmtime.WasmtimeError, match="maximum concurrent"):
+        wasmtime.Instance(wasmtime.Store(engine.engine), module, [])
+    first.close()  # frees the slot at once
+    wasmtime.Instance(wasmtime.Store(engine.engine), module, [])
+
+
+def test_too_many_slots_fall_back_to_the_default_allocator(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    engine = WasmEngine(tmp_path, InstanceSlots(count=1000, max_memory_bytes=4 * 1024 * 1024))
+    assert not engine.pooling
+    assert "address space" in caplog.text
+    module = wasmtime.Module(engine.engine, '(module (memory 1))')
+    stores = [wasmtime.Store(engine.engine) for _ in range(3)]
+    for store in stores:
+        wasmtime.Instance(store, module, [])
+
+
+@pytest.mark.parametrize("abi", ["frame-v1", "wasi-command"])
+def test_a_module_the_slots_cannot_hold_fails_at_load(tmp_path: Path, abi: str) -> None:
+    # Two memories: a slot holds one. Caught when the module is loaded, not on every call.
+    wat = m_ok() if abi == "frame-v1" else m_command_stdout("{}")
+    wat = wat.replace('(memory (export "memory") 2)', '(memory (export "memory") 2) (memory $second 1)')
+    pool = make_pool(tmp_path, {"twomem": (wat, {"abi": abi, "input": "raw"})})
+    with pytest.raises(FunctionLoadError, match="memor"), pool:
         pass

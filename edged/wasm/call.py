@@ -218,7 +218,21 @@ class FunctionRunner:
             raise FunctionLoadError(self.name, f"cannot link: {trap_summary(str(exc))}") from exc
         if self.settings.abi == "frame-v1":
             self._check_abi_version(pre)
+        else:
+            self._check_instantiates(pre)
         self._validated = True
+
+    def _check_instantiates(self, pre: wasmtime.InstancePre) -> None:
+        """Instantiate once (not running _start), so a module the instance pool cannot hold (more memories
+        or tables, or a larger table, than a slot has) fails at load time, not on every call."""
+        store = self._store()
+        store.set_wasi(self._wasi(None))
+        try:
+            pre.instantiate(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise FunctionLoadError(self.name, f"cannot be instantiated: {trap_summary(str(exc))}") from None
+        finally:
+            store.close()
 
     def _check_abi_version(self, pre: wasmtime.InstancePre) -> None:
         store = self._store()
@@ -232,6 +246,8 @@ class FunctionRunner:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise FunctionLoadError(self.name, f"failed while checking its ABI version: "
                                                f"{trap_summary(str(exc))}") from None
+        finally:
+            store.close()
         if version != ABI_VERSION:
             raise FunctionLoadError(self.name, f"edged_abi_version() returned {version}; edged speaks {ABI_VERSION}")
 
@@ -307,6 +323,9 @@ class FunctionRunner:
                 attempt.memory_bytes = memory.data_len(store) if memory is not None else 0
             except wasmtime.WasmtimeError as exc:
                 attempt.error = exc.with_traceback(None)
+            finally:
+                # Free the instance's slot now, not whenever the garbage collector gets to the Store.
+                store.close()
             if run_started is not None:
                 attempt.run_ms = (time.perf_counter() - run_started) * 1000
         return attempt

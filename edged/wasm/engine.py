@@ -1,4 +1,13 @@
-"""The wasmtime Engine and an on-disk cache of compiled modules.
+"""The wasmtime Engine (with a pooling instance allocator) and an on-disk cache of compiled modules.
+
+Pooling allocator: by default wasmtime maps a fresh linear memory for every instance and unmaps it when
+the Store goes; with several threads that unmap costs TLB shootdowns across CPUs, and every page the
+guest touches faults in again. The pooling allocator reserves a fixed number of instance slots up front
+and resets a slot's memory when its instance goes (zeroing up to ``keep_resident`` bytes in place and
+handing the rest back with madvise), so every call still starts from a fresh, zeroed instance. Measured
+with bench/pool_bench.py: a no-op call inside the worker went from 187 to ~110 us. The C API exposes it
+but wasmtime-py's Config does not, so it is set through the bindings wasmtime-py ships (as in
+``edged.wasm.rawcall``), and edged falls back to the default allocator when they are missing.
 
 Compiling a Rust module takes hundreds of milliseconds; loading its serialized form takes a fraction of
 one. A cache entry is keyed by everything that makes a serialized module loadable: the module's bytes,
@@ -19,24 +28,87 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
-__all__ = ["ENGINE_SETTINGS", "CacheStats", "WasmEngine"]
+__all__ = ["ENGINE_SETTINGS", "CacheStats", "InstanceSlots", "WasmEngine"]
 
 log = logging.getLogger(__name__)
 
-#: Every Config setting edged makes; part of the cache key, so changing one invalidates the cache.
+#: Every code-generation setting edged makes; part of the cache key, so changing one invalidates the cache.
+#: (The allocator's slot counts and sizes do not change compiled code and are not in the key.)
 ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("epoch_interruption", "true"),
     ("cranelift_opt_level", "speed"),
 )
 
+MiB = 1024 * 1024
 
-def _new_engine() -> wasmtime.Engine:
+try:
+    from wasmtime import _ffi as _ffi_module
+
+    _ffi: Any = _ffi_module
+    POOLING = all(hasattr(_ffi, f"wasmtime_pooling_allocation_{name}") for name in (
+        "config_new", "config_delete", "config_total_core_instances_set", "config_total_memories_set",
+        "config_total_tables_set", "config_max_memory_size_set", "config_table_elements_set",
+        "config_linear_memory_keep_resident_set", "config_table_keep_resident_set",
+        "config_max_memories_per_module_set", "config_max_tables_per_module_set", "strategy_set"))
+except ImportError:  # pragma: no cover - a wasmtime-py without its bindings module
+    POOLING = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSlots:
+    """Sizes of the pooling allocator. ``count`` bounds live instances (one per running call, plus margin)."""
+
+    count: int
+    max_memory_bytes: int
+    keep_resident_bytes: int = 0
+    table_elements: int = 65_536
+    memories_per_module: int = 1
+    tables_per_module: int = 1
+
+
+def _pooling(config: wasmtime.Config, slots: InstanceSlots) -> None:
+    pc = _ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        _ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pc, slots.count)
+        _ffi.wasmtime_pooling_allocation_config_total_memories_set(pc, slots.count * slots.memories_per_module)
+        _ffi.wasmtime_pooling_allocation_config_total_tables_set(pc, slots.count * slots.tables_per_module)
+        _ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pc, slots.memories_per_module)
+        _ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pc, slots.tables_per_module)
+        _ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pc, slots.max_memory_bytes)
+        _ffi.wasmtime_pooling_allocation_config_table_elements_set(pc, slots.table_elements)
+        _ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pc, slots.keep_resident_bytes)
+        _ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pc, min(slots.keep_resident_bytes, MiB))
+        _ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pc)  # copies the settings
+    finally:
+        _ffi.wasmtime_pooling_allocation_config_delete(pc)
+
+
+#: Address space the pool may reserve (each slot reserves wasmtime's default 4 GiB plus guards for its
+#: memory). 64-bit ARM kernels with 39-bit addresses give a process 512 GiB; stay well inside that.
+MAX_POOL_RESERVATION = 128 * 1024 * MiB
+_SLOT_RESERVATION = 4 * 1024 * MiB + 64 * MiB
+
+
+def _use_pooling(slots: InstanceSlots | None) -> bool:
+    if slots is None or not POOLING:
+        return False
+    if slots.count * slots.memories_per_module * _SLOT_RESERVATION > MAX_POOL_RESERVATION:
+        log.warning("%d instance slots would reserve more than %d GiB of address space; using the default "
+                    "allocator (a fresh memory mapping per call)", slots.count, MAX_POOL_RESERVATION // (1024 * MiB))
+        return False
+    return True
+
+
+def _new_engine(pooling: InstanceSlots | None) -> wasmtime.Engine:
     config = wasmtime.Config()
     config.epoch_interruption = True
     config.cranelift_opt_level = "speed"
+    if pooling is not None:
+        _pooling(config, pooling)
     return wasmtime.Engine(config)
 
 
@@ -56,10 +128,16 @@ class CacheStats:
 
 
 class WasmEngine:
-    """One wasmtime Engine plus the compiled-module cache in ``cache_dir``."""
+    """One wasmtime Engine plus the compiled-module cache in ``cache_dir``.
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.engine = _new_engine()
+    With ``slots``, instances come from a pooling allocator of that size (when wasmtime-py allows it;
+    ``pooling`` says whether it does): at most ``slots.count`` live at once, each memory at most
+    ``slots.max_memory_bytes``; one more fails to instantiate with a WasmtimeError.
+    """
+
+    def __init__(self, cache_dir: Path, slots: InstanceSlots | None = None) -> None:
+        self.pooling = _use_pooling(slots)
+        self.engine = _new_engine(slots if self.pooling else None)
         self.cache_dir = cache_dir
         self.stats = CacheStats()
         self._salt = _cache_salt()

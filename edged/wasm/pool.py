@@ -25,7 +25,7 @@ from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.call import CallResult, FunctionLoadError, FunctionRunner, trap_summary
-from edged.wasm.engine import CacheStats, WasmEngine
+from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
 from edged.wasm.host import HostExtension
 from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Epoch tick; a call's timeout is rounded up to whole ticks plus one.
 TICK_SECONDS = 0.005
+MiB = 1024 * 1024
 #: Recent calls per function kept for the latency percentiles.
 LATENCY_WINDOW = 1024
 
@@ -124,7 +125,7 @@ class FunctionPool:
         """
         if self._engine is not None:
             raise RuntimeError("the pool is already started")
-        engine = WasmEngine(self._cache_dir)
+        engine = WasmEngine(self._cache_dir, self._slots())
         self._engine = engine
         self._stop.clear()
         # Validation instantiates frame-v1 modules, which needs epochs advancing: start the ticker first.
@@ -140,8 +141,15 @@ class FunctionPool:
             self._engine = None
             self._runners.clear()
             raise
-        log.info("function pool ready: %d functions, %d workers, queue %d", len(self._runners),
-                 self._settings.workers, self._settings.queue)
+        log.info("function pool ready: %d functions, %d workers, queue %d, %s instance allocator",
+                 len(self._runners), self._settings.workers, self._settings.queue, self.allocator)
+
+    def _slots(self) -> InstanceSlots:
+        """One instance slot per worker (a Store lives only while its call runs), plus one for start-up checks
+        and one spare; each as large as the largest memory_mb."""
+        largest = max((fn.memory_mb for fn in self._functions.values()), default=1)
+        return InstanceSlots(count=self._settings.workers + 2, max_memory_bytes=largest * MiB,
+                             keep_resident_bytes=self._settings.keep_resident_mb * MiB)
 
     def _load(self, engine: WasmEngine, name: str, settings: FunctionSettings) -> FunctionRunner:
         try:
@@ -314,6 +322,13 @@ class FunctionPool:
         """Calls and decodes refused with Overloaded so far."""
         with self._lock:
             return self._overloaded
+
+    @property
+    def allocator(self) -> str | None:
+        """"pooling" (instance slots reused, zeroed between calls) or "on-demand"; None before start."""
+        if self._engine is None:
+            return None
+        return "pooling" if self._engine.pooling else "on-demand"
 
     @property
     def cache_stats(self) -> CacheStats | None:
