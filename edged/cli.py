@@ -127,8 +127,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         with models, FunctionPool({args.name: fn}, settings.pool, settings.state_dir / "cache",
                                   nn=NnHost(models)) as pool:
             try:
-                frame = pool.decode_sync(data, settings.http.max_pixels)
-                result = pool.call_sync(args.name, frame)
+                result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
             except EdgedError as exc:
                 print(json.dumps(exc.as_dict()), file=sys.stderr)
                 return EXIT_CALL_FAILED

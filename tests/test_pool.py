@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import struct
@@ -17,6 +18,7 @@ import wasmtime
 from PIL import Image
 
 from edged.errors import (
+    BadImage,
     BadOutput,
     FunctionError,
     FunctionFailed,
@@ -24,6 +26,7 @@ from edged.errors import (
     FunctionTrap,
     MemoryLimit,
     Overloaded,
+    TooManyPixels,
     UnknownFunction,
 )
 from edged.frames import FRAME_MAGIC, Frame
@@ -271,6 +274,24 @@ def test_frame_input_header_and_frame_result(tmp_path: Path) -> None:
     with Image.open(io.BytesIO(echoed.body)) as img:
         assert img.size == (5, 4)
         assert img.convert("RGB").getpixel((2, 2)) == (200, 100, 50)
+
+
+def test_decode_and_call_sync_in_one_hand_off(tmp_path: Path) -> None:
+    modules = {"header": (m_header(), {}), "trap": (m_trap(), {})}
+    data = png(5, 4)
+    with make_pool(tmp_path, modules) as pool:
+        header = pool.decode_and_call_sync(data, 100, "header").json
+        assert header is not None
+        assert (header["width"], header["height"], header["kind"]) == (5, 4, 1)
+        with pytest.raises(FunctionTrap, match="unreachable"):
+            pool.decode_and_call_sync(data, 100, "trap")
+        with pytest.raises(BadImage):
+            pool.decode_and_call_sync(b"not an image", 100, "header")
+        with pytest.raises(TooManyPixels):
+            pool.decode_and_call_sync(data, 10, "header")  # 20 pixels over max_pixels
+        with pytest.raises(UnknownFunction):
+            pool.decode_and_call_sync(data, 100, "nope")
+        assert pool.stats()["trap"]["errors"] == {"trap": 1}
 
 
 def test_gif_input_gives_gif_frame_result(tmp_path: Path) -> None:
@@ -561,3 +582,23 @@ def test_a_module_the_slots_cannot_hold_fails_at_load(tmp_path: Path, abi: str) 
     pool = make_pool(tmp_path, {"twomem": (wat, {"abi": abi, "input": "raw"})})
     with pytest.raises(FunctionLoadError, match="memor"), pool:
         pass
+
+
+def test_running_out_of_instance_slots_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # By construction a worker always finds a slot; force one slot for two workers to see the failure mode.
+    real = FunctionPool._slots
+    monkeypatch.setattr(FunctionPool, "_slots", lambda self: dataclasses.replace(real(self), count=1))
+    modules = {"slow": (m_echo_raw(spin=300_000_000), {"input": "raw", "timeout_ms": 20_000})}
+    with make_pool(tmp_path, modules, workers=2, queue=2) as pool, ThreadPoolExecutor(2) as ex:
+        futures = [ex.submit(pool.call_sync, "slow", raw_frame(b'{"n":1}'))]
+        # The first call holds the one slot for ~100 ms of spinning; the second starts while it does.
+        threading.Event().wait(0.02)
+        futures.append(ex.submit(pool.call_sync, "slow", raw_frame(b'{"n":1}')))
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result().json)
+            except FunctionFailed as exc:
+                outcomes.append(exc.detail)
+    assert {"n": 1} in outcomes
+    assert any(isinstance(o, str) and "no free instance slot" in o for o in outcomes), outcomes

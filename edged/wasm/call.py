@@ -49,6 +49,9 @@ WASM_PAGE = 64 * 1024
 #: Text in a guest's stderr that means its allocator gave up (Rust's alloc error handler prints it).
 _OOM_MARKERS = ("memory allocation of",)
 
+#: wasmtime's message when every slot of the pooling allocator is in use.
+_SLOTS_EXHAUSTED = "maximum concurrent"
+
 _EXPECTED_FRAME_EXPORTS = {
     "edged_abi_version": ((), ("i32",)),
     "edged_alloc": (("i32",), ("i32",)),
@@ -397,6 +400,10 @@ class FunctionRunner:
             return FunctionTrap(summary)
         if attempt.error is not None:
             summary = trap_summary(str(attempt.error))
+            if _SLOTS_EXHAUSTED in summary:
+                # Cannot happen while every Store is closed when its call ends (the pool has a slot per
+                # worker and spares); if it does, say so rather than blame the function.
+                return FunctionFailed(f"no free instance slot in the pool (internal error): {summary}")
             if "exceeds memory limits" in summary:
                 return MemoryLimit(f"needs more than its memory limit of {s.memory_mb} MiB: {summary}")
             return FunctionTrap(summary)

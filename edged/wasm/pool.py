@@ -262,6 +262,16 @@ class FunctionPool:
         job = self._submit(self._decode_and_run, self._runner(name), data, max_pixels)
         return await asyncio.wrap_future(job)
 
+    def decode_and_call_sync(self, data: bytes, max_pixels: int, name: str) -> CallResult:
+        """Decode and call in one hand-off, for code without an event loop (``edged invoke``).
+
+        Raises ImageError, UnknownFunction, Overloaded or the call's FunctionError.
+        """
+        _frame, outcome = self._submit(self._decode_and_run, self._runner(name), data, max_pixels).result()
+        if isinstance(outcome, FunctionError):
+            raise outcome
+        return outcome
+
     def _decode_and_run(self, runner: FunctionRunner, data: bytes,
                         max_pixels: int) -> tuple[Frame, CallResult | FunctionError]:
         frame = _decode(data, max_pixels)
