@@ -145,9 +145,9 @@ class PoolSettings(_Model):
     )
     queue: int = Field(default=16, ge=0, le=100_000, description="Calls that may wait for a worker.")
     keep_resident_mb: int = Field(
-        default=16, ge=0, le=1024,
-        description="Per worker: guest memory zeroed in place between calls instead of unmapped (faster "
-                    "calls; that much RSS stays committed per worker).",
+        default=8, ge=0, le=1024,
+        description="Per instance slot (workers + 2): guest memory zeroed in place between calls instead of "
+                    "unmapped (fewer page faults; up to that much RSS stays committed per slot).",
     )
 
 
