@@ -242,18 +242,18 @@ def latency_tables(n: int, tmp: Path) -> None:
 
         noop = timed(lambda: noop_call("noop", noop_in), n * 4)
         noop_cmd = timed(lambda: noop_call("noop-cmd", cmd_in), n * 4)
-        with ThreadPoolExecutor(1) as executor:
-            handoff = timed(lambda: executor.submit(int).result(), n * 4)
         print(row("edged frame-v1 no-op, whole call", noop))
         print(row("edged frame-v1 no-op, in the sandbox", noop_in[1:]))
         print(row("edged wasi-command no-op, whole call", noop_cmd))
         print(row("edged wasi-command no-op, in the sandbox", cmd_in[1:]))
-        print(row("thread hand-off alone (empty job, a ThreadPoolExecutor)", handoff))
-        if cli:
-            spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2))
+        spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2)) if cli else None
+        if spawn:
             print(row("process per request (wasmtime CLI), no-op", spawn))
-            med = statistics.median
-            print(f"\nprocess per request / edged, sandbox cost (fresh process vs fresh instance): "
+        med = statistics.median
+        print(f"\nwhole call minus in the sandbox (hand-off to the worker and back), p50: frame-v1 "
+              f"{med(noop) - med(noop_in):.3f} ms, wasi-command {med(noop_cmd) - med(cmd_in):.3f} ms")
+        if spawn:
+            print(f"process per request / edged, sandbox cost (fresh process vs fresh instance): "
                   f"frame-v1 {med(spawn) / med(noop_in):.0f}x, wasi-command {med(spawn) / med(cmd_in):.0f}x")
             print(f"process per request / edged, whole call incl. thread hand-off: "
                   f"frame-v1 {med(spawn) / med(noop):.0f}x, wasi-command {med(spawn) / med(noop_cmd):.0f}x")
