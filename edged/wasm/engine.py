@@ -32,6 +32,8 @@ from typing import Any
 
 import wasmtime
 
+from edged.wasm.rawcall import FFI
+
 __all__ = ["ENGINE_SETTINGS", "CacheStats", "InstanceSlots", "WasmEngine"]
 
 log = logging.getLogger(__name__)
@@ -45,17 +47,12 @@ ENGINE_SETTINGS: tuple[tuple[str, str], ...] = (
 
 MiB = 1024 * 1024
 
-try:
-    from wasmtime import _ffi as _ffi_module
-
-    _ffi: Any = _ffi_module
-    POOLING = all(hasattr(_ffi, f"wasmtime_pooling_allocation_{name}") for name in (
-        "config_new", "config_delete", "config_total_core_instances_set", "config_total_memories_set",
-        "config_total_tables_set", "config_max_memory_size_set", "config_table_elements_set",
-        "config_linear_memory_keep_resident_set", "config_table_keep_resident_set",
-        "config_max_memories_per_module_set", "config_max_tables_per_module_set", "strategy_set"))
-except ImportError:  # pragma: no cover - a wasmtime-py without its bindings module
-    POOLING = False
+_ffi: Any = FFI
+POOLING = _ffi is not None and all(hasattr(_ffi, f"wasmtime_pooling_allocation_{name}") for name in (
+    "config_new", "config_delete", "config_total_core_instances_set", "config_total_memories_set",
+    "config_total_tables_set", "config_max_memory_size_set", "config_table_elements_set",
+    "config_linear_memory_keep_resident_set", "config_table_keep_resident_set",
+    "config_max_memories_per_module_set", "config_max_tables_per_module_set", "strategy_set"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,26 +22,28 @@ from typing import Any
 
 import wasmtime
 
-__all__ = ["FAST", "call_i32", "export"]
+__all__ = ["FAST", "FFI", "call_i32", "export"]
 
 try:
     from wasmtime import _ffi as _ffi_module
     from wasmtime._extern import wrap_extern as _wrap_extern_fn
     from wasmtime._func import enter_wasm as _enter_wasm_fn
 
-    _ffi: Any = _ffi_module
+    #: wasmtime-py's own ctypes bindings of the C API (``wasmtime._ffi``), or None; engine.py uses them too.
+    FFI: Any = _ffi_module
     _wrap_extern: Any = _wrap_extern_fn
     _enter_wasm: Any = _enter_wasm_fn
-    FAST = all(hasattr(_ffi, name) for name in (
-        "wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t",
-        "wasmtime_extern_t",
-        "WASMTIME_EXTERN_FUNC", "WASMTIME_EXTERN_MEMORY")) and all(
-        hasattr(cls, "_from_raw") for cls in (wasmtime.Func, wasmtime.Memory))
-    if FAST:
-        _EXTERN_FUNC = int(getattr(_ffi.WASMTIME_EXTERN_FUNC, "value", _ffi.WASMTIME_EXTERN_FUNC))
-        _EXTERN_MEMORY = int(getattr(_ffi.WASMTIME_EXTERN_MEMORY, "value", _ffi.WASMTIME_EXTERN_MEMORY))
 except ImportError:  # pragma: no cover - a wasmtime-py without these internals
-    FAST = False
+    FFI = None
+
+_ffi: Any = FFI
+FAST = FFI is not None and all(hasattr(FFI, name) for name in (
+    "wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t", "wasmtime_extern_t",
+    "WASMTIME_EXTERN_FUNC", "WASMTIME_EXTERN_MEMORY")) and all(
+    hasattr(cls, "_from_raw") for cls in (wasmtime.Func, wasmtime.Memory))
+if FAST:
+    _EXTERN_FUNC = int(getattr(_ffi.WASMTIME_EXTERN_FUNC, "value", _ffi.WASMTIME_EXTERN_FUNC))
+    _EXTERN_MEMORY = int(getattr(_ffi.WASMTIME_EXTERN_MEMORY, "value", _ffi.WASMTIME_EXTERN_MEMORY))
 
 
 def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> object | None:
