@@ -81,7 +81,9 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
         if width * height > max_pixels:
             raise TooManyPixels(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
         try:
-            rgb = img.convert("RGB")
+            img.load()  # decoding happens here: a truncated or corrupt image fails now
+            # convert() would copy an image that is RGB already (most JPEGs): a frame-sized allocation saved.
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
         pixels = rgb.tobytes()
