@@ -44,7 +44,7 @@ from PIL import Image
 
 from edged.inference.tflite import ModelRegistry, load_backend
 from edged.malloc import pin_mmap_threshold
-from edged.settings import FunctionSettings, ModelSettings, PoolSettings, Preopen
+from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
 
@@ -156,8 +156,7 @@ NnHost._compute = _timed_compute  # type: ignore[method-assign]
 
 class InvokePath:
     def __init__(self, workers: int, cache: Path) -> None:
-        fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256,
-                              preopens=(Preopen(host=MODEL_DIR, guest=f"/models/{NAME}"),))
+        fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
         COMPUTE.clear()
         self.registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS, threads=1)},
                                       max_interpreters=workers)
@@ -223,7 +222,6 @@ threads = 1
 module = "{WASM}"
 models = ["{NAME}"]
 memory_mb = 256
-preopens = [{{ host = "{MODEL_DIR}", guest = "/models/{NAME}" }}]
 """)
         self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -84,7 +84,6 @@ module = "{ROOT / 'functions' / 'grayscale' / 'grayscale.wasm'}"
 module = "{classify / 'classify.wasm'}"
 memory_mb = 256
 models = ["efficientnet_lite0"]
-preopens = [{{ host = "{classify / 'model'}", guest = "/models/efficientnet_lite0" }}]
 [models.efficientnet_lite0]
 path = "{classify / 'model' / 'efficientnet_lite0.tflite'}"
 labels = "{classify / 'model' / 'labels.txt'}"

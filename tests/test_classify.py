@@ -31,7 +31,7 @@ from PIL import Image
 from edged.errors import FunctionFailed
 from edged.frames import Frame, decode
 from edged.inference.tflite import ModelRegistry, load_backend
-from edged.settings import FunctionSettings, ModelSettings, PoolSettings, Preopen
+from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
 
@@ -70,19 +70,19 @@ path = "{MODEL}"
 labels = "{LABELS}"
 [models.tiny]
 path = "{DATA / 'tiny_f32.tflite'}"
+labels = "{DATA / 'tiny_labels.txt'}"
 
+# The model name and labels come from the grant and the declaration: no preopen.
 [functions.classify]
 module = "{WASM}"
 models = ["{NAME}"]
 memory_mb = 256
-preopens = [{{ host = "{MODEL_DIR}", guest = "/models/{NAME}" }}]
 
-# Sees the labels and asks for the model by name, but its grant is for another model.
-[functions.classify-ungranted]
+# Granted a model whose input is [1,4,4,3]: the function's 224x224 tensor is refused by set_input.
+[functions.classify-tiny]
 module = "{WASM}"
 models = ["tiny"]
 memory_mb = 256
-preopens = [{{ host = "{MODEL_DIR}", guest = "/models/{NAME}" }}]
 """)
     return cfg
 
@@ -190,13 +190,13 @@ def test_corrupt_image_is_a_400(daemon: Daemon, body: bytes) -> None:
     assert result["error"] == "bad_image"
 
 
-def test_function_without_the_grant_cannot_load_the_model(daemon: Daemon) -> None:
-    status, result = _post(f"{daemon.url}/v1/functions/classify-ungranted", (DATA / "chelsea.jpg").read_bytes())
+def test_wasi_nn_error_reaches_the_http_caller(daemon: Daemon) -> None:
+    status, result = _post(f"{daemon.url}/v1/functions/classify-tiny", (DATA / "chelsea.jpg").read_bytes())
     assert status == 500
     assert result["error"] == "function_error"
     detail = json.loads(result["detail"])
-    assert detail == {"error": "wasi_nn", "call": "load_by_name", "errno": 8, "errno_name": "not_found",
-                      "model": NAME}
+    assert detail == {"error": "wasi_nn", "call": "set_input", "errno": 1, "errno_name": "invalid_argument",
+                      "model": "tiny"}
 
 
 # -- edged invoke ------------------------------------------------------------------------------------------
@@ -211,12 +211,25 @@ def test_invoke_classifies_a_file(config: Path) -> None:
     assert result["label"] == "espresso"
 
 
-def test_invoke_without_the_grant_fails(config: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "edged", "--config", str(config), "invoke",
-                          "classify-ungranted", str(DATA / "coffee.jpg")], capture_output=True, text=True,
-                         timeout=120, check=False, cwd=REPO)
-    assert out.returncode == 1
-    assert json.loads(out.stderr.strip().splitlines()[-1])["error"] == "function_error"
+def test_function_without_the_grant_cannot_load_the_model(tmp_path: Path) -> None:
+    """The same module with no models grant is refused when it is loaded, and the message says why."""
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f"""
+state_dir = "{tmp_path / 'state'}"
+[models.{NAME}]
+path = "{MODEL}"
+labels = "{LABELS}"
+[functions.classify]
+module = "{WASM}"
+memory_mb = 256
+""")
+    out = subprocess.run([sys.executable, "-m", "edged", "--config", str(cfg), "invoke", "classify",
+                          str(DATA / "coffee.jpg")], capture_output=True, text=True, timeout=120, check=False,
+                         cwd=REPO)
+    assert out.returncode == 2, out.stderr
+    assert "imports edged.model_labels, edged.model_name, wasi_ephemeral_nn.compute" in out.stderr
+    assert "may load no model: grant one with models = [...] in [functions.classify]" in out.stderr
+    assert out.stdout == ""
 
 
 # -- the committed module ------------------------------------------------------------------------------------
@@ -253,8 +266,9 @@ def test_malformed_input_fails_with_json_detail(payload: bytes, message: str) ->
 
     linker.define_func("edged", "output", wasmtime.FuncType([i32] * 3, [i32]), output, access_caller=True)
     for name, params in {"load_by_name": 3, "init_execution_context": 2, "set_input": 3, "compute": 1,
-                         "get_output": 5}.items():
-        linker.define_func("wasi_ephemeral_nn", name, wasmtime.FuncType([i32] * params, [i32]), lambda *a: 8)
+                         "get_output": 5, "model_name": 4, "model_labels": 5}.items():
+        module = "edged" if name.startswith("model_") else "wasi_ephemeral_nn"
+        linker.define_func(module, name, wasmtime.FuncType([i32] * params, [i32]), lambda *a: 8)
     store = wasmtime.Store(engine)
     store.set_wasi(wasmtime.WasiConfig())
     exports = linker.instantiate(store, wasmtime.Module.from_file(engine, str(WASM))).exports(store)
@@ -277,8 +291,7 @@ def _frame(path: Path) -> Frame:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionPool, ModelRegistry]]:
-    fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256,
-                          preopens=(Preopen(host=MODEL_DIR, guest=f"/models/{NAME}"),))
+    fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS)}, max_interpreters=2)
     with registry, FunctionPool({"classify": fn}, PoolSettings(workers=2, queue=4),
                                 tmp_path_factory.mktemp("cache"), nn=NnHost(registry)) as p:
@@ -321,12 +334,13 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
     assert p.stats()["classify"]["calls"] >= 520
 
 
-def test_wasi_nn_failure_detail_reaches_the_caller(tmp_path: Path) -> None:
-    """No labels preopen: the function fails cleanly with a JSON detail (function_error, not a trap)."""
+def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) -> None:
+    """No labels in the model's declaration: a function_error with a JSON detail, not a trap."""
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
             {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", nn=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
             p.call_sync("classify", _frame(DATA / "chelsea.jpg"))
-        assert "no model directory is preopened" in json.loads(info.value.detail)["error"]
+        error = json.loads(info.value.detail)["error"]
+        assert error.startswith(f"no labels for model {NAME}: edged.model_labels failed: not_found (8)")
         assert registry.stats()[NAME]["in_use"] == 0

@@ -22,6 +22,7 @@ import wasmtime
 
 from edged.inference.tflite import Backend, BackendUnavailable, Interpreter, Model, ModelRegistry, load_backend
 from edged.settings import ConfigError, FunctionSettings, ModelSettings, PoolSettings
+from edged.wasm.abi import Errno
 from edged.wasm.host.context import CallContext, activate
 from edged.wasm.host.nn import MAX_GRAPHS, NnErrno, NnHost
 from edged.wasm.pool import FunctionLoadError, FunctionPool
@@ -35,7 +36,9 @@ LABELS = DATA / "tiny_labels.txt"
 CLASSIFY_WASM = Path(__file__).resolve().parents[1] / "functions" / "classify" / "classify.wasm"
 
 SIGNATURES = {"load": 5, "load_by_name": 3, "init_execution_context": 2, "set_input": 3, "compute": 1,
-              "get_output": 5}
+              "get_output": 5, "model_name": 4, "model_labels": 5}
+#: Imports that are not wasi_ephemeral_nn's: edged's model declarations, linked with it.
+MODULES = {"model_name": "edged", "model_labels": "edged"}
 # Guest memory layout used by the tests (2 pages = 128 KiB).
 NAME, DIMS, TENSOR, DATA_AT, OUT, OUT_LEN, HANDLE, BUILDERS, MODEL_AT = (
     100, 300, 400, 1000, 3000, 3100, 3200, 3300, 4096)
@@ -49,7 +52,8 @@ def _wat(*, memory: bool = True) -> str:
     def params(n: int) -> str:
         return " ".join(["i32"] * n)
 
-    imports = "".join(f'(import "wasi_ephemeral_nn" "{name}" (func ${name} (param {params(n)}) (result i32)))\n'
+    imports = "".join(f'(import "{MODULES.get(name, "wasi_ephemeral_nn")}" "{name}" '
+                      f'(func ${name} (param {params(n)}) (result i32)))\n'
                       for name, n in SIGNATURES.items())
     wrappers = "".join(
         f'(func (export "{name}") (param {params(n)}) (result i32) '
@@ -273,7 +277,7 @@ def test_wasi_nn_is_not_linked_without_a_grant(registry: ModelRegistry, engine: 
     module = wasmtime.Module(engine, wasmtime.wat2wasm(_wat()))
     ungranted = _fn(())
     nn.link(linker, "t", ungranted)
-    with pytest.raises(wasmtime.WasmtimeError, match="wasi_ephemeral_nn"):
+    with pytest.raises(wasmtime.WasmtimeError, match="edged|wasi_ephemeral_nn"):
         linker.instantiate(wasmtime.Store(engine), module)
     problem = nn.check("t", ungranted, module)
     assert problem is not None
@@ -286,9 +290,68 @@ def test_pool_refuses_an_ungranted_module_at_load_time(registry: ModelRegistry, 
     """A function without a models grant whose module imports WASI-NN does not load, and says why."""
     pool = FunctionPool({"sneaky": FunctionSettings(module=CLASSIFY_WASM)}, PoolSettings(workers=1, queue=0),
                         tmp_path / "cache", nn=NnHost(registry))
-    with pytest.raises(FunctionLoadError, match=r"imports wasi_ephemeral_nn .* may load no model"):
+    with pytest.raises(FunctionLoadError, match=r"imports edged\.model_labels, .*wasi_ephemeral_nn\..* no model"):
         pool.start()
     pool.close()
+
+
+# -- edged.model_name and edged.model_labels ---------------------------------------------------------------
+
+def test_model_name_gives_the_grant_in_config_order(make_guest: Any) -> None:
+    g = make_guest(_fn(("tiny_u8", "tiny")))
+    names = []
+    for index in range(2):
+        assert g("model_name", index, OUT, 64, OUT_LEN) == Errno.OK
+        names.append(g.read(OUT, g.u32(OUT_LEN)).decode())
+    assert names == ["tiny_u8", "tiny"]
+    assert g("model_name", 2, OUT, 64, OUT_LEN) == Errno.NOT_FOUND
+    assert g("model_name", -1, OUT, 64, OUT_LEN) == Errno.NOT_FOUND
+
+
+def test_model_labels_are_the_declared_ones(make_guest: Any) -> None:
+    g = make_guest()
+    g.write(NAME, b"tiny")
+    assert g("model_labels", NAME, 4, OUT, 100, OUT_LEN) == Errno.OK
+    text = g.read(OUT, g.u32(OUT_LEN)).decode()
+    assert text.split("\n") == LABELS.read_text().split()
+
+
+def test_model_labels_too_small_a_buffer_gives_the_length_only(make_guest: Any) -> None:
+    g = make_guest()
+    g.write(NAME, b"tiny")
+    g.write(OUT, b"\xaa" * 8)
+    assert g("model_labels", NAME, 4, OUT, 3, OUT_LEN) == Errno.TOO_LARGE
+    assert g.u32(OUT_LEN) == len("\n".join(LABELS.read_text().split()))
+    assert g.read(OUT, 8) == b"\xaa" * 8
+    assert g("model_name", 0, OUT, 2, OUT_LEN) == Errno.TOO_LARGE
+    assert g.u32(OUT_LEN) == len("tiny")
+
+
+@pytest.mark.parametrize("name", ["other", "nonexistent", "tiny_u8"],
+                         ids=["declared-not-granted", "not-declared", "granted-without-labels"])
+def test_model_labels_outside_the_grant_or_undeclared_is_not_found(make_guest: Any, name: str) -> None:
+    g = make_guest(_fn(("tiny", "tiny_u8")))
+    g.write(NAME, name.encode())
+    assert g("model_labels", NAME, len(name), OUT, 100, OUT_LEN) == Errno.NOT_FOUND
+
+
+def test_model_imports_bad_arguments(make_guest: Any) -> None:
+    g = make_guest()
+    g.write(NAME, b"tiny")
+    assert g("model_labels", MEMORY_SIZE - 2, 4, OUT, 100, OUT_LEN) == Errno.INVALID_ARGUMENT
+    assert g("model_labels", NAME, 4, MEMORY_SIZE - 10, 100, OUT_LEN) == Errno.INVALID_ARGUMENT
+    assert g("model_labels", NAME, 4, OUT, 100, MEMORY_SIZE - 2) == Errno.INVALID_ARGUMENT
+    assert g("model_labels", NAME, 257, OUT, 100, OUT_LEN) == Errno.INVALID_ARGUMENT
+    g.write(NAME, b"\xff\xfe")
+    assert g("model_labels", NAME, 2, OUT, 100, OUT_LEN) == Errno.INVALID_ARGUMENT
+    assert g("model_name", 0, MEMORY_SIZE - 2, 64, OUT_LEN) == Errno.INVALID_ARGUMENT
+    assert g("model_name", 0, OUT, 64, -4) == Errno.INVALID_ARGUMENT
+
+
+def test_model_imports_need_an_exported_memory(make_guest: Any) -> None:
+    g = make_guest(memory=False)
+    assert g("model_name", 0, OUT, 64, OUT_LEN) == Errno.INVALID_ARGUMENT
+    assert g("model_labels", NAME, 4, OUT, 64, OUT_LEN) == Errno.INVALID_ARGUMENT
 
 
 # -- bad arguments ---------------------------------------------------------------------------------------

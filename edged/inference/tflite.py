@@ -219,6 +219,8 @@ class Model:
         self.name = name
         self.threads = threads
         self.labels = labels
+        #: The labels as functions receive them (edged.model_labels): UTF-8, one per line, made once.
+        self.labels_text = "\n".join(labels).encode("utf-8") if labels is not None else None
         self.max_interpreters = max_interpreters
         self._content = content
         self._backend = backend

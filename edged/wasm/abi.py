@@ -50,6 +50,7 @@ class Errno(IntEnum):
     ALREADY_SET = 3
     IO_ERROR = 5
     TOO_LARGE = 7
+    NOT_FOUND = 8
 
 
 class ResultKind(IntEnum):

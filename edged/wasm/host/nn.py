@@ -7,8 +7,9 @@ Graph encoding ``tensorflowlite`` is 4; tensor types f16 0, f32 1, f64 2, u8 3, 
 
 Policy (docs/ABI.md, "WASI-NN"):
 
-- Linking: the module is linked only for functions whose grant has ``models`` or ``allow_model_bytes``.
-  A function without either that imports it is refused when its module is loaded (``check_module``),
+- Linking: the module is linked only for functions whose grant has ``models`` or ``allow_model_bytes``,
+  together with ``edged.model_name`` and ``edged.model_labels`` (``edged.wasm.host.models``).
+  A function without either that imports any of them is refused when its module is loaded (``check_module``),
   with a message naming the missing grant; so an ungranted function never reaches a model.
 - ``load_by_name`` answers ``not_found`` for every name outside the function's ``models`` grant, declared
   or not, so a guest cannot probe which models exist. Declared models are read once at startup and shared
@@ -50,6 +51,7 @@ import wasmtime
 from edged.inference.tflite import WASI_NN_TYPES, Lease, Model, ModelError, ModelRegistry
 from edged.settings import FunctionSettings
 from edged.wasm.abi import u32
+from edged.wasm.host import models
 from edged.wasm.host.context import CallContext, current
 
 __all__ = [
@@ -221,10 +223,11 @@ class NnHost:
         """Why the module cannot load (it imports WASI-NN without a grant), or None."""
         if self.granted(settings):
             return None
-        wanted = sorted({imp.name or "" for imp in module.imports if imp.module == MODULE})
+        wanted = sorted({f"{imp.module}.{imp.name}" for imp in module.imports
+                         if imp.module == MODULE or (imp.module == "edged" and imp.name in models.IMPORTS)})
         if not wanted:
             return None
-        return (f"the module imports {MODULE} ({', '.join(wanted)}) but the function may load no model: "
+        return (f"the module imports {', '.join(wanted)} but the function may load no model: "
                 f"grant one with models = [...] in [functions.{function}]")
 
     def link(self, linker: wasmtime.Linker, function: str, settings: FunctionSettings) -> None:
@@ -243,6 +246,10 @@ class NnHost:
         for import_name, (params, impl) in imports.items():
             linker.define_func(MODULE, import_name, _functype(params),
                                self._guarded(import_name, grant, impl), access_caller=True)
+        # The model declarations, so a function needs no file access to find its model and labels.
+        for import_name, host in models.model_imports(self.registry, tuple(settings.models)).items():
+            linker.define_func("edged", import_name, _functype(models.IMPORTS[import_name]), host,
+                               access_caller=True)
 
     def end_call(self, ctx: CallContext) -> None:
         """The call is over: give back its interpreters and drop its graphs (on the call's thread)."""

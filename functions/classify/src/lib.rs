@@ -4,21 +4,16 @@
 //! 0..255 -> WASI-NN (`load_by_name`, inference runs natively in the host) -> top-5 JSON out:
 //! `{"label", "confidence", "top": [{"label", "score"}], "model"}`.
 //!
-//! Nothing about the model is compiled in. The host preopens a directory (read-only) at
-//! `/models/NAME`: NAME is the model to pass to `load_by_name` (the host checks it against the
-//! function's `models` grant) and `labels.txt` in it has one class name per line, line i = output i.
-//! Finding NAME costs no file access (the preopen list is in the WASI context), so a call reads one
-//! file.
+//! Nothing about the model is compiled in: the model is the first of the function's `models` grant
+//! (`edged.model_name`) and its class names are the ones declared with it (`edged.model_labels`).
 
+mod host;
 mod nn;
 mod resize;
-mod wasi;
 
 use std::alloc::{alloc, Layout};
 use std::fmt::Write;
 
-const MODELS_DIR: &str = "/models/";
-const LABELS_FILE: &str = "labels.txt";
 const SIZE: usize = 224;
 const TOP: usize = 5;
 const MAX_CLASSES: usize = 100_000;
@@ -26,12 +21,6 @@ const MAX_CLASSES: usize = 100_000;
 const FRAME_MAGIC: u32 = 0x3146_4445;
 const HEADER: usize = 32;
 const KIND_FRAME: u32 = 1;
-const RESULT_JSON: u32 = 1;
-
-#[link(wasm_import_module = "edged")]
-extern "C" {
-    fn output(ptr: *const u8, len: u32, kind: u32) -> u32;
-}
 
 #[no_mangle]
 pub extern "C" fn edged_abi_version() -> i32 {
@@ -62,8 +51,7 @@ pub extern "C" fn edged_run(ptr: i32, len: i32) -> i32 {
         Ok(json) => (json, 0),
         Err(json) => (json, 1),
     };
-    let errno = unsafe { output(json.as_ptr(), json.len() as u32, RESULT_JSON) };
-    if errno != 0 {
+    if host::set_output(json.as_bytes(), host::RESULT_JSON) != 0 {
         return 2;
     }
     status
@@ -105,15 +93,16 @@ fn classify(input: &[u8]) -> Result<String, String> {
     }
     let pixels = &input[HEADER..HEADER + data_len];
 
-    let model = wasi::preopen_under(MODELS_DIR)
-        .ok_or_else(|| error_json("no model directory is preopened under /models/"))?;
-    let labels_path = format!("{MODELS_DIR}{model}/{LABELS_FILE}");
-    let labels_text = wasi::read_text(&labels_path)
-        .map_err(|e| error_json(&format!("cannot read {labels_path}: {e}")))?;
+    let model = host::first_model()
+        .map_err(|e| error_json(&e.message()))?
+        .ok_or_else(|| error_json("the function is granted no model (models = [...])"))?;
+    let labels_text = host::labels(&model).map_err(|e| {
+        error_json(&format!("no labels for model {model}: {} (declare labels in [models.{model}])", e.message()))
+    })?;
     let model = model.as_str();
     let labels: Vec<&str> = labels_text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if labels.is_empty() || labels.len() > MAX_CLASSES {
-        return Err(error_json(&format!("{labels_path} has {} labels", labels.len())));
+        return Err(error_json(&format!("model {model} has {} labels", labels.len())));
     }
 
     let mut tensor = vec![0f32; SIZE * SIZE * 3];
