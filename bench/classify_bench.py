@@ -6,7 +6,7 @@ with 1 and 2 workers; the model gets one interpreter thread per worker everywher
   native   Python in this process: Pillow decode + convert("RGB") + resize((224, 224), BILINEAR),
            float32 tensor, interpreter set_tensor/invoke/get_tensor, top-5. One interpreter per thread.
   invoke   what `edged invoke classify FILE` does per image, in this process: FunctionPool.decode_and_call_sync
-           (one hand-off to a worker: host decode, fresh Wasm instance, resize in the guest, WASI-NN, JSON).
+           (on the calling thread: host decode, fresh Wasm instance, resize in the guest, WASI-NN, JSON).
   http     POST /v1/functions/classify to a real daemon (`python -m edged run`, a subprocess) over
            keep-alive connections, one client thread per worker; includes the HTTP round trip and the
            durable store commit of the result (SQLite, synchronous=FULL: an fsync per request), with

@@ -276,7 +276,34 @@ def test_frame_input_header_and_frame_result(tmp_path: Path) -> None:
         assert img.convert("RGB").getpixel((2, 2)) == (200, 100, 50)
 
 
-def test_decode_and_call_sync_in_one_hand_off(tmp_path: Path) -> None:
+def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_bound(tmp_path: Path) -> None:
+    threads_seen: list[str] = []
+    modules = {"slow": (m_endless(), {"timeout_ms": 1500}), "header": (m_header(), {})}
+    with make_pool(tmp_path, modules, workers=1, queue=1,
+                   on_call=lambda *_: threads_seen.append(threading.current_thread().name)) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="waiter") as waiter, \
+            ThreadPoolExecutor(1, thread_name_prefix="inline") as caller:
+        assert pool.decode_and_call_sync(png(5, 4), 100, "header").json is not None
+        assert threads_seen == [threading.current_thread().name]
+        running = waiter.submit(pool.call_sync, "slow", FRAME)
+        wait_until(lambda: pool.in_flight == 1)
+        # The one worker permit is taken: the inline call is admitted, then waits for it.
+        inline = caller.submit(pool.decode_and_call_sync, png(5, 4), 100, "header")
+        wait_until(lambda: pool.in_flight == 2)
+        with pytest.raises(Overloaded):
+            pool.decode_and_call_sync(png(5, 4), 100, "header")
+        assert not inline.done()
+        with pytest.raises(FunctionTimeout):
+            running.result(timeout=30)
+        header = inline.result(timeout=30).json
+        assert header is not None
+        assert header["width"] == 5
+        assert threads_seen[1].startswith("edged-wasm")
+        assert threads_seen[2].startswith("inline")
+        assert pool.in_flight == 0
+
+
+def test_decode_and_call_sync(tmp_path: Path) -> None:
     modules = {"header": (m_header(), {}), "trap": (m_trap(), {})}
     data = png(5, 4)
     with make_pool(tmp_path, modules) as pool:

@@ -115,6 +115,8 @@ class FunctionPool:
         self._stop = threading.Event()
         self._scratch_root: Path | None = None
         self._local = threading.local()
+        #: Jobs running at once, on the workers or on callers' threads (decode_and_call_sync).
+        self._running = threading.BoundedSemaphore(pool.workers)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -207,7 +209,8 @@ class FunctionPool:
 
     # -- admission -----------------------------------------------------------------------------------
 
-    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+    def _admit(self) -> ThreadPoolExecutor:
+        """Count one more admitted job (raise Overloaded when full); the caller must ``_release`` it."""
         with self._lock:
             executor = self._executor
             if executor is None:
@@ -217,8 +220,17 @@ class FunctionPool:
                 raise Overloaded(f"all {self._settings.workers} workers are busy and {self._settings.queue} "
                                  f"calls are waiting")
             self._admitted += 1
+        return executor
+
+    def _permitted(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` holding one of the ``workers`` permits (shared with callers that run jobs themselves)."""
+        with self._running:
+            return fn(*args)
+
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        executor = self._admit()
         try:
-            future = executor.submit(fn, *args)
+            future = executor.submit(self._permitted, fn, *args)
         except RuntimeError as exc:  # shut down between the check and the submit
             self._release(None)
             raise Overloaded("the function pool is shutting down") from exc
@@ -263,11 +275,20 @@ class FunctionPool:
         return await asyncio.wrap_future(job)
 
     def decode_and_call_sync(self, data: bytes, max_pixels: int, name: str) -> CallResult:
-        """Decode and call in one hand-off, for code without an event loop (``edged invoke``).
+        """Decode and call on the calling thread, for code that would only wait for a worker (``edged invoke``).
 
-        Raises ImageError, UnknownFunction, Overloaded or the call's FunctionError.
+        No hand-off to a worker and back (two thread wake-ups). The job is admitted like any other and
+        holds one of the ``workers`` permits while it runs, so at most ``workers`` jobs run at once
+        however they came in. The thread gets its own linker and scratch files on its first call: meant
+        for a few long-lived threads. Raises ImageError, UnknownFunction, Overloaded or the call's
+        FunctionError.
         """
-        _frame, outcome = self._submit(self._decode_and_run, self._runner(name), data, max_pixels).result()
+        runner = self._runner(name)
+        self._admit()
+        try:
+            _frame, outcome = self._permitted(self._decode_and_run, runner, data, max_pixels)
+        finally:
+            self._release(None)
         if isinstance(outcome, FunctionError):
             raise outcome
         return outcome
