@@ -86,7 +86,7 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
             rgb = img if img.mode == "RGB" else img.convert("RGB")
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
-        pixels = rgb.tobytes()
+        pixels = _rgb_bytes(rgb)
     return Frame(
         raw=data,
         format=fmt,
@@ -94,6 +94,29 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
         height=height,
         pixels=pixels,
     )
+
+
+def _rgb_bytes(img: Image.Image) -> bytes:
+    """``img.tobytes()`` for a loaded RGB image, packed in one piece.
+
+    ``tobytes`` packs in 64 KiB pieces and joins them: a second frame-sized allocation and copy (with
+    the pinned mmap threshold, also a second round of page faults). The raw encoder it uses packs the
+    whole frame at once when given room for it. Pillow's encoder is internal API, so anything unexpected
+    falls back to ``tobytes``.
+    """
+    size = img.width * img.height * 3
+    try:
+        encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see above)
+        try:
+            encoder.setimage(img.im, (0, 0, img.width, img.height))
+            _consumed, status, data = encoder.encode(size + 1)
+        finally:
+            encoder.cleanup()
+    except (AttributeError, TypeError, ValueError, OSError):
+        return img.tobytes()
+    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
+        return img.tobytes()
+    return bytes(data)
 
 
 def encode_pixels(width: int, height: int, channels: int, pixels: bytes, source_format: int) -> tuple[str, bytes]:
