@@ -12,12 +12,14 @@ with 1 and 2 workers; the model gets one interpreter thread per worker everywher
            durable store commit of the result (SQLite, synchronous=FULL: an fsync per request), with
            state_dir on disk (a temporary directory).
   http-shm the same with state_dir in /dev/shm: the difference is the cost of that fsync.
+  native-http  the native code behind a plain aiohttp server (bench/native_server.py, a subprocess; no
+           sandbox, no store), same client: context for the HTTP modes, not a target.
 
 A worker count of N means N pool workers and N client threads (native: N threads). Each mode runs in
 rounds, interleaved with the others, so slow drift on the machine hits every mode alike. Prints a
 table (p50, p99, images/s) and the two target ratios; asserts nothing.
 
-    .venv/bin/python bench/classify_bench.py [--requests 300] [--rounds 3] [--json FILE]
+    .venv/bin/python bench/classify_bench.py [--requests 300] [--rounds 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -198,34 +200,12 @@ class InvokePath:
 
 # -- edged, over HTTP ----------------------------------------------------------------------------------------
 
-class Daemon:
-    def __init__(self, workers: int, tmp: Path, state_dir: Path) -> None:
-        cfg = tmp / f"edged-{workers}-{state_dir.name}.toml"
-        cfg.write_text(f"""
-state_dir = "{state_dir}"
-device_id = "bench"
-log_level = "WARNING"
-[http]
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-enabled = false
-[pool]
-workers = {workers}
-queue = {workers * 4}
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-threads = 1
-[functions.classify]
-module = "{WASM}"
-models = ["{NAME}"]
-memory_mb = 256
-""")
-        self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "EDGED_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+class Server:
+    """A server subprocess that prints "listening on http://HOST:PORT"; jobs POST photos to it."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.host, self.port = self._wait_listening()
         threading.Thread(target=self._drain, daemon=True).start()
 
@@ -241,7 +221,7 @@ memory_mb = 256
                 return match.group(1), int(match.group(2))
             if time.monotonic() > deadline:
                 break
-        raise RuntimeError("daemon did not start:\n" + "".join(lines[-20:]))
+        raise RuntimeError("server did not start:\n" + "".join(lines[-20:]))
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -271,6 +251,39 @@ memory_mb = 256
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def edged_daemon(workers: int, tmp: Path, state_dir: Path) -> Server:
+    """`python -m edged run` with N workers and the classify function; state_dir on disk or in /dev/shm."""
+    cfg = tmp / f"edged-{workers}-{state_dir.name}.toml"
+    cfg.write_text(f"""
+state_dir = "{state_dir}"
+device_id = "bench"
+log_level = "WARNING"
+[http]
+port = 0
+[mqtt]
+enabled = false
+[dapr]
+enabled = false
+[pool]
+workers = {workers}
+queue = {workers * 4}
+[models.{NAME}]
+path = "{MODEL}"
+labels = "{LABELS}"
+threads = 1
+[functions.classify]
+module = "{WASM}"
+models = ["{NAME}"]
+memory_mb = 256
+""")
+    return Server([sys.executable, "-m", "edged", "run", "--config", str(cfg)], {"EDGED_LOG_LEVEL": "INFO"})
+
+
+def native_server(workers: int) -> Server:
+    """bench/native_server.py: the model behind a plain aiohttp server (no sandbox, no store)."""
+    return Server([sys.executable, str(Path(__file__).with_name("native_server.py")), str(workers)])
 
 
 def invoke_cli_once(cfg: Path) -> float:
@@ -306,7 +319,7 @@ def wait_for_quiet(max_busy: float, limit: float = 120.0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per mode, worker count and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -314,7 +327,7 @@ def main() -> None:
                         help="before each round wait (up to 120 s) until other processes use less than this share "
                              "of the CPUs")
     args = parser.parse_args()
-    pin_mmap_threshold()  # as `edged run` does (the daemons in "http" modes do it themselves)
+    pin_mmap_threshold()  # as `edged run` and `edged invoke` do (the servers in "http" modes do it themselves)
     worker_counts = [int(w) for w in args.workers.split(",")]
     data = [p.read_bytes() for p in PHOTOS]
     labels = LABELS.read_text().splitlines()
@@ -329,8 +342,9 @@ def main() -> None:
         for workers in worker_counts:
             native = native_jobs(data, labels)
             invoke = InvokePath(workers, tmp / "cache")
-            daemons = {"http": Daemon(workers, tmp, tmp / f"state-{workers}"),
-                       "http-shm": Daemon(workers, tmp, Path(shm_name) / f"state-{workers}")}
+            daemons = {"http": edged_daemon(workers, tmp, tmp / f"state-{workers}"),
+                       "http-shm": edged_daemon(workers, tmp, Path(shm_name) / f"state-{workers}"),
+                       "native-http": native_server(workers)}
             modes: dict[str, Callable[[int], Job]] = {"native": native, "invoke": invoke.jobs(data)}
             modes.update({name: d.jobs(data) for name, d in daemons.items()})
             try:
@@ -359,16 +373,23 @@ def main() -> None:
         row = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
                "images_per_s": count / wall}
         table[(name, workers)] = row
-    modes_order = ("native", "invoke", "http", "http-shm")
+    modes_order = ("native", "invoke", "http", "http-shm", "native-http")
     for workers in worker_counts:
         for name in modes_order:
             row = table[(name, workers)]
             print(f"| {name} | {workers} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['images_per_s']:.1f} |")
     print()
-    for name in modes_order[1:]:
+    for name in ("invoke", "http", "http-shm"):
         for workers in worker_counts:
             ratio = table[(name, workers)]["p50_ms"] / table[("native", workers)]["p50_ms"]
             print(f"{name} p50 / native p50, {workers} worker(s): {ratio:.3f}  (target <= 1.15)")
+    for workers in worker_counts:
+        def p50(name: str, w: int = workers) -> float:
+            return table[(name, w)]["p50_ms"]
+
+        print(f"context, {workers} worker(s): native-http / native {p50('native-http') / p50('native'):.3f} "
+              f"(the HTTP round trip alone), http / native-http {p50('http') / p50('native-http'):.3f} "
+              f"(what edged adds behind the same HTTP: sandbox and durable commit)")
     if 1 in worker_counts and 2 in worker_counts:
         for name in modes_order:
             scale = table[(name, 2)]["images_per_s"] / table[(name, 1)]["images_per_s"]
