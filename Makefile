@@ -12,7 +12,7 @@ DEB_PACKAGES := rustc cargo libstd-rust-dev-wasm32 librust-image-dev mosquitto o
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup deb venv run test lint typecheck check functions bench clean
+.PHONY: setup deb venv run test lint typecheck check functions bench cross-bundle cross-test clean
 
 setup: deb $(STAMP)
 
@@ -51,6 +51,13 @@ bench: setup
 	$(PY) bench/classify_bench.py
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/outbox_bench.py
+
+# aarch64: the install bundle, and the tests run on it in an emulated arm64 Debian (cross/README.md).
+cross-bundle: setup
+	cross/bundle.sh
+
+cross-test: setup
+	$(SUDO) cross/emulated_test.sh
 
 clean:
 	rm -rf $(VENV) state build

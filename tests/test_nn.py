@@ -592,8 +592,14 @@ def test_interpreters_are_never_shared_between_threads() -> None:
 # -- backend and registry ---------------------------------------------------------------------------------
 
 def test_backend_selection() -> None:
-    assert load_backend("auto").name in ("litert", "tflite")
-    assert load_backend("litert").package == "ai-edge-litert"
+    """auto prefers ai-edge-litert; the aarch64 bundle (cross/) ships only tflite-runtime."""
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        assert load_backend("auto").name == "litert"
+        assert load_backend("litert").package == "ai-edge-litert"
+        return
+    assert load_backend("auto").name == "tflite"
+    with pytest.raises(BackendUnavailable, match="pip install ai-edge-litert"):
+        load_backend("litert")
 
 
 def test_tflite_backend_names_the_package_to_install() -> None:

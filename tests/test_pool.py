@@ -286,12 +286,13 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
         assert pool.decode_and_call_sync(png(5, 4), 100, "header").json is not None
         assert threads_seen == [threading.current_thread().name]
         running = waiter.submit(pool.call_sync, "slow", FRAME)
-        wait_until(lambda: pool.in_flight == 1)
+        wait_until(lambda: pool.running == 1)
         # The one worker permit is taken: the inline call is admitted, then waits for it.
         inline = caller.submit(pool.decode_and_call_sync, png(5, 4), 100, "header")
         wait_until(lambda: pool.in_flight == 2)
         with pytest.raises(Overloaded):
             pool.decode_and_call_sync(png(5, 4), 100, "header")
+        assert pool.running == 1
         assert not inline.done()
         with pytest.raises(FunctionTimeout):
             running.result(timeout=30)
@@ -301,6 +302,7 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
         assert threads_seen[1].startswith("edged-wasm")
         assert threads_seen[2].startswith("inline")
         assert pool.in_flight == 0
+        assert pool.running == 0
 
 
 def test_decode_and_call_sync(tmp_path: Path) -> None:

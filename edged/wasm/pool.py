@@ -108,6 +108,7 @@ class FunctionPool:
         self._runners: dict[str, FunctionRunner] = {}
         self._lock = threading.Lock()
         self._admitted = 0
+        self._executing = 0
         self._overloaded = 0
         self._executor: ThreadPoolExecutor | None = None
         self._engine: WasmEngine | None = None
@@ -225,7 +226,13 @@ class FunctionPool:
     def _permitted(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run ``fn`` holding one of the ``workers`` permits (shared with callers that run jobs themselves)."""
         with self._running:
-            return fn(*args)
+            with self._lock:
+                self._executing += 1
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._executing -= 1
 
     def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         executor = self._admit()
@@ -345,8 +352,15 @@ class FunctionPool:
 
     @property
     def in_flight(self) -> int:
+        """Jobs admitted and not finished: running plus waiting."""
         with self._lock:
             return self._admitted
+
+    @property
+    def running(self) -> int:
+        """Jobs running now (each holds one of the ``workers`` permits)."""
+        with self._lock:
+            return self._executing
 
     @property
     def overloaded(self) -> int:
