@@ -95,13 +95,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_functions(args: argparse.Namespace) -> int:
     from edged.inference.tflite import ModelRegistry
-    from edged.malloc import pin_mmap_threshold
     from edged.wasm.host.nn import NnHost
     from edged.wasm.pool import FunctionPool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
-    pin_mmap_threshold()  # allocate as the daemon does, so a one-off call costs what the daemon's calls cost
     # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
     nn = NnHost(ModelRegistry(settings.models, backend=settings.nn_backend))
     with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", nn=nn) as pool:

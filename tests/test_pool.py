@@ -305,6 +305,28 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
         assert pool.running == 0
 
 
+def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:
+    """The ticker that interrupts a runaway guest must outlive calls that run outside the workers too."""
+    pool = make_pool(tmp_path, {"slow": (m_endless(), {"timeout_ms": 1500})}, workers=1, queue=0)
+    pool.start()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pool.decode_and_call_sync(png(), 100, "slow")
+        except BaseException as exc:  # noqa: BLE001 (examined below)
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    wait_until(lambda: pool.running == 1)
+    pool.close()
+    assert not caller.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], FunctionTimeout)
+    assert pool.in_flight == 0
+
+
 def test_decode_and_call_sync(tmp_path: Path) -> None:
     modules = {"header": (m_header(), {}), "trap": (m_trap(), {})}
     data = png(5, 4)

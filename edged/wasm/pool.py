@@ -107,6 +107,8 @@ class FunctionPool:
         self._stats = {name: _FunctionStats() for name in self._functions}
         self._runners: dict[str, FunctionRunner] = {}
         self._lock = threading.Lock()
+        #: Notified when the last admitted job is released (close waits for it).
+        self._settled = threading.Condition(self._lock)
         self._admitted = 0
         self._executing = 0
         self._overloaded = 0
@@ -173,6 +175,9 @@ class FunctionPool:
         if executor is not None:
             # The ticker must outlive the workers: it is what interrupts a runaway guest.
             executor.shutdown(wait=True)
+        with self._settled:
+            # Jobs running on callers' threads (decode_and_call_sync) need the ticker and scratch too.
+            self._settled.wait_for(lambda: self._admitted == 0)
         self._stop_ticker()
         if self._scratch_root is not None:
             remove_scratch_root(self._scratch_root)
@@ -248,6 +253,8 @@ class FunctionPool:
     def _release(self, _future: Future[Any] | None) -> None:
         with self._lock:
             self._admitted -= 1
+            if self._admitted == 0:
+                self._settled.notify_all()
 
     # -- calls ---------------------------------------------------------------------------------------
 
