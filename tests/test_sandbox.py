@@ -284,3 +284,56 @@ def test_request_bounded_by_call_timeout(tmp_path: Path, server: tuple[str, Seen
             got = None
         seen.release.set()
     assert got in (None, {"status": -5, "len": 0})
+
+
+class _FakeDns:
+    """socket.getaddrinfo for ``*.test`` names (loopback only); ``hold`` makes the lookup wait for ``go``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold: bool = False) -> None:
+        self.asked: list[str] = []
+        self.go = threading.Event()
+        self.finished = threading.Event()
+        self._hold = hold
+        self._real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self)
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if not str(host).endswith(".test"):
+            return self._real(host, port, *args, **kwargs)
+        self.asked.append(str(host))
+        if self._hold:
+            self.go.wait(30)
+        self.finished.set()
+        return self._real("127.0.0.1", port, *args, **kwargs)
+
+
+def test_a_name_is_looked_up_and_kept_in_the_host_header(tmp_path: Path, server: tuple[str, Seen],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    dns = _FakeDns(monkeypatch)
+    port = server[0].rsplit(":", 1)[1]
+    origin = f"http://camera-cloud.test:{port}"
+    got = call(tmp_path, m_http(f"GET {origin}/hello", echo=True), allowed_hosts=(origin,))
+    assert got == {"hello": "world"}
+    assert dns.asked == ["camera-cloud.test"]
+    [(_, _, headers, _)] = server[1].requests
+    assert headers["Host"] == f"camera-cloud.test:{port}"
+
+
+def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, server: tuple[str, Seen],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver has no timeout of its own; the call must not wait for it past its deadline."""
+    dns = _FakeDns(monkeypatch, hold=True)
+    origin = f"http://stuck-dns.test:{server[0].rsplit(':', 1)[1]}"
+    path = write_wasm(tmp_path, "fn", m_http(f"GET {origin}/hello"))
+    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
+    with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
+        try:
+            got = pool.call_sync("fn", FRAME).json
+        except FunctionTimeout:
+            got = None
+        lookup_was_pending = not dns.finished.is_set()
+        dns.go.set()
+    assert lookup_was_pending
+    assert dns.asked == ["stuck-dns.test"]
+    assert got in (None, {"status": -5, "len": 0})
+    assert server[1].requests == []

@@ -4,21 +4,24 @@ The guest names a URL; the host decides where the connection goes. The origin (s
 the default made explicit) must equal an allowlist entry, the ``Host`` header is always the one
 http.client derives from that origin, hop-by-hop and proxy headers are refused, redirects are never
 followed (http.client does not follow them), and proxy environment variables are never consulted
-(http.client ignores them). The whole exchange is bounded by the call's remaining time, because epoch
-interruption cannot stop host code.
+(http.client ignores them). The whole exchange, name lookup included, is bounded by the call's remaining
+time, because epoch interruption cannot stop host code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import logging
 import re
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import wasmtime
@@ -118,13 +121,71 @@ def _remaining(ctx: CallContext) -> float:
     return left
 
 
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+def _resolve(ctx: CallContext, host: str, port: int) -> Sequence[_AddrInfo]:
+    """getaddrinfo within the call's remaining time.
+
+    The resolver takes no timeout (resolv.conf's can add up to tens of seconds), so a name is looked up
+    on a daemon thread: when the call's time is up the call goes on, and the thread ends whenever the
+    resolver does. An IP literal needs no lookup.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    done = threading.Event()
+    outcome: list[Sequence[_AddrInfo] | OSError] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="edged-dns", daemon=True).start()
+    if not done.wait(_remaining(ctx)):
+        raise TimeoutError(f"looking up {host} outlasted the call")
+    if isinstance(outcome[0], OSError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _connect_to(addresses: Sequence[_AddrInfo]) -> Callable[..., socket.socket]:
+    """socket.create_connection's signature, connecting to ``addresses`` whatever the name asked for."""
+    def create_connection(_address: object, timeout: float | None = None,
+                          _source_address: object = None) -> socket.socket:
+        failure: OSError = OSError("the name has no address")
+        for family, kind, proto, _name, sockaddr in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            return sock
+        raise failure
+    return create_connection
+
+
 def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int) -> tuple[int, bytearray, int]:
     """Send the request; return (status, the body's first ``cap`` bytes, the body's full length)."""
+    addresses = _resolve(ctx, req.host, req.port)
     conn: http.client.HTTPConnection
     if req.scheme == "https":
         conn = http.client.HTTPSConnection(req.host, req.port, timeout=_remaining(ctx), context=_ssl_context())
     else:
         conn = http.client.HTTPConnection(req.host, req.port, timeout=_remaining(ctx))
+    # http.client's hook for how it connects: to the addresses looked up above, while the Host header
+    # and TLS (SNI, certificate name) keep using the name.
+    conn._create_connection = _connect_to(addresses)  # type: ignore[attr-defined]  # noqa: SLF001
     watchdog: threading.Timer | None = None
     try:
         conn.connect()
