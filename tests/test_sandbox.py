@@ -271,18 +271,23 @@ def test_connection_failure_is_io_error(tmp_path: Path) -> None:
     assert call(tmp_path, m_http(f"GET {origin}/"), allowed_hosts=(origin,))["status"] == -5
 
 
+def call_within_300_ms(tmp_path: Path, request_text: str, origin: str) -> Any:
+    """The request from a function with a 300 ms timeout: its JSON result, or None if it timed out."""
+    path = write_wasm(tmp_path, "fn", m_http(request_text))
+    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
+    with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
+        try:
+            return pool.call_sync("fn", FRAME).json
+        except FunctionTimeout:
+            return None
+
+
 def test_request_bounded_by_call_timeout(tmp_path: Path, server: tuple[str, Seen]) -> None:
     """The server would answer after 10 s; the call's 300 ms end the request (host code is not
     interrupted by epochs, so the host must bound it itself)."""
     origin, seen = server
-    path = write_wasm(tmp_path, "fn", m_http(f"GET {origin}/slow"))
-    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
-    with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
-        try:
-            got = pool.call_sync("fn", FRAME).json
-        except FunctionTimeout:
-            got = None
-        seen.release.set()
+    got = call_within_300_ms(tmp_path, f"GET {origin}/slow", origin)
+    seen.release.set()
     assert got in (None, {"status": -5, "len": 0})
 
 
@@ -324,15 +329,9 @@ def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, serve
     """The resolver has no timeout of its own; the call must not wait for it past its deadline."""
     dns = _FakeDns(monkeypatch, hold=True)
     origin = f"http://stuck-dns.test:{server[0].rsplit(':', 1)[1]}"
-    path = write_wasm(tmp_path, "fn", m_http(f"GET {origin}/hello"))
-    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
-    with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
-        try:
-            got = pool.call_sync("fn", FRAME).json
-        except FunctionTimeout:
-            got = None
-        lookup_was_pending = not dns.finished.is_set()
-        dns.go.set()
+    got = call_within_300_ms(tmp_path, f"GET {origin}/hello", origin)
+    lookup_was_pending = not dns.finished.is_set()
+    dns.go.set()
     assert lookup_was_pending
     assert dns.asked == ["stuck-dns.test"]
     assert got in (None, {"status": -5, "len": 0})
