@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.pipeline import NewEvent  # noqa: E402
+from edged.events import NewEvent  # noqa: E402
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings  # noqa: E402
 from edged.status import Components  # noqa: E402
 from edged.store import Store  # noqa: E402

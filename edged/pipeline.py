@@ -13,47 +13,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from edged.errors import BodyTooLarge, EdgedError, FunctionError, ImageError
+from edged.events import NewEvent, StoredEvent, rfc3339
 from edged.frames import Frame
 from edged.metrics import Metrics
 from edged.settings import Settings
 from edged.wasm.pool import CallResult, FunctionPool
 
-__all__ = ["EventStore", "NewEvent", "Outcome", "Pipeline", "StoredEvent", "rfc3339"]
+__all__ = ["EventStore", "Outcome", "Pipeline"]
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["result", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event before it is stored (no id yet). See docs/STORE.md."""
-
-    function: str
-    kind: Kind
-    data: dict[str, Any]
-    body: bytes | None = None
-    content_type: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as committed: its id is stable from here on."""
-
-    id: str
-    seq: int
-    camera: str
-    function: str
-    kind: Kind
-    data: dict[str, Any]
-    body: bytes | None
-    content_type: str | None
-    created_at: float
-
 
 class EventStore(Protocol):
     """The part of the store the pipeline needs (edged.store.Store implements it)."""
@@ -74,10 +45,6 @@ class Outcome:
     frame: Frame | None = None
     ingest_error: ImageError | None = None
     duplicate: bool = False
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _correlation_text(value: bytes | None) -> str | None:

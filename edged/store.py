@@ -16,7 +16,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +26,8 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from edged.errors import EdgedError, OutboxFull
+from edged.events import NewEvent, StoredEvent, new_event_id, rfc3339
 from edged.metrics import Metrics
-from edged.pipeline import NewEvent, StoredEvent, rfc3339
 from edged.settings import OutboxSettings, SyncSettings
 
 __all__ = ["OutboxEntry", "Store", "StoreError"]
@@ -150,14 +149,6 @@ class _Delta:
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
     for i in range(0, len(ids), _ID_CHUNK):
         yield ids[i:i + _ID_CHUNK]
-
-
-def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562) as 32 hex digits: unique, and time-ordered so the id indexes stay local."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ((ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & (2**62 - 1))
-    return f"{value:032x}"
 
 
 def _marks(ids: Sequence[str]) -> str:

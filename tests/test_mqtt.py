@@ -27,11 +27,12 @@ from paho.mqtt.properties import Properties
 from PIL import Image
 
 from edged.errors import Overloaded
+from edged.events import StoredEvent
 from edged.ingest.mqtt import MqttIngest, camera_of, route_for, routes
 from edged.ingest.mqtt_client import backoff_delay, read_password
 from edged.ingest.mqtt_publish import render
 from edged.metrics import Metrics
-from edged.pipeline import Outcome, Pipeline, StoredEvent
+from edged.pipeline import Outcome, Pipeline
 from edged.settings import Settings, Subscription
 from edged.status import Components
 from edged.store import Store

@@ -28,8 +28,8 @@ from pydantic import SecretStr
 from wat import Wat, write_wasm
 
 from edged.errors import OutboxFull
+from edged.events import NewEvent, StoredEvent
 from edged.metrics import Metrics
-from edged.pipeline import NewEvent, StoredEvent
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings
 from edged.status import Components
 from edged.store import Store

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edged.errors import EdgedError, OutboxFull
+from edged.events import NewEvent
 from edged.metrics import Metrics
-from edged.pipeline import NewEvent
 from edged.settings import OutboxSettings, SyncSettings
 from edged.store import Store
 

@@ -21,9 +21,9 @@ from typing import Protocol
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edged.events import StoredEvent
 from edged.ingest.mqtt_client import ConnectionHandler, MqttConnection, Received, backoff_delay, new_properties
 from edged.metrics import Metrics
-from edged.pipeline import StoredEvent
 from edged.settings import MqttSettings
 from edged.status import Components
 

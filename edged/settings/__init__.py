@@ -1,0 +1,32 @@
+"""The one validated, frozen configuration tree.
+
+Sources, highest priority first: ``EDGED_*`` environment variables (``__`` for nesting), then the TOML
+file given with ``--config``. Unknown keys are errors. Relative paths in the TOML file are resolved
+against the file's directory, relative paths from the environment against the working directory.
+"""
+
+from __future__ import annotations
+
+from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen, normalize_origin
+from edged.settings.http import HttpSettings
+from edged.settings.mqtt import MqttSettings, Subscription, TlsSettings
+from edged.settings.root import ConfigError, Settings, load_settings
+from edged.settings.sync import DaprSettings, OutboxSettings, SyncSettings
+
+__all__ = [
+    "ConfigError",
+    "DaprSettings",
+    "FunctionSettings",
+    "HttpSettings",
+    "ModelSettings",
+    "MqttSettings",
+    "OutboxSettings",
+    "PoolSettings",
+    "Preopen",
+    "Settings",
+    "Subscription",
+    "SyncSettings",
+    "TlsSettings",
+    "load_settings",
+    "normalize_origin",
+]

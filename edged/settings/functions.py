@@ -1,0 +1,98 @@
+"""Functions, their grants, the models they may use, and the pool that runs them."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, model_validator
+
+from edged.settings.base import ConfigPath, MiB, Model
+
+__all__ = ["FunctionSettings", "ModelSettings", "PoolSettings", "Preopen", "normalize_origin"]
+
+
+def normalize_origin(url: str) -> str:
+    """Return ``scheme://host:port`` with the default port made explicit; raise ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    if parts.username or parts.password:
+        raise ValueError(f"{url!r}: credentials are not allowed in an origin")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: bad port") from exc
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _origin(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an allowed host is scheme://host[:port] with no path")
+    return normalize_origin(value)
+
+
+class Preopen(Model):
+    host: ConfigPath = Field(description="Directory on the device that the function may see.")
+    guest: str = Field(description="Absolute path under which the function sees it, e.g. /data.")
+    writable: bool = Field(default=False, description="Read-only unless true.")
+
+    @model_validator(mode="after")
+    def _guest_absolute(self) -> Preopen:
+        if not self.guest.startswith("/"):
+            raise ValueError(f"guest path {self.guest!r} must be absolute")
+        return self
+
+
+class FunctionSettings(Model):
+    module: ConfigPath = Field(description="Path of the .wasm module.")
+    abi: Literal["wasi-command", "frame-v1"] = Field(
+        default="frame-v1", description="Calling convention, see docs/ABI.md."
+    )
+    input: Literal["frame", "raw"] = Field(
+        default="frame",
+        description="frame: pixels decoded once by the host; raw: the bytes as received (decoded in the sandbox).",
+    )
+    timeout_ms: int = Field(default=5000, ge=1, le=600_000, description="Wall-clock limit of one call.")
+    memory_mb: int = Field(default=128, ge=1, le=4096, description="Linear memory limit of one call.")
+    max_output_bytes: int = Field(default=32 * MiB, ge=1, description="Largest result a call may return.")
+    preopens: tuple[Preopen, ...] = Field(default=(), description="Directories the function may see.")
+    allowed_hosts: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+        default=(), description="Origins (scheme://host:port) the function may call over HTTP."
+    )
+    models: tuple[str, ...] = Field(default=(), description="Models (from [models]) it may load by name.")
+    allow_model_bytes: bool = Field(
+        default=False, description="Allow WASI-NN load() of model bytes supplied by the guest."
+    )
+    log: bool = Field(default=True, description="Grant the edged.log import; stderr is logged either way.")
+
+    @model_validator(mode="after")
+    def _command_takes_raw(self) -> FunctionSettings:
+        if self.abi == "wasi-command" and self.input != "raw":
+            raise ValueError('a wasi-command function reads the raw bytes on stdin: set input = "raw"')
+        return self
+
+
+class ModelSettings(Model):
+    path: ConfigPath = Field(description="The .tflite file.")
+    labels: ConfigPath | None = Field(default=None, description="Class names, one per line.")
+    threads: int = Field(default=1, ge=1, le=64, description="Interpreter threads per invocation.")
+
+
+class PoolSettings(Model):
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="Threads running calls."
+    )
+    queue: int = Field(default=16, ge=0, le=100_000, description="Calls that may wait for a worker.")
+    keep_resident_mb: int = Field(
+        default=8, ge=0, le=1024,
+        description="Per instance slot (workers + 2): guest memory zeroed in place between calls instead of "
+                    "unmapped (fewer page faults; up to that much RSS stays committed per slot).",
+    )

@@ -1,0 +1,17 @@
+"""The local HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from edged.settings.base import MiB, Model
+
+__all__ = ["HttpSettings"]
+
+
+class HttpSettings(Model):
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    token: SecretStr | None = Field(default=None, description="Bearer token required on all but health routes.")
+    max_body_bytes: int = Field(default=20 * MiB, ge=1, description="Largest accepted request body.")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="Largest accepted image (width*height).")
