@@ -31,6 +31,7 @@ from edged.events import NewEvent  # noqa: E402
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings  # noqa: E402
 from edged.status import Components  # noqa: E402
 from edged.store import Store  # noqa: E402
+from edged.sync.cloudevents import CloudEvents  # noqa: E402
 from edged.sync.dapr import DaprSync  # noqa: E402
 
 DEVICE = "bench-gw"
@@ -80,7 +81,7 @@ def result_event(camera: str, i: int) -> NewEvent:
 async def fill(path: Path, n: int, cameras: int) -> list[float]:
     """Commit ``n`` results one input at a time; the per-commit wall times in seconds."""
     costs: list[float] = []
-    async with Store(path, DEVICE, OUTBOX, SyncSettings()) as store:
+    async with Store(path, OUTBOX, CloudEvents(DEVICE, SyncSettings()).encode) as store:
         for i in range(n):
             camera = f"cam{i % cameras}"
             started = time.perf_counter()
@@ -92,14 +93,14 @@ async def fill(path: Path, n: int, cameras: int) -> list[float]:
 
 async def drain(path: Path, url: str, *, bulk: bool, batch: int) -> tuple[int, float]:
     """Drain the outbox at ``path``; (events sent, seconds)."""
-    async with Store(path, DEVICE, OUTBOX, SyncSettings(batch=batch)) as store:
-        depth = (await store.outbox_status())["depth"]
+    async with Store(path, OUTBOX, CloudEvents(DEVICE, SyncSettings()).encode) as store:
+        depth = (await store.outbox_state()).depth
         sync = DaprSync(DaprSettings(url=url, bulk=bulk), SyncSettings(batch=batch), store, Components())
         started = time.perf_counter()
         task = asyncio.create_task(sync.run(), name="edged.sync.drain")
         try:
             # Polling a counter the store keeps in memory; there is no "outbox empty" event to wait on.
-            while (await store.outbox_status())["depth"] > 0:  # noqa: ASYNC110
+            while (await store.outbox_state()).depth > 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         finally:
             task.cancel()

@@ -24,6 +24,7 @@ from edged.pipeline import Pipeline
 from edged.settings import Settings
 from edged.status import Components
 from edged.store import Store
+from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
 from edged.systemd import Notifier
@@ -53,8 +54,8 @@ class App:
             settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
             on_call=self.metrics.on_call
         )
-        self.store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync,
-                           self.metrics)
+        self.store = Store(settings.state_dir / "edged.db", settings.outbox,
+                           CloudEvents(settings.device_id, settings.sync).encode, self.metrics)
         self.sync: DaprSync | None = None
         if settings.dapr.enabled:
             self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics)
@@ -63,7 +64,7 @@ class App:
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
         self.mqtt = MqttIngest(settings, self.pipeline, self.store, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
-                            outbox=self.store)
+                            outbox=self.store, sync=self.sync.status if self.sync is not None else None)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
 

@@ -36,6 +36,7 @@ from edged.pipeline import Outcome, Pipeline
 from edged.settings import Settings, Subscription
 from edged.status import Components
 from edged.store import Store
+from edged.sync.cloudevents import CloudEvents
 from edged.wasm.pool import FunctionPool
 from tests.daemon import run_daemon
 from tests.mosquitto import Mosquitto, Peer, make_tls, wait_until
@@ -116,7 +117,8 @@ async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline) -
     """The MQTT component with a real store and pool, its loops in a TaskGroup (as App.run does)."""
     metrics, components = Metrics(), Components()
     pool = FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", on_call=metrics.on_call)
-    store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync, metrics)
+    encode = CloudEvents(settings.device_id, settings.sync).encode
+    store = Store(settings.state_dir / "edged.db", settings.outbox, encode, metrics)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = pipeline_cls(settings, pool, store, metrics)
     ingest = MqttIngest(settings, pipeline, store, metrics, components)

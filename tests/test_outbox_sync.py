@@ -12,19 +12,20 @@ import io
 import json
 import logging
 import signal
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from configs import daemon_config, merge, write_config
 from daemon import run_daemon
 from dapr_emulator import CLOUDEVENT, DaprEmulator
 from PIL import Image
 from pydantic import SecretStr
+from waiting import until, wait_until
 from wat import Wat, write_wasm
 
 from edged.errors import OutboxFull
@@ -33,6 +34,7 @@ from edged.metrics import Metrics
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings
 from edged.status import Components
 from edged.store import Store
+from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import DaprSync
 
 DEVICE = "gw-test"
@@ -59,22 +61,6 @@ async def commit_many(store: Store, n: int, cameras: tuple[str, ...] = CAMERAS, 
     return stored
 
 
-async def until(predicate: Callable[[], bool], limit: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def until_async(predicate: Callable[[], Awaitable[bool]], limit: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def fill_until_full(store: Store) -> list[StoredEvent]:
     """Commit until the store says OutboxFull; what was accepted before that."""
     stored: list[StoredEvent] = []
@@ -94,14 +80,15 @@ def dapr() -> Iterator[DaprEmulator]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(tmp_path / "edged.db", DEVICE, OutboxSettings(), SyncSettings(batch=50)) as s:
+    async with Store(tmp_path / "edged.db", OutboxSettings(), CloudEvents(DEVICE, SyncSettings()).encode) as s:
         yield s
 
 
 class Syncing:
-    def __init__(self, components: Components, metrics: Metrics) -> None:
+    def __init__(self, components: Components, metrics: Metrics, loop: DaprSync) -> None:
         self.components = components
         self.metrics = metrics
+        self.status = loop.status
 
     def state(self) -> tuple[str, str]:
         s = self.components.get("dapr")
@@ -116,7 +103,7 @@ async def syncing(store: Store, dapr: DaprEmulator, *, batch: int = 50, **overri
     loop = DaprSync(settings, SyncSettings(batch=batch), store, components, metrics)
     task = asyncio.create_task(loop.run(), name="edged.sync.drain")
     try:
-        yield Syncing(components, metrics)
+        yield Syncing(components, metrics, loop)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -138,14 +125,14 @@ async def test_offline_1000_then_online_all_arrive_once_in_order(store: Store, d
         await until(lambda: sync.state()[0] == "disconnected", what="the loop to notice the sidecar is down")
         assert "cannot reach the sidecar" in sync.state()[1]
         stored = await commit_many(store, 1000)
-        status = await store.outbox_status()
-        assert status["depth"] == 1000
-        assert status["oldest_age_s"] is not None
-        assert status["last_error"] is not None
-        assert status["last_sync_at"] is None
+        status = await store.outbox_state()
+        assert status.depth == 1000
+        assert status.oldest_age_s is not None
+        assert sync.status.last_error is not None
+        assert sync.status.last_sync_at is None
         dapr.go_online()
         await dapr.until(lambda d: len(d.published) >= 1000, what="1000 events at the sidecar")
-        await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+        await until(lambda: _depth_is(store, 0), what="an empty outbox")
         assert sync.state()[0] == "connected"
     published = dapr.published
     counts = Counter(p.id for p in published)
@@ -162,13 +149,12 @@ async def test_offline_1000_then_online_all_arrive_once_in_order(store: Store, d
     assert first["data"]["id"] == stored[0].id
     assert "time" in first
     assert first["datacontenttype"] == "application/json"
-    status = await store.outbox_status()
-    assert status["last_sync_at"] is not None
-    assert status["depth"] == 0
+    assert sync.status.last_sync_at is not None
+    assert (await store.outbox_state()).depth == 0
 
 
 async def _depth_is(store: Store, n: int) -> bool:
-    return bool((await store.outbox_status())["depth"] == n)
+    return bool((await store.outbox_state()).depth == n)
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["single", "bulk"])
@@ -178,14 +164,15 @@ async def test_failing_sidecar_keeps_everything_and_recovers(store: Store, dapr:
     async with syncing(store, dapr, bulk=bulk) as sync:
         await dapr.until(lambda d: sum(1 for r in d.requests if r[2] == 500) >= 3, what="three 500s")
         assert dapr.published == []
-        assert (await store.outbox_status())["depth"] == 30
-        state, detail = sync.state()
-        assert state == "disconnected"
+        assert (await store.outbox_state()).depth == 30
+        # The emulator counts a 500 before the loop has read it: wait for the loop to show it.
+        await until(lambda: sync.state()[0] == "disconnected", what="the failures to show")
+        detail = sync.state()[1]
         assert "HTTP 500" in detail
         assert "ERR_PUBSUB_PUBLISH_MESSAGE" in detail
         dapr.failing = False
         await dapr.until(lambda d: len(d.published) >= 30, what="all 30 events")
-        await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+        await until(lambda: _depth_is(store, 0), what="an empty outbox")
         assert (sync.metrics.registry.get_sample_value("edged_sync_events_total", {"outcome": "retry"}) or 0) > 0
     assert sorted(dapr.ids()) == sorted(e.id for e in stored)
 
@@ -198,7 +185,7 @@ async def test_bulk_per_entry_failures_retry_only_those(store: Store, dapr: Dapr
         await dapr.until(lambda d: len(d.published) >= 40 - len(failing), what="the entries that did not fail")
         await dapr.until(lambda d: sum(1 for r in d.requests if r[2] == 500) >= 2, what="the failures retried")
         assert not failing & set(dapr.ids())
-        assert (await store.outbox_status())["depth"] == len(failing)
+        assert (await store.outbox_state()).depth == len(failing)
         dapr.fail_ids = set()
         await dapr.until(lambda d: len(d.published) >= 40, what="the retried entries")
     counts = Counter(dapr.ids())
@@ -213,7 +200,7 @@ async def test_slow_sidecar_timeouts_resend_with_the_same_id(store: Store, dapr:
         await dapr.until(lambda d: len(d.published) >= 1, what="a publish the client gave up on")
         await until(lambda: sync.state()[0] == "disconnected", what="the timeout to show")
         dapr.delay = 0.0
-        await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+        await until(lambda: _depth_is(store, 0), what="an empty outbox")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for p in dapr.published:
         by_id.setdefault(p.id, []).append(p.event)
@@ -243,9 +230,9 @@ async def test_wrong_token_nothing_lost_clear_error_recovers(store: Store, tmp_p
                 await dapr.until(lambda d: sum(1 for r in d.requests if r[2] == status) >= 2,
                                  what="a slow retry")
                 assert dapr.published == []
-                status_doc = await store.outbox_status()
-                assert status_doc["depth"] == 20
-                assert f"HTTP {status}" in status_doc["last_error"]
+                status_doc = await store.outbox_state()
+                assert status_doc.depth == 20
+                assert f"HTTP {status}" in (sync.status.last_error or "")
                 # The fix: the right token in the credential file (401) or the sidecar allowing us (403).
                 token_file.write_text("tok-RIGHT-5678\n")
                 dapr.forbidden = False
@@ -272,31 +259,31 @@ async def test_400_goes_to_dead_letters_and_retry_resends(store: Store, dapr: Da
     dapr.reject = dict.fromkeys(bad, 400)
     async with syncing(store, dapr, bulk=bulk):
         await dapr.until(lambda d: len(d.published) >= 9, what="the 9 good events")
-        await until_async(lambda: _dead_is(store, 3), what="3 dead letters")
-        status = await store.outbox_status()
-        assert status["depth"] == 0
-        assert {d["id"] for d in status["dead_letters"]} == set(bad)
-        assert all("HTTP 400 from sidecar" in d["reason"] for d in status["dead_letters"])
+        await until(lambda: _dead_is(store, 3), what="3 dead letters")
+        status = await store.outbox_state()
+        assert status.depth == 0
+        assert {d.id for d in status.dead_letters} == set(bad)
+        assert all("HTTP 400 from sidecar" in d.reason for d in status.dead_letters)
         assert not set(bad) & set(dapr.ids())
         dapr.reject = {}
         assert await store.retry_dead() == 3
         await dapr.until(lambda d: len(d.published) >= 12, what="the resent dead letters")
-        await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+        await until(lambda: _depth_is(store, 0), what="an empty outbox")
     counts = Counter(dapr.ids())
     assert set(counts) == {e.id for e in stored}
     assert max(counts.values()) == 1
-    assert (await store.outbox_status())["dead"] == 0
+    assert (await store.outbox_state()).dead == 0
 
 
 async def _dead_is(store: Store, n: int) -> bool:
-    return bool((await store.outbox_status())["dead"] == n)
+    return bool((await store.outbox_state()).dead == n)
 
 
 async def test_missing_pubsub_dead_letters_with_reason(store: Store, dapr: DaprEmulator) -> None:
     await commit_many(store, 2)
     async with syncing(store, dapr, pubsub="nope"):
-        await until_async(lambda: _dead_is(store, 2), what="2 dead letters")
-    reasons = {d["reason"] for d in (await store.outbox_status())["dead_letters"]}
+        await until(lambda: _dead_is(store, 2), what="2 dead letters")
+    reasons = {d.reason for d in (await store.outbox_state()).dead_letters}
     assert len(reasons) == 1
     assert "ERR_PUBSUB_NOT_FOUND" in reasons.pop()
 
@@ -305,34 +292,34 @@ async def test_disk_cap_drop_oldest_while_offline(tmp_path: Path, dapr: DaprEmul
                                                   caplog: pytest.LogCaptureFixture) -> None:
     dapr.go_offline()
     outbox = OutboxSettings(max_bytes=128 * 1024, on_full="drop_oldest")
-    async with Store(tmp_path / "edged.db", DEVICE, outbox, SyncSettings()) as store:
+    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).encode) as store:
         with caplog.at_level(logging.WARNING, logger="edged.store"):
             stored = await commit_many(store, 300, pad=500)
-        status = await store.outbox_status()
-        assert status["evicted"]["max_bytes"] == status["evicted_total"] > 0
-        assert status["store_bytes"] <= outbox.max_bytes
+        status = await store.outbox_state()
+        assert status.evicted["max_bytes"] == status.evicted_total > 0
+        assert status.store_bytes <= outbox.max_bytes
         assert "evicted" in caplog.text
         assert "max_bytes" in caplog.text
-        kept = status["depth"]
+        kept = status.depth
         dapr.go_online()
         async with syncing(store, dapr, bulk=True):
             await dapr.until(lambda d: len(d.published) >= kept, what="the events that were kept")
-            await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+            await until(lambda: _depth_is(store, 0), what="an empty outbox")
     assert dapr.ids() == [e.id for e in stored[-kept:]], "the newest are kept, in order"
 
 
 async def test_disk_cap_reject_new_while_offline(tmp_path: Path, dapr: DaprEmulator) -> None:
     dapr.go_offline()
     outbox = OutboxSettings(max_bytes=64 * 1024, on_full="reject_new")
-    async with Store(tmp_path / "edged.db", DEVICE, outbox, SyncSettings()) as store:
+    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).encode) as store:
         stored = await fill_until_full(store)
-        status = await store.outbox_status()
-        assert status["evicted_total"] == 0
-        assert status["depth"] == len(stored)
+        status = await store.outbox_state()
+        assert status.evicted_total == 0
+        assert status.depth == len(stored)
         dapr.go_online()
         async with syncing(store, dapr):
             await dapr.until(lambda d: len(d.published) >= len(stored), what="everything that was accepted")
-            await until_async(lambda: _depth_is(store, 0), what="an empty outbox")
+            await until(lambda: _depth_is(store, 0), what="an empty outbox")
         await commit_many(store, 1)  # room again
     assert sorted(dapr.ids()) == sorted(e.id for e in stored)
 
@@ -374,37 +361,22 @@ def http_json(url: str, method: str = "GET") -> Any:
         return json.loads(resp.read())
 
 
-def daemon_config(tmp_path: Path, dapr_url: str, extra: str = "") -> Path:
+def sync_daemon(tmp_path: Path, dapr_url: str, **tables: Any) -> Path:
     """A config for one daemon: a frame-v1 function ``size`` (answers {"bytes": input length}), no MQTT."""
     w = Wat()
     module = write_wasm(tmp_path, "size", w.frame_module(
         f"{w.json(bytes='(local.get $len)')}\n    (drop (call $emit))\n    (i32.const 0)"))
-    config = tmp_path / "edged.toml"
-    config.write_text(f"""
-state_dir = {json.dumps(str(tmp_path / "state"))}
-device_id = "gw-e2e"
-[http]
-host = "127.0.0.1"
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-url = {json.dumps(dapr_url)}
-retry_min = 0.05
-retry_max = 0.5
-auth_retry = 0.3
-timeout = 5.0
-{extra}
-[functions.size]
-module = {json.dumps(str(module))}
-""")
-    return config
+    dapr = {"enabled": True, "url": dapr_url, "retry_min": 0.05, "retry_max": 0.5, "auth_retry": 0.3,
+            "timeout": 5.0}
+    config = daemon_config(tmp_path / "state", device_id="gw-e2e", dapr=dapr,
+                           functions={"size": {"module": module}})
+    return write_config(tmp_path / "edged.toml", merge(config, tables))
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["single", "bulk"])
 def test_sigkill_during_sync_loses_nothing(tmp_path: Path, bulk: bool) -> None:
     with DaprEmulator() as dapr:
-        config = daemon_config(tmp_path, dapr.url, f"bulk = {str(bulk).lower()}")
+        config = sync_daemon(tmp_path, dapr.url, dapr={"bulk": bulk})
         ids: list[tuple[str, str]] = []
         with run_daemon(config) as daemon:
             for i in range(30):
@@ -423,10 +395,7 @@ def test_sigkill_during_sync_loses_nothing(tmp_path: Path, bulk: bool) -> None:
         dapr.wait(lambda d: d.inflight == 0, what="the held publishes to complete")
         with run_daemon(config) as daemon:
             dapr.wait(lambda d: set(d.ids()) >= {i for _, i in ids}, what="every event after the restart")
-            deadline = time.monotonic() + 30
-            while http_json(f"{daemon.url}/v1/outbox")["depth"] != 0:
-                assert time.monotonic() < deadline, "outbox never drained"
-                time.sleep(0.02)
+            wait_until(lambda: http_json(f"{daemon.url}/v1/outbox")["depth"] == 0, what="an empty outbox")
             status = http_json(f"{daemon.url}/v1/outbox")
             assert status["dead"] == 0
             assert status["evicted_total"] == 0
@@ -453,14 +422,15 @@ def test_sigkill_during_sync_loses_nothing(tmp_path: Path, bulk: bool) -> None:
 
 def test_daemon_dead_letters_and_retry_endpoint(tmp_path: Path) -> None:
     with DaprEmulator(pubsubs=()) as dapr:
-        config = daemon_config(tmp_path, dapr.url)
+        config = sync_daemon(tmp_path, dapr.url)
         with run_daemon(config) as daemon:
             ids = {post_image(daemon.url, tiny_png(i), "cam-a") for i in range(5)}
-            deadline = time.monotonic() + 30
-            while http_json(f"{daemon.url}/v1/outbox")["dead"] != 5:
-                assert time.monotonic() < deadline, "no dead letters"
-                time.sleep(0.02)
+            wait_until(lambda: http_json(f"{daemon.url}/v1/outbox")["dead"] == 5, what="5 dead letters")
             status = http_json(f"{daemon.url}/v1/outbox")
+            assert set(status) >= {"depth", "bytes", "store_bytes", "max_bytes", "max_age_s", "on_full",
+                                   "oldest_age_s", "dead", "dead_letters", "evicted_total", "evicted",
+                                   "last_sync_at", "last_error", "last_error_at"}, "the document keeps its keys"
+            assert status["last_error"] is not None
             assert status["depth"] == 0
             assert {d["id"] for d in status["dead_letters"]} == ids
             assert all("404" in d["reason"] and "ERR_PUBSUB_NOT_FOUND" in d["reason"]
@@ -476,14 +446,14 @@ def test_daemon_wrong_token_in_credentials_dir(tmp_path: Path) -> None:
     creds.mkdir()
     (creds / "dapr-token").write_text("tok-WRONG-1\n")
     with DaprEmulator(token="tok-RIGHT-2") as dapr:
-        config = daemon_config(tmp_path, dapr.url, 'token_file = "dapr-token"')
+        config = sync_daemon(tmp_path, dapr.url, dapr={"token_file": "dapr-token"})
         with run_daemon(config, {"CREDENTIALS_DIRECTORY": str(creds)}) as daemon:
+            def dapr_state() -> dict[str, Any]:
+                return dict(http_json(f"{daemon.url}/readyz")["components"]["dapr"])
+
             ids = {post_image(daemon.url, tiny_png(i), "cam-a") for i in range(3)}
-            deadline = time.monotonic() + 30
-            while (dapr_state := http_json(f"{daemon.url}/readyz")["components"]["dapr"])["state"] != "error":
-                assert time.monotonic() < deadline, "the token error never showed"
-                time.sleep(0.02)
-            assert "HTTP 401 from sidecar: token rejected" in dapr_state["detail"]
+            wait_until(lambda: dapr_state()["state"] == "error", what="the token error to show")
+            assert "HTTP 401 from sidecar: token rejected" in dapr_state()["detail"]
             assert http_json(f"{daemon.url}/v1/outbox")["depth"] == 3
             assert dapr.published == []
             (creds / "dapr-token").write_text("tok-RIGHT-2\n")
@@ -497,7 +467,7 @@ def test_daemon_wrong_token_in_credentials_dir(tmp_path: Path) -> None:
 def test_daemon_reject_new_answers_503(tmp_path: Path) -> None:
     with DaprEmulator() as dapr:
         dapr.go_offline()
-        config = daemon_config(tmp_path, dapr.url, "[outbox]\nmax_bytes = 8192\non_full = \"reject_new\"")
+        config = sync_daemon(tmp_path, dapr.url, outbox={"max_bytes": 8192, "on_full": "reject_new"})
         with run_daemon(config) as daemon:
             accepted = []
             for i in range(100):

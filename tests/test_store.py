@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -17,6 +18,7 @@ from edged.events import NewEvent
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings, SyncSettings
 from edged.store import Store
+from edged.sync.cloudevents import CloudEvents
 
 DEVICE = "gw-1"
 
@@ -63,8 +65,8 @@ def make_store(tmp_path: Path) -> StoreFactory:
     def make(*, outbox: OutboxSettings | None = None, sync: SyncSettings | None = None,
              clock: Callable[[], float] | None = None, metrics: Metrics | None = None) -> Store:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
-        return Store(tmp_path / "edged.db", DEVICE, outbox or OutboxSettings(), sync or SyncSettings(), metrics,
-                     **kwargs)
+        encode = CloudEvents(DEVICE, sync or SyncSettings()).encode
+        return Store(tmp_path / "edged.db", outbox or OutboxSettings(), encode, metrics, **kwargs)
     return make
 
 
@@ -109,7 +111,7 @@ async def test_ids_and_rows_survive_reopen(make_store: StoreFactory) -> None:
     async with make_store() as s:
         batch = await s.outbox_batch(10, now=stored[0].created_at + 1)
         assert [e.id for e in batch] == [e.id for e in stored]
-        assert (await s.outbox_status())["depth"] == 2
+        assert (await s.outbox_state()).depth == 2
 
 
 async def test_wal_mode_on_disk(store: Store) -> None:
@@ -143,9 +145,9 @@ async def test_include_images_within_max_event_bytes(make_store: StoreFactory) -
 async def test_oversize_event_is_counted_not_queued(make_store: StoreFactory) -> None:
     async with make_store(sync=SyncSettings(max_event_bytes=1024)) as s:
         stored = await commit(s, result(pad=2000), result(n=2))
-        status = await s.outbox_status()
-        assert status["depth"] == 1
-        assert status["evicted"] == {"oversize": 1}
+        status = await s.outbox_state()
+        assert status.depth == 1
+        assert status.evicted == {"oversize": 1}
         assert [e.id for e in await s.outbox_batch(10, now=2e9)] == [stored[1].id]
 
 
@@ -178,19 +180,19 @@ async def test_ack_retry_dead_and_retry_dead(store: Store) -> None:
     await store.outbox_ack([ids[0]])
     await store.outbox_dead([ids[1]], "HTTP 400 from sidecar: bad")
     await store.outbox_retry([ids[2]], "HTTP 500 from sidecar", not_before=now + 60)
-    status = await store.outbox_status()
-    assert status["depth"] == 2
-    assert status["dead"] == 1
-    assert status["dead_letters"][0]["id"] == ids[1]
-    assert status["dead_letters"][0]["reason"] == "HTTP 400 from sidecar: bad"
+    status = await store.outbox_state()
+    assert status.depth == 2
+    assert status.dead == 1
+    assert status.dead_letters[0].id == ids[1]
+    assert status.dead_letters[0].reason == "HTTP 400 from sidecar: bad"
     # ids[2] waits until now+60, and ids[3] (same camera, later) must not pass it.
     assert await store.outbox_batch(10, now) == []
     later = await store.outbox_batch(10, now + 61)
     assert [(e.id, e.attempts) for e in later] == [(ids[2], 1), (ids[3], 0)]
     assert await store.retry_dead() == 1
-    status = await store.outbox_status()
-    assert status["dead"] == 0
-    assert status["depth"] == 3
+    status = await store.outbox_state()
+    assert status.dead == 0
+    assert status.depth == 3
     assert [e.id for e in await store.outbox_batch(10, now + 61)] == [ids[1], ids[2], ids[3]]
 
 
@@ -212,19 +214,19 @@ async def test_drop_oldest_evicts_counts_and_logs(make_store: StoreFactory,
         with caplog.at_level(logging.WARNING, logger="edged.store"):
             for i in range(200):
                 ids += [e.id for e in await commit(s, result(n=i, pad=400))]
-        status = await s.outbox_status()
-        assert status["evicted_total"] > 0
-        assert status["evicted"]["max_bytes"] == status["evicted_total"]
-        assert status["store_bytes"] <= cap
-        assert status["depth"] + status["evicted_total"] == 200
+        status = await s.outbox_state()
+        assert status.evicted_total > 0
+        assert status.evicted["max_bytes"] == status.evicted_total
+        assert status.store_bytes <= cap
+        assert status.depth + status.evicted_total == 200
         # The newest are kept, the oldest went.
         left = [e.id for e in await s.outbox_batch(1000, 2e9)]
         assert left == ids[-len(left):]
         assert any("evicted" in r.getMessage() and "max_bytes" in r.getMessage() for r in caplog.records)
         evicted = metrics.registry.get_sample_value("edged_outbox_evicted_total", {"reason": "max_bytes"})
-        assert evicted == status["evicted_total"]
+        assert evicted == status.evicted_total
     async with make_store(outbox=OutboxSettings(max_bytes=cap)) as s:
-        assert (await s.outbox_status())["evicted_total"] == status["evicted_total"]  # kept on disk
+        assert (await s.outbox_state()).evicted_total == status.evicted_total  # kept on disk
 
 
 async def test_reject_new_writes_nothing(make_store: StoreFactory) -> None:
@@ -243,13 +245,13 @@ async def test_reject_new_writes_nothing(make_store: StoreFactory) -> None:
         assert isinstance(full, EdgedError)
         assert full.http_status == 503
         assert full.code == "outbox_full"
-        before = await s.outbox_status()
-        assert before["depth"] == committed
-        assert before["evicted_total"] == 0
+        before = await s.outbox_state()
+        assert before.depth == committed
+        assert before.evicted_total == 0
         with pytest.raises(OutboxFull):
             await commit(s, result(n=999, pad=400), sha="ff")
         assert await s.recent_input("cam1", "ff", 1e9) is None
-        assert (await s.outbox_status())["depth"] == committed
+        assert (await s.outbox_state()).depth == committed
         assert metrics.registry.get_sample_value("edged_outbox_rejected_total") == 2
         # Room again once the sidecar took some.
         await s.outbox_ack([e.id for e in await s.outbox_batch(5, 2e9)])
@@ -265,16 +267,19 @@ async def test_max_age_expires(make_store: StoreFactory) -> None:
         clock.now += 1900
         batch = await s.outbox_batch(10, clock.now)
         assert [e.id for e in batch] == [young[0].id]
-        status = await s.outbox_status()
-        assert status["evicted"] == {"max_age": 1}
+        status = await s.outbox_state()
+        assert status.evicted == {"max_age": 1}
         assert old[0].id not in [e.id for e in batch]
 
 
-async def test_open_sync_without_loop(tmp_path: Path) -> None:
-    s = Store(tmp_path / "x.db", DEVICE, OutboxSettings(), SyncSettings())
+def test_open_sync_from_plain_code(make_store: StoreFactory) -> None:
+    """No event loop runs while the store opens and closes; each query runs under a loop of its own."""
+    s = make_store()
     s.open_sync()
     try:
-        await commit(s, result())
-        assert (await s.outbox_status())["depth"] == 1
+        asyncio.run(commit(s, result()))
+        assert asyncio.run(s.outbox_state()).depth == 1
     finally:
         s.close_sync()
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()

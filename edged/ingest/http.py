@@ -15,11 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edged.errors import BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
-from edged.settings import Settings
+from edged.settings import OutboxSettings, Settings
 from edged.status import Components
+from edged.store import OutboxState
+from edged.sync.dapr import SyncStatus
 from edged.wasm.pool import FunctionPool
 
-__all__ = ["LEGACY_API_NAMES", "HttpApi"]
+__all__ = ["LEGACY_API_NAMES", "HttpApi", "outbox_document"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,30 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class OutboxControl(Protocol):
     """What the outbox routes need from the store (edged.store.Store)."""
 
-    async def outbox_status(self) -> dict[str, Any]: ...
+    async def outbox_state(self) -> OutboxState: ...
     async def retry_dead(self) -> int: ...
+
+
+def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus | None) -> dict[str, Any]:
+    """GET /v1/outbox: the store's counts, the outbox bounds and how the cloud sync last went."""
+    sync = sync if sync is not None else SyncStatus()
+    return {
+        "depth": state.depth,
+        "bytes": state.bytes,
+        "store_bytes": state.store_bytes,
+        "max_bytes": outbox.max_bytes,
+        "max_age_s": outbox.max_age,
+        "on_full": outbox.on_full,
+        "oldest_age_s": state.oldest_age_s,
+        "dead": state.dead,
+        "dead_letters": [{"id": d.id, "camera": d.camera, "function": d.function, "reason": d.reason,
+                          "attempts": d.attempts, "created_at": d.created_at} for d in state.dead_letters],
+        "evicted_total": state.evicted_total,
+        "evicted": state.evicted,
+        "last_sync_at": sync.last_sync_at,
+        "last_error": sync.last_error,
+        "last_error_at": sync.last_error_at,
+    }
 
 
 def _error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -45,7 +69,7 @@ class HttpApi:
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
                  pipeline: Pipeline, extra_ready: Callable[[], dict[str, Any]] | None = None,
-                 outbox: OutboxControl | None = None) -> None:
+                 outbox: OutboxControl | None = None, sync: SyncStatus | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
@@ -53,6 +77,7 @@ class HttpApi:
         self._pipeline = pipeline
         self._extra_ready = extra_ready
         self._outbox = outbox
+        self._sync = sync
         self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
         self.accepting = True
 
@@ -123,7 +148,8 @@ class HttpApi:
 
     async def _outbox_status(self, request: web.Request) -> web.Response:
         assert self._outbox is not None
-        return web.json_response(await self._outbox.outbox_status())
+        state = await self._outbox.outbox_state()
+        return web.json_response(outbox_document(state, self._settings.outbox, self._sync))
 
     async def _retry_dead(self, request: web.Request) -> web.Response:
         assert self._outbox is not None

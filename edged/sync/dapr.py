@@ -29,7 +29,7 @@ from edged.settings import DaprSettings, SyncSettings
 from edged.status import Components, State
 from edged.store import OutboxEntry
 
-__all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "read_token"]
+__all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "SyncStatus", "read_token"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ class Outbox(Protocol):
     async def outbox_retry(self, ids: Sequence[str], error: str, not_before: float) -> None: ...
     async def outbox_dead(self, ids: Sequence[str], reason: str) -> None: ...
     async def wait_queued(self) -> None: ...
-    def note_sync(self, ok: bool, error: str | None = None) -> None: ...
 
 
 class TokenError(Exception):
@@ -124,6 +123,15 @@ class Backoff:
 
 
 @dataclass(slots=True)
+class SyncStatus:
+    """How the latest attempts went (unix times), shown by GET /v1/outbox."""
+
+    last_sync_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass(slots=True)
 class _Round:
     """What happened to one batch."""
 
@@ -157,12 +165,24 @@ class DaprSync:
         self._backoff = Backoff(dapr.retry_min, dapr.retry_max)
         self._token: str | None = None
         self._token_stale = True
+        self.status = SyncStatus()
         self._set("starting", f"waiting for the sidecar at {base}")
 
     def _set(self, state: State, detail: str = "") -> None:
         self._components.set(COMPONENT, state, detail)
         if self._metrics is not None:
             self._metrics.component_up.labels(COMPONENT).set(1 if state == "connected" else 0)
+
+    def _note(self, ok: bool, error: str | None) -> None:
+        """Record the outcome of an attempt (ok: the sidecar accepted something)."""
+        now = time.time()
+        if ok:
+            self.status.last_sync_at = now
+            if self._metrics is not None:
+                self._metrics.sync_last_success.set(now)
+        if error is not None:
+            self.status.last_error = error
+            self.status.last_error_at = now
 
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type}
@@ -181,7 +201,7 @@ class DaprSync:
             except Exception as exc:  # noqa: BLE001 - the task's top level: log, show, start over
                 log.exception("sync loop failed; starting over in %ss", self._dapr.retry_max)
                 self._set("error", f"sync loop failed: {exc}")
-                self._outbox.note_sync(False, f"sync loop failed: {exc}")
+                self._note(False, f"sync loop failed: {exc}")
                 await asyncio.sleep(self._dapr.retry_max)
 
     async def _drain(self, session: aiohttp.ClientSession) -> None:
@@ -198,7 +218,7 @@ class DaprSync:
                 problem = await self._health(session)
                 if problem is not None:
                     self._set("disconnected", problem)
-                    self._outbox.note_sync(False, problem)
+                    self._note(False, problem)
                     await asyncio.sleep(self._backoff.next())
                     continue
                 healthy = True
@@ -227,7 +247,7 @@ class DaprSync:
 
     async def _auth_pause(self, detail: str) -> None:
         self._set("error", detail)
-        self._outbox.note_sync(False, detail)
+        self._note(False, detail)
         await asyncio.sleep(self._dapr.auth_retry)
         # The fix may be a new token file: read it again before the next attempt.
         self._token_stale = self._dapr.token_file is not None
@@ -245,7 +265,7 @@ class DaprSync:
     async def _settle(self, rnd: _Round, delay: float, problem: str | None) -> None:
         if rnd.acked:
             await self._outbox.outbox_ack(rnd.acked)
-            self._outbox.note_sync(True, None)
+            self._note(True, None)
         if rnd.dead:
             by_reason: dict[str, list[str]] = {}
             for event_id, reason in rnd.dead:
@@ -254,7 +274,7 @@ class DaprSync:
                 log.warning("sync: %d events dead-lettered (%s), e.g. %s; POST /v1/outbox/dead/retry resends them",
                             len(ids), reason, ids[0])
                 await self._outbox.outbox_dead(ids, reason)
-                self._outbox.note_sync(False, reason)
+                self._note(False, reason)
         if rnd.retry and problem is not None:
             await self._outbox.outbox_retry(rnd.retry, problem, time.time() + delay)
         if self._metrics is not None:

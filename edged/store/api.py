@@ -1,0 +1,129 @@
+"""The Store: the one object the rest of edged uses to keep inputs, events and the cloud outbox.
+
+It owns the database (edged.store.db) and hands each job to its room: events (commit, dedupe, MQTT
+marks), outbox (batches, acks, dead letters) and space (caps, expiry). docs/STORE.md is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from edged.events import NewEvent, StoredEvent
+from edged.metrics import Metrics
+from edged.settings import OutboxSettings
+from edged.store.counters import Counters
+from edged.store.db import Database
+from edged.store.events import Encode, EventRows
+from edged.store.outbox import OutboxEntry, OutboxRows, OutboxState
+from edged.store.space import Space
+
+__all__ = ["Store"]
+
+
+class Store:
+    """The SQLite store; see docs/STORE.md. Use ``async with`` (or open_sync/close_sync without a loop)."""
+
+    def __init__(self, path: Path, outbox: OutboxSettings, encode: Encode, metrics: Metrics | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.outbox = outbox
+        self._db = Database(path, Counters(outbox, metrics))
+        queued = asyncio.Event()
+        space = Space(self._db, clock)
+        self._events = EventRows(self._db, space, encode, queued, metrics, clock)
+        self._outbox = OutboxRows(self._db, space, queued, clock)
+        self._queued = queued
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Store:
+        self._db.start()
+        try:
+            await self._db.run(self._db.open)
+        except BaseException:
+            self._db.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if self._db.started:
+                await self._db.run(self._db.close)
+        finally:
+            self._db.stop()
+
+    def open_sync(self) -> None:
+        """Open from plain code (CLI, benchmarks): blocks this thread until the database is open."""
+        self._db.start()
+        try:
+            self._db.submit(self._db.open).result()
+        except BaseException:
+            self._db.stop()
+            raise
+
+    def close_sync(self) -> None:
+        try:
+            if self._db.started:
+                self._db.submit(self._db.close).result()
+        finally:
+            self._db.stop()
+
+    # -- inputs and events -----------------------------------------------------------------------------
+
+    async def commit_input(self, *, transport: str, camera: str, sha256: str, received_at: float,
+                           correlation: bytes | None, events: list[NewEvent],
+                           publish_mqtt: bool) -> list[StoredEvent]:
+        """Store one input and its events, and queue them for the cloud, in ONE durable transaction.
+
+        Raises OutboxFull (nothing written) when the outbox is full and on_full is reject_new.
+        """
+        return await self._events.commit_input(transport=transport, camera=camera, sha256=sha256,
+                                               received_at=received_at, correlation=correlation, events=events,
+                                               publish_mqtt=publish_mqtt)
+
+    async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
+        """Events of the newest input with this camera and sha256 received within ``window_s``, else None."""
+        return await self._events.recent_input(camera, sha256, window_s)
+
+    async def mqtt_pending(self, limit: int) -> list[StoredEvent]:
+        """Events still to publish on MQTT, oldest first."""
+        return await self._events.mqtt_pending(limit)
+
+    async def mqtt_published(self, ids: Sequence[str]) -> None:
+        """Clear the "to publish on MQTT" mark of these events."""
+        await self._events.mqtt_published(ids)
+
+    # -- the cloud outbox ------------------------------------------------------------------------------
+
+    async def outbox_batch(self, limit: int, now: float) -> list[OutboxEntry]:
+        """Queued rows ready at ``now``, by seq, never passing an earlier row of the same camera that waits."""
+        return await self._outbox.batch(limit, now)
+
+    async def wait_queued(self) -> None:
+        """Return once something may have been queued since the last outbox_batch (callers bound the wait)."""
+        await self._queued.wait()
+
+    async def outbox_ack(self, ids: Sequence[str]) -> None:
+        """The sidecar accepted these events (2xx): delete them."""
+        await self._outbox.ack(ids)
+
+    async def outbox_retry(self, ids: Sequence[str], error: str, not_before: float) -> None:
+        """A transient failure: count the attempt, keep the row, try again from ``not_before``."""
+        await self._outbox.retry(ids, error, not_before)
+
+    async def outbox_dead(self, ids: Sequence[str], reason: str) -> None:
+        """A permanent failure: park these rows as dead letters with the reason."""
+        await self._outbox.dead(ids, reason)
+
+    async def retry_dead(self) -> int:
+        """Put every dead letter back in line (in its original place); return how many."""
+        return await self._outbox.retry_dead()
+
+    async def outbox_state(self) -> OutboxState:
+        """Depth, bytes, oldest age, dead letters and evictions (GET /v1/outbox shows them)."""
+        return await self._outbox.state()

@@ -1,0 +1,122 @@
+"""What the store keeps counted in memory: queue depth, dead letters, bytes held, evictions by reason.
+
+Counters change only through a ``Delta`` applied after its transaction committed, so they never count
+rows a rolled-back job would have written. They are touched on the writer thread only and read
+anywhere (ints are atomic). Evictions are logged at once, then summed up at most every
+``EVICTION_LOG_EVERY`` seconds, so none goes unlogged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edged.metrics import Metrics
+from edged.settings import OutboxSettings
+
+__all__ = ["DEAD", "QUEUED", "Counters", "Delta"]
+
+log = logging.getLogger(__name__)
+
+QUEUED, DEAD = 0, 1
+#: Evictions are logged at once, then summed up at most this often (seconds).
+EVICTION_LOG_EVERY = 10.0
+
+
+@dataclass(slots=True)
+class Delta:
+    """Counter changes of one transaction, applied only once it committed."""
+
+    queued: int = 0
+    dead: int = 0
+    outbox_bytes: int = 0
+    events_bytes: int = 0
+    evicted: dict[str, int] = field(default_factory=dict)
+    evicted_ids: list[str] = field(default_factory=list)
+
+    def evict(self, reason: str, n: int, ids: Sequence[str] = ()) -> None:
+        if n:
+            self.evicted[reason] = self.evicted.get(reason, 0) + n
+            self.evicted_ids.extend(ids)
+
+    def outbox_gone(self, size: int, state: int) -> None:
+        """One outbox row of ``size`` bytes in ``state`` was deleted."""
+        self.outbox_bytes -= size
+        if state == QUEUED:
+            self.queued -= 1
+        else:
+            self.dead -= 1
+
+
+class Counters:
+    """The in-memory totals, the eviction log and the outbox gauges."""
+
+    def __init__(self, outbox: OutboxSettings, metrics: Metrics | None) -> None:
+        self.outbox = outbox
+        self._metrics = metrics
+        self.queued = 0
+        self.dead = 0
+        self.outbox_bytes = 0
+        self.events_bytes = 0
+        self.evicted_total = 0
+        self.evicted_by_reason: dict[str, int] = {}
+        self._unlogged: dict[str, int] = {}
+        self._next_eviction_log = 0.0
+
+    def load(self, db: sqlite3.Connection) -> None:
+        """Read the totals of an opened database."""
+        self.queued = self.dead = self.outbox_bytes = 0
+        for state, n, size in db.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY state"):
+            if state == QUEUED:
+                self.queued = n
+            else:
+                self.dead = n
+            self.outbox_bytes += size
+        self.events_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM events").fetchone()[0]
+        self.evicted_by_reason = {key.removeprefix("evicted."): int(value) for key, value in
+                                  db.execute("SELECT key, value FROM meta WHERE key LIKE 'evicted.%'")}
+        self.evicted_total = sum(self.evicted_by_reason.values())
+        self._publish_gauges()
+
+    @property
+    def used(self) -> int:
+        """Bytes of event data held, as counted against outbox.max_bytes."""
+        return self.outbox_bytes + self.events_bytes
+
+    def apply(self, delta: Delta) -> None:
+        self.flush_eviction_log()
+        self.queued += delta.queued
+        self.dead += delta.dead
+        self.outbox_bytes += delta.outbox_bytes
+        self.events_bytes += delta.events_bytes
+        for reason, n in delta.evicted.items():
+            self.evicted_by_reason[reason] = self.evicted_by_reason.get(reason, 0) + n
+            self.evicted_total += n
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + n
+            if self._metrics is not None:
+                self._metrics.outbox_evicted.labels(reason).inc(n)
+        if delta.evicted:
+            self.flush_eviction_log(first_ids=delta.evicted_ids)
+        self._publish_gauges()
+
+    def flush_eviction_log(self, first_ids: Sequence[str] = (), force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._unlogged or (now < self._next_eviction_log and not force):
+            return
+        summary = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._unlogged.items()))
+        sample = f", e.g. {', '.join(first_ids[:3])}" if first_ids else ""
+        log.warning("outbox: evicted %d events unsent (%s%s); %d evicted in total (max_bytes=%d, max_age=%ss, "
+                    "on_full=%s)", sum(self._unlogged.values()), summary, sample, self.evicted_total,
+                    self.outbox.max_bytes, self.outbox.max_age, self.outbox.on_full)
+        self._unlogged.clear()
+        self._next_eviction_log = now + EVICTION_LOG_EVERY
+
+    def _publish_gauges(self) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.outbox_events.labels("queued").set(self.queued)
+        self._metrics.outbox_events.labels("dead").set(self.dead)
+        self._metrics.outbox_bytes.set(self.outbox_bytes)

@@ -1,0 +1,195 @@
+"""The store's database: one SQLite connection (WAL, synchronous=FULL), its schema, and the writer thread.
+
+Every statement runs on one thread (a single-thread executor); the asyncio side awaits
+``asyncio.wrap_future`` of its jobs. ``transaction`` commits a job's rows and, only once they are on
+disk, applies its counter changes (edged.store.counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from edged.errors import EdgedError
+from edged.store.counters import Counters, Delta
+
+__all__ = ["Database", "StoreError", "chunks", "marks"]
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+_ID_CHUNK = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY,
+    transport TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    correlation BLOB
+);
+CREATE INDEX IF NOT EXISTS inputs_by_frame ON inputs (camera, sha256);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    input_id INTEGER NOT NULL,
+    camera TEXT NOT NULL,
+    function TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    body BLOB,
+    content_type TEXT,
+    created_at REAL NOT NULL,
+    bytes INTEGER NOT NULL,
+    mqtt_pending INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_by_input ON events (input_id);
+CREATE INDEX IF NOT EXISTS events_mqtt ON events (seq) WHERE mqtt_pending = 1;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    camera TEXT NOT NULL,
+    function TEXT NOT NULL,
+    cloudevent BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (not_before) WHERE state = 0;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+class StoreError(EdgedError):
+    """The database failed (disk full, I/O error, closed store); nothing of the failed job was committed."""
+
+    code = "store_error"
+    http_status = 503
+
+
+def chunks(ids: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``ids`` in pieces small enough for one statement's parameters."""
+    for i in range(0, len(ids), _ID_CHUNK):
+        yield ids[i:i + _ID_CHUNK]
+
+
+def marks(ids: Sequence[Any]) -> str:
+    """``?,?,…``: only placeholders are ever formatted into SQL; values go as parameters."""
+    return ",".join("?" * len(ids))
+
+
+class Database:
+    """The connection, the writer thread and the counters kept beside them."""
+
+    def __init__(self, path: Path, counters: Counters) -> None:
+        self.path = path
+        self.counters = counters
+        self._executor: ThreadPoolExecutor | None = None
+        self._con: sqlite3.Connection | None = None
+
+    # -- the writer thread -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._executor is not None:
+            raise RuntimeError("store already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged.store")
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def submit(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Run ``fn`` on the writer thread; sqlite3 errors come back as StoreError."""
+        if self._executor is None:
+            raise StoreError("the store is not open")
+
+        def job() -> _T:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error in {self.path}: {exc}") from exc
+
+        return self._executor.submit(job)
+
+    async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    # -- the connection (writer thread only) ----------------------------------------------------------
+
+    @property
+    def con(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StoreError("the store is not open")
+        return self._con
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        try:
+            # auto_vacuum only takes effect before the first table exists; harmless afterwards.
+            con.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+            # FULL: a commit is on disk before commit_input returns, so MQTT may ack after it.
+            con.execute("PRAGMA synchronous = FULL")
+            con.execute("PRAGMA journal_size_limit = 67108864")
+            con.execute("PRAGMA temp_store = MEMORY")
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {version} is newer than this edged ({SCHEMA_VERSION})")
+            con.executescript(_SCHEMA)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+        self.counters.load(con)
+        log.info("store %s open: %d queued, %d dead letters, %d bytes", self.path, self.counters.queued,
+                 self.counters.dead, self.counters.outbox_bytes)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self.counters.flush_eviction_log(force=True)
+            try:
+                self._con.execute("PRAGMA optimize")
+            finally:
+                self._con.close()
+                self._con = None
+
+    def transaction(self, body: Callable[[sqlite3.Connection, Delta], _T]) -> _T:
+        """Run ``body`` in one IMMEDIATE transaction; its counter changes apply only once it committed."""
+        db = self.con
+        delta = Delta()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(db, delta)
+            for reason, n in delta.evicted.items():
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                           "SET value = value + excluded.value", (f"evicted.{reason}", n))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.counters.apply(delta)
+        return result
+
