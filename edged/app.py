@@ -54,11 +54,12 @@ class App:
             settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
             on_call=self.metrics.on_call
         )
-        self.store = Store(settings.state_dir / "edged.db", settings.outbox,
-                           CloudEvents(settings.device_id, settings.sync).encode, self.metrics)
+        cloudevents = CloudEvents(settings.device_id, settings.sync)
+        self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
         self.sync: DaprSync | None = None
         if settings.dapr.enabled:
-            self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics)
+            self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics,
+                                 cloudevents=cloudevents)
         else:
             self.components.set(DAPR_COMPONENT, "disabled")
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)

@@ -117,8 +117,8 @@ async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline) -
     """The MQTT component with a real store and pool, its loops in a TaskGroup (as App.run does)."""
     metrics, components = Metrics(), Components()
     pool = FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", on_call=metrics.on_call)
-    encode = CloudEvents(settings.device_id, settings.sync).encode
-    store = Store(settings.state_dir / "edged.db", settings.outbox, encode, metrics)
+    admit = CloudEvents(settings.device_id, settings.sync).admit
+    store = Store(settings.state_dir / "edged.db", settings.outbox, admit, metrics)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = pipeline_cls(settings, pool, store, metrics)
     ingest = MqttIngest(settings, pipeline, store, metrics, components)

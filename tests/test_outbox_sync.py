@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import random
 import signal
 import urllib.error
 import urllib.request
@@ -37,6 +38,12 @@ from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import DaprSync
 
+
+def noise(seed: int, size: int) -> str:
+    """``size`` hex digits that do not compress: padding that really takes room on disk."""
+    return random.Random(seed).randbytes(size // 2 + 1).hex()[:size]  # noqa: S311 - padding, not secrets
+
+
 DEVICE = "gw-test"
 CAMERAS = ("cam-a", "cam-b", "cam-c", "cam-d")
 FAST = {"retry_min": 0.01, "retry_max": 0.1, "auth_retry": 0.2, "timeout": 5.0}
@@ -47,7 +54,7 @@ def event(camera: str, n: int, pad: int = 0) -> NewEvent:
         "device_id": DEVICE, "camera": camera, "function": "classify", "kind": "result",
         "source": {"transport": "mqtt", "camera": camera, "sha256": f"{n:064x}", "correlation": None,
                    "received_at": "2024-01-01T00:00:00.000Z"},
-        "latency_ms": 1.0, "result": {"n": n, "pad": "x" * pad}, "image": None, "error": None,
+        "latency_ms": 1.0, "result": {"n": n, "pad": noise(n, pad)}, "image": None, "error": None,
     }
     return NewEvent("classify", "result", data)
 
@@ -80,7 +87,7 @@ def dapr() -> Iterator[DaprEmulator]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(tmp_path / "edged.db", OutboxSettings(), CloudEvents(DEVICE, SyncSettings()).encode) as s:
+    async with Store(tmp_path / "edged.db", OutboxSettings(), CloudEvents(DEVICE, SyncSettings()).admit) as s:
         yield s
 
 
@@ -100,7 +107,8 @@ class Syncing:
 async def syncing(store: Store, dapr: DaprEmulator, *, batch: int = 50, **overrides: Any) -> AsyncIterator[Syncing]:
     settings = DaprSettings(url=dapr.url, **{**FAST, **overrides})
     components, metrics = Components(), Metrics()
-    loop = DaprSync(settings, SyncSettings(batch=batch), store, components, metrics)
+    loop = DaprSync(settings, SyncSettings(batch=batch), store, components, metrics,
+                    cloudevents=CloudEvents(DEVICE, SyncSettings()))
     task = asyncio.create_task(loop.run(), name="edged.sync.drain")
     try:
         yield Syncing(components, metrics, loop)
@@ -292,7 +300,7 @@ async def test_disk_cap_drop_oldest_while_offline(tmp_path: Path, dapr: DaprEmul
                                                   caplog: pytest.LogCaptureFixture) -> None:
     dapr.go_offline()
     outbox = OutboxSettings(max_bytes=128 * 1024, on_full="drop_oldest")
-    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).encode) as store:
+    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).admit) as store:
         with caplog.at_level(logging.WARNING, logger="edged.store"):
             stored = await commit_many(store, 300, pad=500)
         status = await store.outbox_state()
@@ -311,7 +319,7 @@ async def test_disk_cap_drop_oldest_while_offline(tmp_path: Path, dapr: DaprEmul
 async def test_disk_cap_reject_new_while_offline(tmp_path: Path, dapr: DaprEmulator) -> None:
     dapr.go_offline()
     outbox = OutboxSettings(max_bytes=64 * 1024, on_full="reject_new")
-    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).encode) as store:
+    async with Store(tmp_path / "edged.db", outbox, CloudEvents(DEVICE, SyncSettings()).admit) as store:
         stored = await fill_until_full(store)
         status = await store.outbox_state()
         assert status.evicted_total == 0

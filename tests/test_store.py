@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
+import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edged.errors import EdgedError, OutboxFull
-from edged.events import NewEvent
+from edged.events import NewEvent, rfc3339
+from edged.ingest.http import outbox_document
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings, SyncSettings
-from edged.store import Store
+from edged.store import OutboxEntry, OutboxState, Store
 from edged.sync.cloudevents import CloudEvents
+
+
+def noise(seed: int, size: int) -> str:
+    """``size`` hex digits that do not compress: padding that really takes room on disk."""
+    return random.Random(seed).randbytes(size // 2 + 1).hex()[:size]  # noqa: S311 - padding, not secrets
+
 
 DEVICE = "gw-1"
 
@@ -36,7 +46,7 @@ def result(function: str = "classify", camera: str = "cam1", n: int = 0, pad: in
         "device_id": DEVICE, "camera": camera, "function": function, "kind": "result",
         "source": {"transport": "mqtt", "camera": camera, "sha256": "00" * 32, "correlation": None,
                    "received_at": "2023-11-14T22:13:20.000Z"},
-        "latency_ms": 1.5, "result": {"n": n, "pad": "x" * pad}, "image": None, "error": None,
+        "latency_ms": 1.5, "result": {"n": n, "pad": noise(n, pad)}, "image": None, "error": None,
     }
     return NewEvent(function, "result", data)
 
@@ -60,13 +70,18 @@ def error_event(function: str = "") -> NewEvent:
 StoreFactory = Callable[..., Store]
 
 
+def cloudevent(entry: OutboxEntry, sync: SyncSettings | None = None) -> Any:
+    """The CloudEvent the sync loop would send for ``entry``, parsed."""
+    return json.loads(CloudEvents(DEVICE, sync or SyncSettings()).encode(entry))
+
+
 @pytest.fixture
 def make_store(tmp_path: Path) -> StoreFactory:
     def make(*, outbox: OutboxSettings | None = None, sync: SyncSettings | None = None,
              clock: Callable[[], float] | None = None, metrics: Metrics | None = None) -> Store:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
-        encode = CloudEvents(DEVICE, sync or SyncSettings()).encode
-        return Store(tmp_path / "edged.db", outbox or OutboxSettings(), encode, metrics, **kwargs)
+        admit = CloudEvents(DEVICE, sync or SyncSettings()).admit
+        return Store(tmp_path / "edged.db", outbox or OutboxSettings(), admit, metrics, **kwargs)
     return make
 
 
@@ -93,7 +108,7 @@ async def test_commit_gives_stable_ids_and_cloudevents(store: Store) -> None:
     assert first.camera == "cam7"
     batch = await store.outbox_batch(10, now=first.created_at + 1)
     assert [e.id for e in batch] == [first.id, second.id]
-    ce = json.loads(batch[0].cloudevent)
+    ce = cloudevent(batch[0])
     assert ce["specversion"] == "1.0"
     assert ce["id"] == first.id
     assert ce["source"] == f"edged/{DEVICE}"
@@ -102,7 +117,7 @@ async def test_commit_gives_stable_ids_and_cloudevents(store: Store) -> None:
     assert ce["subject"] == "cam7"
     assert ce["time"].endswith("Z")
     assert ce["data"] == first.data
-    assert json.loads(batch[1].cloudevent)["type"] == "io.edged.error.ingest"
+    assert cloudevent(batch[1])["type"] == "io.edged.error.ingest"
 
 
 async def test_ids_and_rows_survive_reopen(make_store: StoreFactory) -> None:
@@ -127,7 +142,7 @@ async def test_images_not_synced_unless_asked(make_store: StoreFactory) -> None:
     async with make_store() as s:
         stored = await commit(s, image_result(png))
         assert stored[0].body == png
-        ce = json.loads((await s.outbox_batch(1, now=2e9))[0].cloudevent)
+        ce = cloudevent((await s.outbox_batch(1, now=2e9))[0])
         assert "data_base64" not in ce["data"]["image"]
         assert ce["data"]["image"]["bytes"] == len(png)
 
@@ -135,9 +150,10 @@ async def test_images_not_synced_unless_asked(make_store: StoreFactory) -> None:
 async def test_include_images_within_max_event_bytes(make_store: StoreFactory) -> None:
     small = b"\x89PNG" + b"\x01" * 100
     large = b"\x89PNG" + b"\x02" * 4000
-    async with make_store(sync=SyncSettings(include_images=True, max_event_bytes=2048)) as s:
+    sync = SyncSettings(include_images=True, max_event_bytes=2048)
+    async with make_store(sync=sync) as s:
         await commit(s, image_result(small), image_result(large))
-        first, second = (json.loads(e.cloudevent) for e in await s.outbox_batch(10, now=2e9))
+        first, second = (cloudevent(e, sync) for e in await s.outbox_batch(10, now=2e9))
         assert base64.b64decode(first["data"]["image"]["data_base64"]) == small
         assert "data_base64" not in second["data"]["image"]  # synced without its bytes
 
@@ -283,3 +299,69 @@ def test_open_sync_from_plain_code(make_store: StoreFactory) -> None:
         s.close_sync()
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
+
+
+async def test_same_cloudevent_on_every_retry_and_after_an_interrupted_drain(make_store: StoreFactory) -> None:
+    async with make_store() as s:
+        stored = await commit(s, *(result(n=i) for i in range(10)))
+        first = {e.id: cloudevent_bytes(e) for e in await s.outbox_batch(100, 2e9)}
+        assert list(first) == [e.id for e in stored]
+        await s.outbox_retry([stored[5].id], "HTTP 500 from sidecar", not_before=2e9 + 1)
+        again = {e.id: cloudevent_bytes(e) for e in await s.outbox_batch(100, 2e9 + 2)}
+        assert again == first, "a retry sends the same bytes"
+        # The drain is cut off mid-batch: only the first four were acked when the process died.
+        await s.outbox_ack([e.id for e in stored[:4]])
+    async with make_store() as s:
+        resent = {e.id: cloudevent_bytes(e) for e in await s.outbox_batch(100, 2e9 + 2)}
+    assert resent == {i: b for i, b in first.items() if i not in {e.id for e in stored[:4]}}
+
+
+def cloudevent_bytes(entry: OutboxEntry) -> bytes:
+    return CloudEvents(DEVICE, SyncSettings()).encode(entry)
+
+
+def classify_result(camera: str, i: int) -> NewEvent:
+    """bench/outbox_bench.py's classify result: top-5 labels, a real digest, no image."""
+    digest = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
+    data: dict[str, Any] = {
+        "device_id": DEVICE, "camera": camera, "function": "classify", "kind": "result",
+        "source": {"transport": "mqtt", "camera": camera, "sha256": digest, "correlation": f"req-{i}",
+                   "received_at": rfc3339(1.7e9 + i * 0.125)},
+        "latency_ms": 11.2,
+        "result": {"top": [{"label": f"label {k}", "index": k * 37 + i % 11, "score": round(0.9 / (k + 1), 4)}
+                           for k in range(5)], "model": "efficientnet_lite0"},
+        "image": None, "error": None,
+    }
+    return NewEvent("classify", "result", data)
+
+
+async def test_a_classify_result_costs_at_most_600_bytes_on_disk(make_store: StoreFactory) -> None:
+    n = 2000
+    async with make_store() as s:
+        for i in range(n):
+            await commit(s, classify_result(f"cam{i % 8}", i), camera=f"cam{i % 8}", sha=f"{i:064x}")
+        state = await s.outbox_state()
+        assert state.depth == state.events == n
+        path = s.path
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        assert con.execute("SELECT DISTINCT length(id) FROM events").fetchall() == [(16,)]
+    finally:
+        con.close()
+    on_disk = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    assert on_disk / n <= 600, f"{on_disk / n:.0f} bytes per result"
+    # What the cap counts per result is close to what it really costs, so max_bytes is a disk cap.
+    assert 0.7 < state.store_bytes / on_disk < 1.3
+
+
+def test_outbox_document_shows_bytes_per_result_and_hours_left() -> None:
+    outbox = OutboxSettings(max_bytes=1_000_000)
+    state = OutboxState(depth=100, bytes=40_000, store_bytes=40_000, oldest_age_s=1.0, dead=0, dead_letters=[],
+                        evicted_total=0, evicted={}, events=100, disk_bytes=45_000, rate_per_s=2.0)
+    doc = outbox_document(state, outbox, None)
+    assert doc["bytes_per_result"] == 450
+    assert doc["results_per_s"] == 2.0
+    assert doc["hours_left"] == round(960_000 / (450 * 2.0) / 3600, 1)
+    idle = outbox_document(OutboxState(**{**asdict(state), "rate_per_s": 0.0}), outbox, None)
+    assert idle["hours_left"] is None

@@ -39,8 +39,16 @@ class OutboxControl(Protocol):
 
 
 def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus | None) -> dict[str, Any]:
-    """GET /v1/outbox: the store's counts, the outbox bounds and how the cloud sync last went."""
+    """GET /v1/outbox: the store's counts, the outbox bounds and how the cloud sync last went.
+
+    ``bytes_per_result`` is measured (database pages in use / results held); ``hours_left`` is how long
+    the room left under max_bytes lasts at the recent commit rate (None while nothing is committed).
+    """
     sync = sync if sync is not None else SyncStatus()
+    per_result = round(state.disk_bytes / state.events) if state.events else None
+    room = max(0, outbox.max_bytes - state.store_bytes)
+    hours_left = (round(room / (per_result * state.rate_per_s) / 3600, 1)
+                  if per_result and state.rate_per_s > 0 else None)
     return {
         "depth": state.depth,
         "bytes": state.bytes,
@@ -57,6 +65,11 @@ def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus
         "last_sync_at": sync.last_sync_at,
         "last_error": sync.last_error,
         "last_error_at": sync.last_error_at,
+        "results": state.events,
+        "disk_bytes": state.disk_bytes,
+        "bytes_per_result": per_result,
+        "results_per_s": round(state.rate_per_s, 3),
+        "hours_left": hours_left,
     }
 
 

@@ -17,7 +17,7 @@ from edged.metrics import Metrics
 from edged.settings import OutboxSettings
 from edged.store.counters import Counters
 from edged.store.db import Database
-from edged.store.events import Encode, EventRows
+from edged.store.events import Admit, EventRows
 from edged.store.outbox import OutboxEntry, OutboxRows, OutboxState
 from edged.store.space import Space
 
@@ -25,16 +25,20 @@ __all__ = ["Store"]
 
 
 class Store:
-    """The SQLite store; see docs/STORE.md. Use ``async with`` (or open_sync/close_sync without a loop)."""
+    """The SQLite store; see docs/STORE.md. Use ``async with`` (or open_sync/close_sync without a loop).
 
-    def __init__(self, path: Path, outbox: OutboxSettings, encode: Encode, metrics: Metrics | None = None, *,
+    ``admit`` is the sync side's decision of how each committed event goes to the cloud
+    (edged.sync.cloudevents.CloudEvents.admit); the store keeps that decision, not the CloudEvent.
+    """
+
+    def __init__(self, path: Path, outbox: OutboxSettings, admit: Admit, metrics: Metrics | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.outbox = outbox
         self._db = Database(path, Counters(outbox, metrics))
         queued = asyncio.Event()
         space = Space(self._db, clock)
-        self._events = EventRows(self._db, space, encode, queued, metrics, clock)
+        self._events = EventRows(self._db, space, admit, queued, metrics, clock)
         self._outbox = OutboxRows(self._db, space, queued, clock)
         self._queued = queued
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings
+from edged.store.codec import SIZE_SQL
 
 __all__ = ["DEAD", "QUEUED", "Counters", "Delta"]
 
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 QUEUED, DEAD = 0, 1
 #: Evictions are logged at once, then summed up at most this often (seconds).
 EVICTION_LOG_EVERY = 10.0
+#: The commit rate is the results committed over this many recent seconds, counted in ``RATE_BUCKET``s.
+RATE_WINDOW = 600.0
+RATE_BUCKET = 10.0
 
 
 @dataclass(slots=True)
@@ -33,7 +38,9 @@ class Delta:
     queued: int = 0
     dead: int = 0
     outbox_bytes: int = 0
+    events: int = 0
     events_bytes: int = 0
+    committed: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
     evicted_ids: list[str] = field(default_factory=list)
 
@@ -42,8 +49,13 @@ class Delta:
             self.evicted[reason] = self.evicted.get(reason, 0) + n
             self.evicted_ids.extend(ids)
 
+    def event_gone(self, size: int) -> None:
+        """One events row of ``size`` bytes was deleted."""
+        self.events -= 1
+        self.events_bytes -= size
+
     def outbox_gone(self, size: int, state: int) -> None:
-        """One outbox row of ``size`` bytes in ``state`` was deleted."""
+        """The outbox row of an event of ``size`` bytes, in ``state``, was deleted."""
         self.outbox_bytes -= size
         if state == QUEUED:
             self.queued -= 1
@@ -60,22 +72,27 @@ class Counters:
         self.queued = 0
         self.dead = 0
         self.outbox_bytes = 0
+        self.events = 0
         self.events_bytes = 0
         self.evicted_total = 0
         self.evicted_by_reason: dict[str, int] = {}
         self._unlogged: dict[str, int] = {}
         self._next_eviction_log = 0.0
+        self._started = time.monotonic()
+        self._commits: deque[list[float]] = deque()  # [bucket start, results]
 
     def load(self, db: sqlite3.Connection) -> None:
         """Read the totals of an opened database."""
         self.queued = self.dead = self.outbox_bytes = 0
-        for state, n, size in db.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY state"):
+        for state, n, size in db.execute(f"SELECT o.state, COUNT(*), COALESCE(SUM({SIZE_SQL}), 0) "  # noqa: S608
+                                         "FROM outbox o JOIN events e ON e.seq = o.seq GROUP BY o.state"):
             if state == QUEUED:
                 self.queued = n
             else:
                 self.dead = n
             self.outbox_bytes += size
-        self.events_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM events").fetchone()[0]
+        self.events, self.events_bytes = db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({SIZE_SQL}), 0) FROM events e").fetchone()  # noqa: S608
         self.evicted_by_reason = {key.removeprefix("evicted."): int(value) for key, value in
                                   db.execute("SELECT key, value FROM meta WHERE key LIKE 'evicted.%'")}
         self.evicted_total = sum(self.evicted_by_reason.values())
@@ -83,14 +100,36 @@ class Counters:
 
     @property
     def used(self) -> int:
-        """Bytes of event data held, as counted against outbox.max_bytes."""
-        return self.outbox_bytes + self.events_bytes
+        """Bytes of event data held (each result once), as counted against outbox.max_bytes."""
+        return self.events_bytes
+
+    def rate(self) -> float:
+        """Results committed per second over the last ``RATE_WINDOW`` seconds (or since the store opened)."""
+        now = time.monotonic()
+        self._forget(now)
+        span = min(RATE_WINDOW, now - self._started)
+        return sum(n for _, n in self._commits) / span if span > 0 else 0.0
+
+    def _forget(self, now: float) -> None:
+        while self._commits and self._commits[0][0] < now - RATE_WINDOW:
+            self._commits.popleft()
+
+    def _count_commit(self, n: int) -> None:
+        now = time.monotonic()
+        if self._commits and self._commits[-1][0] > now - RATE_BUCKET:
+            self._commits[-1][1] += n
+        else:
+            self._commits.append([now, n])
+            self._forget(now)
 
     def apply(self, delta: Delta) -> None:
         self.flush_eviction_log()
+        if delta.committed:
+            self._count_commit(delta.committed)
         self.queued += delta.queued
         self.dead += delta.dead
         self.outbox_bytes += delta.outbox_bytes
+        self.events += delta.events
         self.events_bytes += delta.events_bytes
         for reason, n in delta.evicted.items():
             self.evicted_by_reason[reason] = self.evicted_by_reason.get(reason, 0) + n

@@ -17,61 +17,60 @@ from typing import Any, ParamSpec, TypeVar
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
+from edged.store.migrate import migrate_v1
 
-__all__ = ["Database", "StoreError", "chunks", "marks"]
+__all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
 
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ID_CHUNK = 500
 
-_SCHEMA = """
+# Each result is stored once: its events row (id as 16 bytes, body compressed: edged.store.codec); an
+# outbox row only points at it. Every index serves a query named beside it; nothing else is indexed.
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
     id INTEGER PRIMARY KEY,
-    transport TEXT NOT NULL,
-    camera TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    frame INTEGER NOT NULL,           -- codec.frame_key(camera, sha256)
     received_at REAL NOT NULL,
-    correlation BLOB
+    first_seq INTEGER NOT NULL,       -- its events are seq first_seq .. first_seq + events - 1
+    events INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inputs_by_frame ON inputs (camera, sha256);
+-- recent_input (dedupe)
+CREATE INDEX IF NOT EXISTS inputs_by_frame ON inputs (frame);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    input_id INTEGER NOT NULL,
+    id BLOB NOT NULL,                 -- UUIDv7, 16 bytes
     camera TEXT NOT NULL,
     function TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
+    kind INTEGER NOT NULL,            -- 0 result, 1 error
+    data BLOB NOT NULL,               -- codec.pack(JSON body without "id")
     body BLOB,
     content_type TEXT,
     created_at REAL NOT NULL,
-    bytes INTEGER NOT NULL,
     mqtt_pending INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS events_by_input ON events (input_id);
+-- outbox_ack / outbox_retry / outbox_dead / mqtt_published (by id)
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (id);
+-- mqtt_pending (only rows still to publish are in it)
 CREATE INDEX IF NOT EXISTS events_mqtt ON events (seq) WHERE mqtt_pending = 1;
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    camera TEXT NOT NULL,
-    function TEXT NOT NULL,
-    cloudevent BLOB NOT NULL,
-    bytes INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER PRIMARY KEY,          -- the event's seq
+    state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 dead letter
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
+    with_image INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (seq) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (not_before) WHERE state = 0;
+-- outbox_batch: cameras whose first queued row waits (only rows ever retried are in it)
+CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (not_before) WHERE state = 0 AND not_before > 0;
+-- outbox_state: the newest dead letters
+CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (seq) WHERE state = 1;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-
 
 class StoreError(EdgedError):
     """The database failed (disk full, I/O error, closed store); nothing of the failed job was committed."""
@@ -156,7 +155,10 @@ class Database:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {version} is newer than this edged ({SCHEMA_VERSION})")
-            con.executescript(_SCHEMA)
+            if version == 1:
+                migrate_v1(con, SCHEMA)
+            else:
+                con.executescript(SCHEMA)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             con.close()

@@ -1,4 +1,9 @@
-"""The cloud outbox: batches in order per camera, acks, retries, dead letters, and its counts."""
+"""The cloud outbox: batches in order per camera, acks, retries, dead letters, and its counts.
+
+An outbox row points at its events row (same seq). A batch hands out what the sync side needs to build
+each CloudEvent (edged.sync.cloudevents): the stored JSON with its id, and the image bytes only when the
+row was queued with them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from edged.store.codec import KINDS, SIZE_SQL, id_bytes, id_text, unpack, with_id
 from edged.store.counters import Delta
 from edged.store.db import Database, chunks, marks
 from edged.store.space import Space
@@ -23,13 +29,16 @@ DEAD_LISTED = 20
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """One queued CloudEvent, ready to publish."""
+    """One queued event, as the sync side needs it to build and send its CloudEvent."""
 
     id: str
     seq: int
     camera: str
     function: str
-    cloudevent: bytes
+    kind: Literal["result", "error"]
+    created_at: float
+    data: bytes  # the event body JSON, "id" first: byte-for-byte what was committed
+    body: bytes | None  # the image bytes, only when the event is synced with them
     attempts: int
 
 
@@ -45,7 +54,7 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class OutboxState:
-    """What the store knows about its outbox; the HTTP layer shapes it into GET /v1/outbox."""
+    """What the store knows about its outbox and its space; the HTTP layer shapes it for GET /v1/outbox."""
 
     depth: int
     bytes: int
@@ -55,6 +64,14 @@ class OutboxState:
     dead_letters: list[DeadLetter]
     evicted_total: int
     evicted: dict[str, int]
+    events: int  # results held (queued, dead, or kept as history)
+    disk_bytes: int  # pages in use in the database file
+    rate_per_s: float  # results committed per second, recently
+
+
+_BATCH = ("SELECT o.seq, e.id, e.camera, e.function, e.kind, e.created_at, e.data, "
+          "CASE WHEN o.with_image THEN e.body END, o.attempts FROM outbox o JOIN events e ON e.seq = o.seq "
+          "WHERE o.state = 0 ORDER BY o.seq")
 
 
 class OutboxRows:
@@ -75,21 +92,23 @@ class OutboxRows:
         # Expiry follows the store's clock; ``now`` only decides which retries are due.
         self._space.expire_now()
         db = self._db.con
-        blocked = dict(db.execute("SELECT camera, MIN(seq) FROM outbox WHERE state = 0 AND not_before > ? "
-                                  "GROUP BY camera", (now,)).fetchall())
-        cur = db.execute("SELECT id, seq, camera, function, cloudevent, attempts FROM outbox WHERE state = 0 "
-                         "ORDER BY seq")
+        blocked = dict(db.execute("SELECT e.camera, MIN(o.seq) FROM outbox o JOIN events e ON e.seq = o.seq "
+                                  "WHERE o.state = 0 AND o.not_before > 0 AND o.not_before > ? GROUP BY e.camera",
+                                  (now,)).fetchall())
+        cur = db.execute(_BATCH)
         batch: list[OutboxEntry] = []
         try:
             while len(batch) < limit:
                 rows = cur.fetchmany(max(limit, 64))
                 if not rows:
                     break
-                for event_id, seq, camera, function, cloudevent, attempts in rows:
+                for seq, raw_id, camera, function, kind, created_at, data, body, attempts in rows:
                     first_waiting = blocked.get(camera)
                     if first_waiting is not None and seq >= first_waiting:
                         continue
-                    batch.append(OutboxEntry(event_id, seq, camera, function, cloudevent, attempts))
+                    event_id = id_text(raw_id)
+                    batch.append(OutboxEntry(event_id, seq, camera, function, KINDS[kind], created_at,
+                                             with_id(event_id, unpack(data)), body, attempts))
                     if len(batch) >= limit:
                         break
         finally:
@@ -98,33 +117,35 @@ class OutboxRows:
 
     async def ack(self, ids: Sequence[str]) -> None:
         if ids:
-            await self._db.run(self._ack, list(ids))
+            await self._db.run(self._ack, [id_bytes(i) for i in ids])
 
-    def _ack(self, ids: list[str]) -> None:
+    def _ack(self, ids: list[bytes]) -> None:
         def body(db: sqlite3.Connection, delta: Delta) -> None:
             for chunk in chunks(ids):
-                where = f"WHERE id IN ({marks(chunk)})"
                 # No DELETE ... RETURNING: Debian 11's SQLite (3.34) predates it.
-                for size, state in db.execute(f"SELECT bytes, state FROM outbox {where}", chunk):  # noqa: S608
+                rows = db.execute(f"SELECT o.seq, {SIZE_SQL}, o.state FROM events e JOIN outbox o ON o.seq = e.seq "  # noqa: S608
+                                  f"WHERE e.id IN ({marks(chunk)})", chunk).fetchall()
+                for _, size, state in rows:
                     delta.outbox_gone(size, state)
-                db.execute(f"DELETE FROM outbox {where}", chunk)  # noqa: S608
+                db.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in rows])
 
         self._db.transaction(body)
 
     async def retry(self, ids: Sequence[str], error: str, not_before: float) -> None:
         if ids:
             await self._db.run(self._update, "UPDATE outbox SET attempts = attempts + 1, last_error = ?, "
-                               "not_before = ? WHERE state = 0 AND id IN ({})", list(ids), (error, not_before), False)
+                               "not_before = ? WHERE state = 0 AND seq IN ({})", ids, (error, not_before), False)
 
     async def dead(self, ids: Sequence[str], reason: str) -> None:
         if ids:
             await self._db.run(self._update, "UPDATE outbox SET state = 1, attempts = attempts + 1, "
-                               "last_error = ? WHERE state = 0 AND id IN ({})", list(ids), (reason,), True)
+                               "last_error = ? WHERE state = 0 AND seq IN ({})", ids, (reason,), True)
 
-    def _update(self, sql: str, ids: list[str], params: tuple[Any, ...], to_dead: bool) -> None:
+    def _update(self, sql: str, ids: Sequence[str], params: tuple[Any, ...], to_dead: bool) -> None:
         def body(db: sqlite3.Connection, delta: Delta) -> None:
-            for chunk in chunks(ids):
-                n = db.execute(sql.format(marks(chunk)), (*params, *chunk)).rowcount
+            for chunk in chunks([id_bytes(i) for i in ids]):
+                seqs = f"SELECT seq FROM events WHERE id IN ({marks(chunk)})"  # noqa: S608
+                n = db.execute(sql.format(seqs), (*params, *chunk)).rowcount
                 if to_dead:
                     delta.queued -= n
                     delta.dead += n
@@ -156,14 +177,17 @@ class OutboxRows:
         db = self._db.con
         counters = self._db.counters
         counters.flush_eviction_log()
-        oldest = db.execute("SELECT created_at FROM outbox WHERE state = 0 ORDER BY seq LIMIT 1").fetchone()
-        dead = [DeadLetter(*row) for row in db.execute(
-            "SELECT id, camera, function, last_error, attempts, created_at FROM outbox "
-            "WHERE state = 1 ORDER BY seq DESC LIMIT ?", (DEAD_LISTED,))]
+        oldest = db.execute("SELECT e.created_at FROM outbox o JOIN events e ON e.seq = o.seq WHERE o.state = 0 "
+                            "ORDER BY o.seq LIMIT 1").fetchone()
+        dead = [DeadLetter(id_text(row[0]), *row[1:]) for row in db.execute(
+            "SELECT e.id, e.camera, e.function, o.last_error, o.attempts, e.created_at FROM outbox o "
+            "JOIN events e ON e.seq = o.seq WHERE o.state = 1 ORDER BY o.seq DESC LIMIT ?", (DEAD_LISTED,))]
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        now = self._clock()
         return OutboxState(
             depth=counters.queued, bytes=counters.outbox_bytes, store_bytes=counters.used,
-            oldest_age_s=round(self._clock() - oldest[0], 3) if oldest is not None else None,
+            oldest_age_s=round(now - oldest[0], 3) if oldest is not None else None,
             dead=counters.dead, dead_letters=dead, evicted_total=counters.evicted_total,
-            evicted=dict(sorted(counters.evicted_by_reason.items())),
+            evicted=dict(sorted(counters.evicted_by_reason.items())), events=counters.events,
+            disk_bytes=pages * db.execute("PRAGMA page_size").fetchone()[0], rate_per_s=counters.rate(),
         )
-

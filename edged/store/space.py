@@ -1,6 +1,7 @@
 """Space and age: the store's event data stays within ``outbox.max_bytes`` and ``outbox.max_age``.
 
-When a commit would pass the cap, history goes first, silently (events rows waiting for nothing), then
+Each result is counted once (its events row, edged.store.codec.SIZE_SQL). When a commit would pass the
+cap, history goes first, silently (events rows waiting for nothing), then
 the outbox policy decides: ``drop_oldest`` evicts the oldest outbox rows (counted, logged, shown),
 ``reject_new`` raises OutboxFull and the commit writes nothing. Rows older than ``max_age`` are expired
 in either mode, at most every ``EXPIRE_EVERY`` seconds. Every deletion goes through ``delete_oldest``.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from edged.errors import OutboxFull
+from edged.store.codec import SIZE_SQL, id_text
 from edged.store.counters import Delta
 from edged.store.db import Database
 
@@ -28,41 +30,52 @@ SCAN_STEP = 500
 #: Free pages kept for reuse; above this many the file is shrunk (incremental vacuum).
 VACUUM_FREE_PAGES = 4096
 
-Table = Literal["events", "outbox"]
-#: The column after (seq, id, bytes, created_at) in each table: what a deletion must account for.
-_FLAG = {"events": "mqtt_pending", "outbox": "state"}
+Rows = Literal["history", "events", "outbox"]
+_NOT_QUEUED = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = e.seq)"
+#: Each kind of row, oldest first, as (seq, id, bytes, created_at, mqtt_pending, outbox state).
+_SELECT: dict[Rows, str] = {
+    # History: events waiting for nothing (acked, or never synced, and published or not to publish).
+    "history": f"SELECT e.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, NULL FROM events e "  # noqa: S608
+               f"WHERE e.mqtt_pending = 0 AND {_NOT_QUEUED} ORDER BY e.seq LIMIT ?",
+    "events": f"SELECT e.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, NULL FROM events e "  # noqa: S608
+              f"WHERE {_NOT_QUEUED} ORDER BY e.seq LIMIT ?",
+    "outbox": f"SELECT o.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, o.state FROM outbox o "  # noqa: S608
+              "JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?",
+}
 
 
-def delete_oldest(db: sqlite3.Connection, delta: Delta, table: Table, take: Callable[[int, float], bool],
-                  reason: str, where: str = "") -> int:
-    """Delete the oldest rows of ``table`` (matching ``where``) while ``take(bytes, created_at)`` says so.
+def delete_oldest(db: sqlite3.Connection, delta: Delta, rows: Rows, take: Callable[[int, float], bool],
+                  reason: str) -> int:
+    """Delete the oldest ``rows`` while ``take(bytes, created_at)`` says so; how many went.
 
-    Outbox rows count as evictions for ``reason``; events rows only free their bytes (history), and
-    one still waiting for MQTT is logged. Returns how many rows went.
+    Outbox rows count as evictions for ``reason`` and take their event along unless it still waits
+    for MQTT; events rows only free their bytes, and one still waiting for MQTT is logged.
     """
-    sql = f"SELECT seq, id, bytes, created_at, {_FLAG[table]} FROM {table} {where} ORDER BY seq LIMIT ?"  # noqa: S608
     removed = 0
     while True:
-        rows = db.execute(sql, (SCAN_STEP,)).fetchall()
+        found = db.execute(_SELECT[rows], (SCAN_STEP,)).fetchall()
         chosen = []
-        for row in rows:
+        for row in found:
             if not take(row[2], row[3]):
                 break
             chosen.append(row)
         if not chosen:
             return removed
-        db.executemany(f"DELETE FROM {table} WHERE seq = ?", [(r[0],) for r in chosen])  # noqa: S608
         removed += len(chosen)
-        if table == "outbox":
-            for _, _, size, _, state in chosen:
+        complete = len(chosen) == len(found)
+        if rows == "outbox":
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in chosen])
+            for _, _, size, _, _, state in chosen:
                 delta.outbox_gone(size, state)
-            delta.evict(reason, len(chosen), [r[1] for r in chosen])
-        else:
-            delta.events_bytes -= sum(r[2] for r in chosen)
-            pending = sum(r[4] for r in chosen)
-            if pending:
-                log.warning("store: %d events dropped (%s) before they were published on MQTT", pending, reason)
-        if len(chosen) < len(rows):
+            delta.evict(reason, len(chosen), [id_text(r[1]) for r in chosen])
+            chosen = [r for r in chosen if not r[4]]
+        db.executemany("DELETE FROM events WHERE seq = ?", [(r[0],) for r in chosen])
+        for row in chosen:
+            delta.event_gone(row[2])
+        pending = sum(r[4] for r in chosen)
+        if pending:
+            log.warning("store: %d events dropped (%s) before they were published on MQTT", pending, reason)
+        if not complete:
             return removed
 
 
@@ -81,8 +94,9 @@ class Space:
 
     def make_room(self, db: sqlite3.Connection, delta: Delta, incoming: int) -> None:
         """Free space for ``incoming`` bytes: history first, then the outbox policy."""
-        outbox = self._db.counters.outbox
-        need = self._db.counters.used + delta.events_bytes + delta.outbox_bytes + incoming - outbox.max_bytes
+        counters = self._db.counters
+        outbox = counters.outbox
+        need = counters.used + delta.events_bytes + incoming - outbox.max_bytes
         if need <= 0:
             return
 
@@ -93,7 +107,9 @@ class Space:
             need -= size
             return True
 
-        delete_oldest(db, delta, "events", take, "max_bytes", "WHERE mqtt_pending = 0")
+        # Only when some events are out of the outbox: a full offline backlog has no history to look for.
+        if counters.events_bytes + delta.events_bytes > counters.outbox_bytes + delta.outbox_bytes:
+            delete_oldest(db, delta, "history", take, "max_bytes")
         if need > 0:
             if outbox.on_full == "reject_new":
                 raise OutboxFull(f"outbox at its cap of {outbox.max_bytes} bytes ({self._db.counters.queued} "
@@ -129,9 +145,11 @@ class Space:
     @staticmethod
     def prune_inputs(db: sqlite3.Connection) -> None:
         """Inputs older than the oldest remaining event are no longer needed."""
-        oldest = db.execute("SELECT input_id FROM events ORDER BY seq LIMIT 1").fetchone()
+        oldest = db.execute("SELECT seq FROM events ORDER BY seq LIMIT 1").fetchone()
         if oldest is not None:
-            db.execute("DELETE FROM inputs WHERE id < ?", (oldest[0],))
+            # Inputs are in commit order, like their events: the ones to go are a prefix.
+            db.execute("DELETE FROM inputs WHERE id < COALESCE((SELECT id FROM inputs WHERE first_seq + events > ? "
+                       "ORDER BY id LIMIT 1), (SELECT MAX(id) + 1 FROM inputs))", (oldest[0],))
 
     def vacuum(self) -> None:
         """Give free pages back to the filesystem (after a backlog drained), at most once per expiry pass."""

@@ -28,6 +28,7 @@ from edged.metrics import Metrics
 from edged.settings import DaprSettings, SyncSettings
 from edged.status import Components, State
 from edged.store import OutboxEntry
+from edged.sync.cloudevents import CloudEvents, Outgoing
 
 __all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "SyncStatus", "read_token"]
 
@@ -151,8 +152,9 @@ class DaprSync:
     """The drain loop; ``run()`` is the ``edged.sync.drain`` task."""
 
     def __init__(self, dapr: DaprSettings, sync: SyncSettings, outbox: Outbox, components: Components,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, *, cloudevents: CloudEvents) -> None:
         self._dapr = dapr
+        self._cloudevents = cloudevents
         self._sync = sync
         self._outbox = outbox
         self._components = components
@@ -224,7 +226,9 @@ class DaprSync:
                 healthy = True
                 self._backoff.reset()
                 self._set("connected")
-            batch = await self._outbox.outbox_batch(self._sync.batch, time.time())
+            # Built from the stored event at each attempt: the same bytes on every retry.
+            entries = await self._outbox.outbox_batch(self._sync.batch, time.time())
+            batch = [self._cloudevents.outgoing(e) for e in entries]
             if not batch:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(IDLE_WAIT):
@@ -284,16 +288,16 @@ class DaprSync:
 
     # -- single publishes -------------------------------------------------------------------------------
 
-    async def _publish_single(self, session: aiohttp.ClientSession, batch: Sequence[OutboxEntry],
+    async def _publish_single(self, session: aiohttp.ClientSession, batch: Sequence[Outgoing],
                               rnd: _Round | None = None) -> _Round:
         """One request per event; cameras in parallel, each camera's events one at a time in seq order."""
         rnd = rnd if rnd is not None else _Round()
-        lanes: dict[str, list[OutboxEntry]] = {}
+        lanes: dict[str, list[Outgoing]] = {}
         for entry in batch:
             lanes.setdefault(entry.camera, []).append(entry)
         gate = asyncio.Semaphore(self._dapr.concurrency)
 
-        async def lane(entries: list[OutboxEntry]) -> None:
+        async def lane(entries: list[Outgoing]) -> None:
             for entry in entries:
                 async with gate:
                     if rnd.stopped:
@@ -307,7 +311,7 @@ class DaprSync:
                 group.create_task(lane(entries), name="edged.sync.lane")
         return rnd
 
-    async def _post_one(self, session: aiohttp.ClientSession, entry: OutboxEntry,
+    async def _post_one(self, session: aiohttp.ClientSession, entry: Outgoing,
                         rnd: _Round) -> Literal["ok", "retry", "stop"]:
         try:
             async with session.post(self._publish_url, data=entry.cloudevent, headers=self._headers(CLOUDEVENT_TYPE),
@@ -334,10 +338,10 @@ class DaprSync:
 
     # -- bulk publishes ---------------------------------------------------------------------------------
 
-    def _chunks(self, batch: Sequence[OutboxEntry]) -> list[list[OutboxEntry]]:
+    def _chunks(self, batch: Sequence[Outgoing]) -> list[list[Outgoing]]:
         """Split a batch so no bulk request body exceeds sync.max_event_bytes (the sidecar's body limit)."""
-        chunks: list[list[OutboxEntry]] = []
-        current: list[OutboxEntry] = []
+        chunks: list[list[Outgoing]] = []
+        current: list[Outgoing] = []
         size = 2
         for entry in batch:
             cost = len(entry.cloudevent) + BULK_ENTRY_OVERHEAD
@@ -350,7 +354,7 @@ class DaprSync:
             chunks.append(current)
         return chunks
 
-    async def _publish_bulk(self, session: aiohttp.ClientSession, batch: Sequence[OutboxEntry]) -> _Round:
+    async def _publish_bulk(self, session: aiohttp.ClientSession, batch: Sequence[Outgoing]) -> _Round:
         rnd = _Round()
         for chunk in self._chunks(batch):
             # After any failure stop: a later chunk could hold later events of the failed camera.
@@ -359,7 +363,7 @@ class DaprSync:
             await self._bulk_chunk(session, chunk, rnd)
         return rnd
 
-    async def _bulk_chunk(self, session: aiohttp.ClientSession, chunk: list[OutboxEntry], rnd: _Round) -> None:
+    async def _bulk_chunk(self, session: aiohttp.ClientSession, chunk: list[Outgoing], rnd: _Round) -> None:
         # Assembled from the stored bytes: the CloudEvents are not parsed and serialized again.
         body = b"[" + b",".join(
             b'{"entryId":"' + e.id.encode() + b'","event":' + e.cloudevent + b',"contentType":"'
@@ -390,7 +394,7 @@ class DaprSync:
                 rnd.acked.extend(e.id for e in chunk if e.id not in failed)
 
     @staticmethod
-    def _failed_entries(answer: bytes, chunk: list[OutboxEntry]) -> set[str]:
+    def _failed_entries(answer: bytes, chunk: list[Outgoing]) -> set[str]:
         """Entry ids the sidecar lists as failed; every entry when the answer does not say."""
         every = {e.id for e in chunk}
         try:
