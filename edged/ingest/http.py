@@ -18,7 +18,7 @@ from edged.pipeline import Pipeline
 from edged.settings import OutboxSettings, Settings
 from edged.status import Components
 from edged.store import OutboxState
-from edged.sync.dapr import SyncStatus
+from edged.sync.status import SyncStatus
 from edged.wasm.pool import FunctionPool
 
 __all__ = ["LEGACY_API_NAMES", "HttpApi", "outbox_document"]

@@ -34,7 +34,6 @@ class Store:
     def __init__(self, path: Path, outbox: OutboxSettings, admit: Admit, metrics: Metrics | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = path
-        self.outbox = outbox
         self._db = Database(path, Counters(outbox, metrics))
         queued = asyncio.Event()
         space = Space(self._db, clock)

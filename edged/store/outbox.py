@@ -44,6 +44,8 @@ class OutboxEntry:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """An event the sidecar refused for good, with its reason."""
+
     id: str
     camera: str
     function: str

@@ -29,8 +29,9 @@ from edged.settings import DaprSettings, SyncSettings
 from edged.status import Components, State
 from edged.store import OutboxEntry
 from edged.sync.cloudevents import CloudEvents, Outgoing
+from edged.sync.status import SyncStatus
 
-__all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "SyncStatus", "read_token"]
+__all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "read_token"]
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,6 @@ class Backoff:
 
 
 @dataclass(slots=True)
-class SyncStatus:
-    """How the latest attempts went (unix times), shown by GET /v1/outbox."""
-
-    last_sync_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-
-
-@dataclass(slots=True)
 class _Round:
     """What happened to one batch."""
 
@@ -155,6 +147,7 @@ class DaprSync:
                  metrics: Metrics | None = None, *, cloudevents: CloudEvents) -> None:
         self._dapr = dapr
         self._cloudevents = cloudevents
+        self.status = SyncStatus()
         self._sync = sync
         self._outbox = outbox
         self._components = components
@@ -167,7 +160,6 @@ class DaprSync:
         self._backoff = Backoff(dapr.retry_min, dapr.retry_max)
         self._token: str | None = None
         self._token_stale = True
-        self.status = SyncStatus()
         self._set("starting", f"waiting for the sidecar at {base}")
 
     def _set(self, state: State, detail: str = "") -> None:
@@ -176,15 +168,7 @@ class DaprSync:
             self._metrics.component_up.labels(COMPONENT).set(1 if state == "connected" else 0)
 
     def _note(self, ok: bool, error: str | None) -> None:
-        """Record the outcome of an attempt (ok: the sidecar accepted something)."""
-        now = time.time()
-        if ok:
-            self.status.last_sync_at = now
-            if self._metrics is not None:
-                self._metrics.sync_last_success.set(now)
-        if error is not None:
-            self.status.last_error = error
-            self.status.last_error_at = now
+        self.status.note(ok, error, self._metrics)
 
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type}
