@@ -156,7 +156,10 @@ class Database:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {version} is newer than this edged ({SCHEMA_VERSION})")
             if version == 1:
-                migrate_v1(con, SCHEMA)
+                try:
+                    migrate_v1(con, SCHEMA)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise StoreError(f"{self.path}: cannot migrate from schema 1 (left as it was): {exc}") from exc
             else:
                 con.executescript(SCHEMA)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -74,12 +74,15 @@ def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
                               "o.attempts, o.not_before, o.last_error, e.seq FROM v1_outbox o "
                               "LEFT JOIN v1_events e ON e.seq = o.seq AND e.id = o.id ORDER BY o.seq"):
             seq, event_id, camera, function, cloudevent, created_at, state, attempts, not_before, error, kept = row
-            envelope = json.loads(cloudevent)
-            image = envelope["data"].get("image")
-            with_image = isinstance(image, dict) and "data_base64" in image
-            if kept is None:
-                _rebuild_event(con, seq, event_id, camera, function, created_at, envelope)
-                rebuilt += 1
+            # Parsed only when needed: most rows have their event and no image bytes.
+            with_image = b'"data_base64":' in cloudevent
+            if kept is None or with_image:
+                envelope = json.loads(cloudevent)
+                image = envelope["data"].get("image")
+                with_image = isinstance(image, dict) and "data_base64" in image
+                if kept is None:
+                    _rebuild_event(con, seq, event_id, camera, function, created_at, envelope)
+                    rebuilt += 1
             con.execute("INSERT INTO outbox (seq, state, attempts, not_before, with_image, last_error) "
                         "VALUES (?, ?, ?, ?, ?, ?)", (seq, state, attempts, not_before, int(with_image), error))
             queued += 1
