@@ -26,6 +26,7 @@ from edged.status import Components
 from edged.store import Store
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
+from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
@@ -44,7 +45,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.components = Components()
+        self.components = Components(self.metrics)
         self.notifier = Notifier()
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
         self.models = ModelRegistry(settings.models, backend=settings.nn_backend,
@@ -61,7 +62,11 @@ class App:
         else:
             self.components.set(DAPR_COMPONENT, "disabled")
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
-        self.mqtt = MqttIngest(settings, self.pipeline, self.store, self.metrics, self.components)
+        self.results: ResultPublisher | None = None
+        if settings.mqtt.enabled:
+            self.results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, self.store, self.metrics,
+                                           self.components)
+        self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store)
         self.http_port: int | None = None
@@ -74,6 +79,8 @@ class App:
             await self._stack.enter_async_context(self.store)
             await self._stack.enter_async_context(self.models)
             await self._stack.enter_async_context(self.pool)
+            if self.results is not None:
+                await self._stack.enter_async_context(self.results)  # closed after ingest stops
             await self._stack.enter_async_context(self.mqtt)
             await self._stack.enter_async_context(self._serve_http())
         except BaseException:
@@ -109,6 +116,8 @@ class App:
         if self.sync is not None:
             loops["edged.sync.drain"] = self.sync.run()
         loops.update(self.mqtt.background())
+        if self.results is not None:
+            loops.update(self.results.background())
         return loops
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edged.errors import EdgedError
+from edged.secrets import SecretError, read_secret
 from edged.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -39,7 +40,7 @@ def _load(arg: str | None) -> Settings:
 
 
 def _file_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that need the filesystem: modules, models and preopened directories exist."""
+    """Checks that need the filesystem: modules, models, preopened directories and secrets exist."""
     problems: list[tuple[str, str]] = []
     for name, fn in settings.functions.items():
         if not fn.module.is_file():
@@ -52,9 +53,15 @@ def _file_problems(settings: Settings) -> list[tuple[str, str]]:
             problems.append((f"models.{name}.path", f"no such file: {model.path}"))
         if model.labels is not None and not model.labels.is_file():
             problems.append((f"models.{name}.labels", f"no such file: {model.labels}"))
-    password = settings.mqtt.password_file
-    if password is not None and not password.is_file() and not os.environ.get("CREDENTIALS_DIRECTORY"):
-        problems.append(("mqtt.password_file", f"no such file: {password}"))
+    secrets = {"http.token_file": settings.http.token_file,
+               "mqtt.password_file": settings.mqtt.password_file if settings.mqtt.enabled else None,
+               "dapr.token_file": settings.dapr.token_file if settings.dapr.enabled else None}
+    for key, path in secrets.items():
+        if path is not None:
+            try:
+                read_secret(key, path)  # read as the daemon will, then forgotten
+            except SecretError as exc:
+                problems.append((key, "; ".join(f"{place}: {why}" for place, why in exc.tried)))
     return problems
 
 

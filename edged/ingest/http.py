@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edged.errors import BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
+from edged.secrets import resolve_secret
 from edged.settings import Settings
 from edged.status import Components
 from edged.wasm.pool import FunctionPool
@@ -53,7 +54,8 @@ class HttpApi:
         self._pipeline = pipeline
         self._extra_ready = extra_ready
         self._outbox = outbox
-        self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
+        token = resolve_secret("http.token_file", settings.http.token, settings.http.token_file)
+        self._token = token.encode() if token is not None else None
         self.accepting = True
 
     def application(self) -> web.Application:
