@@ -410,6 +410,20 @@ async def test_tls_password_and_a_clear_error_for_a_wrong_one(tmp_path: Path, mo
             assert "refused" in h.detail
             assert "not authori" in h.detail.lower() or "bad user name or password" in h.detail.lower()
 
+        # The password is read on every connect: a missing file is shown, and fixing it needs no restart.
+        fixed = tmp_path / "fixed"
+        later = make_settings(tmp_path, modules, broker, password_file=str(fixed), refused_retry_delay=0.1,
+                              **common)
+        async with running(later) as h:
+            await until(lambda: "cannot read mqtt.password_file" in h.detail, 10, "the missing password")
+            assert h.state == "error"
+            assert f"{fixed}: no such file" in h.detail
+            fixed.write_text("wrong\n")
+            await until(lambda: "refused" in h.detail, 10, "the refusal of the wrong password")
+            fixed.write_text("right\n")
+            await until(lambda: h.state == "connected", 10, "a connection with the fixed password")
+            assert sample(h, "edged_component_up", component="mqtt") == 1
+
         good = make_settings(tmp_path, modules, broker, password_file=str(tmp_path / "good"), **common)
         with Peer(broker, "consumer", username="viewer", password="pw", subscribe=("edged/#",)) as consumer, \
                 Peer(broker, "camera", username="viewer", password="pw") as camera:
