@@ -45,7 +45,7 @@ from edged.errors import EdgedError, OutboxFull, Overloaded
 from edged.ingest.mqtt_client import COMPONENT, ConnectionHandler, MqttConnection, Received, backoff_delay
 from edged.ingest.mqtt_publish import PublishStore, ResultPublisher
 from edged.metrics import Metrics
-from edged.pipeline import EventStore, Outcome, Pipeline
+from edged.pipeline import EventStore, IngestPolicy, Outcome, Pipeline
 from edged.settings import Settings, Subscription
 from edged.status import Components
 
@@ -127,6 +127,7 @@ class MqttIngest(ConnectionHandler):
         self._settings = settings
         self._mqtt = settings.mqtt
         self._pipeline = pipeline
+        self._policy = IngestPolicy.for_mqtt(settings.mqtt)
         self._store = store
         self._metrics = metrics
         self._components = components
@@ -275,10 +276,8 @@ class MqttIngest(ConnectionHandler):
             while True:
                 try:
                     return await self._pipeline.process(
-                        transport="mqtt", camera=frame.camera, data=data, functions=frame.route.functions,
-                        max_pixels=self._mqtt.max_pixels, max_bytes=self._mqtt.max_payload_bytes,
-                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
-                        publish_mqtt=True, dedupe_window=self._mqtt.dedupe_window)
+                        policy=self._policy, camera=frame.camera, data=data, functions=frame.route.functions,
+                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256)
                 except Overloaded:
                     self._metrics.overloaded.labels("mqtt").inc()
                     delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
