@@ -289,6 +289,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
             t.start()
         for t in threads:
             t.join(timeout=240)
+        assert not any(t.is_alive() for t in threads), "calls still running after 240 s"
         assert not errors, errors[:3]
 
     run(20)  # warm-up: each worker has had its interpreter by now
