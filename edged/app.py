@@ -89,6 +89,7 @@ class App:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Intake stops here, whoever drives the app: new requests get 503 while the stack drains.
         self.http.accepting = False
         self.notifier.stopping()
         await self._stack.aclose()
@@ -132,7 +133,6 @@ async def run(settings: Settings) -> int:
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
         await stop.wait()
         log.info("stopping")
-        app.http.accepting = False
         for task in running:
             task.cancel()
     log.info("stopped")

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
 
@@ -65,20 +66,18 @@ class Daemon:
                 self._listening.set()
 
     def wait_listening(self, timeout: float = START_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
+        def listening() -> bool:
+            if self._listening.is_set():
+                return True
             if self.proc.poll() is not None:
                 raise DaemonError(f"daemon exited with {self.proc.returncode} before listening:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise DaemonError(f"daemon not listening after {timeout}s:\n{self.tail()}")
+            return False
+
+        wait_until(listening, timeout, lambda: f"the daemon to listen; its log ends:\n{self.tail()}")
 
     def wait_log(self, text: str, timeout: float = START_SECONDS) -> None:
         """Wait until ``text`` appears in the log."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if time.monotonic() > deadline:
-                raise DaemonError(f"{text!r} not logged after {timeout}s:\n{self.tail()}")
-            time.sleep(0.02)
+        wait_until(lambda: text in self.log, timeout, lambda: f"{text!r} in the log, which ends:\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:
         with self._lock:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 import wasmtime
-from daemon import Daemon, run_daemon
 from PIL import Image
 
 from edged.errors import FunctionFailed
@@ -34,6 +33,8 @@ from edged.inference.tflite import ModelRegistry, load_backend
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
+from tests.configs import daemon_config, write_config
+from tests.daemon import Daemon, run_daemon
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,42 +50,16 @@ MAX_PIXELS = 40_000_000
 
 
 def _config(tmp: Path) -> Path:
-    cfg = tmp / "edged.toml"
-    cfg.write_text(f"""
-state_dir = "{tmp / 'state'}"
-device_id = "test-classify"
-log_level = "INFO"
-[http]
-host = "127.0.0.1"
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-enabled = false
-[pool]
-workers = 2
-queue = 8
-
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-[models.tiny]
-path = "{DATA / 'tiny_f32.tflite'}"
-labels = "{DATA / 'tiny_labels.txt'}"
-
-# The model name and labels come from the grant and the declaration: no preopen.
-[functions.classify]
-module = "{WASM}"
-models = ["{NAME}"]
-memory_mb = 256
-
-# Granted a model whose input is [1,4,4,3]: the function's 224x224 tensor is refused by set_input.
-[functions.classify-tiny]
-module = "{WASM}"
-models = ["tiny"]
-memory_mb = 256
-""")
-    return cfg
+    return write_config(tmp / "edged.toml", daemon_config(
+        tmp / "state", device_id="test-classify",
+        models={NAME: {"path": MODEL, "labels": LABELS},
+                "tiny": {"path": DATA / "tiny_f32.tflite", "labels": DATA / "tiny_labels.txt"}},
+        functions={
+            # The model name and labels come from the grant and the declaration: no preopen.
+            "classify": {"module": WASM, "models": [NAME], "memory_mb": 256},
+            # Granted a model whose input is [1,4,4,3]: the function's 224x224 tensor is refused by set_input.
+            "classify-tiny": {"module": WASM, "models": ["tiny"], "memory_mb": 256},
+        }))
 
 
 @pytest.fixture(scope="module")
@@ -213,16 +188,9 @@ def test_invoke_classifies_a_file(config: Path) -> None:
 
 def test_function_without_the_grant_cannot_load_the_model(tmp_path: Path) -> None:
     """The same module with no models grant is refused when it is loaded, and the message says why."""
-    cfg = tmp_path / "edged.toml"
-    cfg.write_text(f"""
-state_dir = "{tmp_path / 'state'}"
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-[functions.classify]
-module = "{WASM}"
-memory_mb = 256
-""")
+    cfg = write_config(tmp_path / "edged.toml", daemon_config(
+        tmp_path / "state", models={NAME: {"path": MODEL, "labels": LABELS}},
+        functions={"classify": {"module": WASM, "memory_mb": 256}}))
     out = subprocess.run([sys.executable, "-m", "edged", "--config", str(cfg), "invoke", "classify",
                           str(DATA / "coffee.jpg")], capture_output=True, text=True, timeout=120, check=False,
                          cwd=REPO)
@@ -321,6 +289,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
             t.start()
         for t in threads:
             t.join(timeout=240)
+        assert not any(t.is_alive() for t in threads), "calls still running after 240 s"
         assert not errors, errors[:3]
 
     run(20)  # warm-up: each worker has had its interpreter by now

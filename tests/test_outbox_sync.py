@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import configs
 import pytest
 from daemon import run_daemon
 from dapr_emulator import CLOUDEVENT, DaprEmulator
@@ -375,30 +377,17 @@ def http_json(url: str, method: str = "GET") -> Any:
 
 
 def daemon_config(tmp_path: Path, dapr_url: str, extra: str = "") -> Path:
-    """A config for one daemon: a frame-v1 function ``size`` (answers {"bytes": input length}), no MQTT."""
+    """A config for one daemon: a frame-v1 function ``size`` (answers {"bytes": input length}), no MQTT.
+
+    ``extra`` is TOML that goes on with the ``[dapr]`` table (and may open further tables)."""
     w = Wat()
     module = write_wasm(tmp_path, "size", w.frame_module(
         f"{w.json(bytes='(local.get $len)')}\n    (drop (call $emit))\n    (i32.const 0)"))
-    config = tmp_path / "edged.toml"
-    config.write_text(f"""
-state_dir = {json.dumps(str(tmp_path / "state"))}
-device_id = "gw-e2e"
-[http]
-host = "127.0.0.1"
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-url = {json.dumps(dapr_url)}
-retry_min = 0.05
-retry_max = 0.5
-auth_retry = 0.3
-timeout = 5.0
-{extra}
-[functions.size]
-module = {json.dumps(str(module))}
-""")
-    return config
+    config = configs.daemon_config(
+        tmp_path / "state", device_id="gw-e2e", functions={"size": {"module": module}},
+        dapr={"enabled": True, "url": dapr_url, "retry_min": 0.05, "retry_max": 0.5, "auth_retry": 0.3,
+              "timeout": 5.0})
+    return configs.write_config(tmp_path / "edged.toml", configs.merge(config, tomllib.loads(f"[dapr]\n{extra}")))
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["single", "bulk"])

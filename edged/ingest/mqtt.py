@@ -45,7 +45,7 @@ from edged.errors import EdgedError, OutboxFull, Overloaded
 from edged.events import StoredEvent
 from edged.metrics import Metrics
 from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
-from edged.pipeline import Outcome, Pipeline
+from edged.pipeline import IngestPolicy, Outcome, Pipeline
 from edged.retry import backoff_delay
 from edged.settings import Settings, Subscription
 from edged.status import Components
@@ -138,6 +138,7 @@ class MqttIngest(ConnectionHandler):
         if settings.mqtt.enabled and results is None:
             raise ValueError("MQTT ingest needs a result publisher when mqtt.enabled")
         self._results = results
+        self._policy = IngestPolicy.for_mqtt(settings.mqtt)
         self._metrics = metrics
         self._components = components
         self._routes = routes(settings.mqtt.subscriptions)
@@ -278,10 +279,8 @@ class MqttIngest(ConnectionHandler):
             while True:
                 try:
                     return await self._pipeline.process(
-                        transport="mqtt", camera=frame.camera, data=data, functions=frame.route.functions,
-                        max_pixels=self._mqtt.max_pixels, max_bytes=self._mqtt.max_payload_bytes,
-                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
-                        publish_mqtt=True, dedupe_window=self._mqtt.dedupe_window)
+                        policy=self._policy, camera=frame.camera, data=data, functions=frame.route.functions,
+                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256)
                 except Overloaded:
                     self._metrics.overloaded.labels("mqtt").inc()
                     delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
