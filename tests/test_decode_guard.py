@@ -212,7 +212,8 @@ def test_another_thread_can_cancel_a_decode_in_progress() -> None:
     cancel.set()
     worker.join(10)
     assert not worker.is_alive()
-    assert len(outcome) == 1 and isinstance(outcome[0], DecodeCancelled)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], DecodeCancelled)
 
 
 def test_a_deadline_stops_a_long_decode_early() -> None:
@@ -235,7 +236,8 @@ def test_header_and_admission_come_before_any_pixel(monkeypatch: pytest.MonkeyPa
                                                           file_bytes=len(data))
     seen: list[ImageHeader] = []
     frame = decode(data, max_pixels=BIG, admit=seen.append)
-    assert seen == [header] and frame.width == 640
+    assert seen == [header]
+    assert frame.width == 640
 
     def refuse(_header: ImageHeader) -> None:
         raise Overloaded("no memory now")
