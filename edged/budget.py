@@ -31,6 +31,7 @@ __all__ = [
     "MemoryBudget",
     "Reservation",
     "detect_memory_limit",
+    "detect_work_budget",
     "work_budget_bytes",
 ]
 
@@ -41,23 +42,24 @@ MIN_WORK_BYTES = 16 * MiB
 _FALLBACK_TOTAL = 1024 * MiB  # neither a cgroup limit nor /proc/meminfo: a small device
 
 
-def work_budget_bytes(limits: LimitsSettings, limit_bytes: int | None = None,
-                      ram_bytes: int | None = None) -> int:
+def work_budget_bytes(limits: LimitsSettings, *, cgroup_limit: int | None, ram: int | None) -> int:
     """Bytes work may reserve: the memory edged may use less what it needs idle (``reserve_mb``).
 
-    The memory edged may use is ``limits.memory_mb`` if set, else the cgroup limit (``limit_bytes``,
-    detected when None), else ``RAM_SHARE`` of the RAM (``ram_bytes``, read from /proc/meminfo when None).
+    The memory edged may use is ``limits.memory_mb`` if set, else ``cgroup_limit`` (bytes) if there is
+    one, else ``RAM_SHARE`` of ``ram`` (bytes; a 1 GiB device when unknown). Never below MIN_WORK_BYTES.
     """
     if limits.memory_mb is not None:
         total = limits.memory_mb * MiB
+    elif cgroup_limit is not None:
+        total = cgroup_limit
     else:
-        limit = limit_bytes if limit_bytes is not None else detect_memory_limit()
-        if limit is not None:
-            total = limit
-        else:
-            ram = ram_bytes if ram_bytes is not None else mem_total()
-            total = int((ram or _FALLBACK_TOTAL) * RAM_SHARE)
+        total = int((ram or _FALLBACK_TOTAL) * RAM_SHARE)
     return max(total - limits.reserve_mb * MiB, MIN_WORK_BYTES)
+
+
+def detect_work_budget(limits: LimitsSettings) -> int:
+    """``work_budget_bytes`` with this process's cgroup limit and this machine's RAM."""
+    return work_budget_bytes(limits, cgroup_limit=detect_memory_limit(), ram=mem_total())
 
 
 @dataclass(frozen=True, slots=True)
