@@ -96,9 +96,10 @@ def test_mem_total(tmp_path: Path) -> None:
 
 
 def test_work_budget_is_the_limit_less_the_reserve() -> None:
-    defaults = LimitsSettings()  # reserve_mb 160
+    defaults = LimitsSettings(reserve_mb=160)
     # memory_mb wins over everything detected.
-    assert work_budget_bytes(LimitsSettings(memory_mb=512), cgroup_limit=2048 * MiB, ram=8192 * MiB) == 352 * MiB
+    limits = LimitsSettings(memory_mb=512, reserve_mb=160)
+    assert work_budget_bytes(limits, cgroup_limit=2048 * MiB, ram=8192 * MiB) == 352 * MiB
     assert work_budget_bytes(defaults, cgroup_limit=512 * MiB, ram=8192 * MiB) == 352 * MiB
     assert work_budget_bytes(defaults, cgroup_limit=None, ram=1024 * MiB) == (512 - 160) * MiB
     assert work_budget_bytes(defaults, cgroup_limit=None, ram=None) == (512 - 160) * MiB  # a 1 GiB guess
@@ -117,7 +118,7 @@ def test_limits_settings_need_room_for_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="limits"):
         load_settings(config)
     config.write_text("[limits]\nmemory_mb = 1024\n")
-    assert load_settings(config).limits == LimitsSettings(memory_mb=1024, reserve_mb=160)
+    assert load_settings(config).limits == LimitsSettings(memory_mb=1024, reserve_mb=176)
 
 
 def test_reservations_count_and_refuse() -> None:
