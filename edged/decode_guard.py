@@ -5,7 +5,10 @@
   own there, and each costs it time: ~0.45 ms per empty progressive scan, a Python loop per chunk.
 - ``GuardedReader``: the file object Pillow reads from. Pillow's header parsers and its decode loop
   read in pieces (at most ``DECODE_CHUNK`` bytes per decoder step), so checking the deadline and a
-  cancel event at every read bounds each step without a second decode path.
+  cancel event at every read bounds each step without a second decode path. Steps that read nothing
+  are not cut: measured on 40 MP files, a progressive JPEG's output pass (~0.3 s), the RGB conversion
+  and packing after the last read (0.16-0.39 s), and WebP, which libwebp decodes in one call (~1.9 s;
+  ~47 ms per MP). The memory budget keeps such files rare: WebP costs 19 bytes a pixel.
 - ``limit_pillow_text``: Pillow's own PNG text/ICC limits, set once, lower than its defaults.
 - ``decode_cost``: an upper bound of the host memory one decode peaks at, from the header alone.
 """
@@ -17,7 +20,7 @@ import re
 import threading
 import time
 
-from PIL import PngImagePlugin
+from PIL import ImageFile, PngImagePlugin
 
 from edged.errors import DecodeCancelled, DecodeTimeout, ImageTooComplex
 
@@ -46,9 +49,9 @@ MAX_JPEG_SEGMENTS = 1024
 #: Python when the file is opened, so this bounds the header parse; chunks after it are read during the
 #: decode, under the deadline.
 MAX_PNG_HEADER_CHUNKS = 1024
-#: Largest piece handed to a decoder in one step (Pillow's default block). A step inflates at most this
-#: much compressed data; measured, smaller pieces made no decode faster and none slower.
-DECODE_CHUNK = 64 * 1024
+#: Largest piece Pillow hands a decoder in one step (its ``ImageFile.MAXBLOCK``, kept). Measured on 40 MP
+#: files, the longest step between two checks: baseline JPEG 22 ms, PNG 18 ms, GIF 5 ms.
+DECODE_CHUNK = ImageFile.MAXBLOCK
 #: One decompressed iCCP/zTXt/iTXt chunk (Pillow's default, kept: real ICC profiles reach ~1 MB).
 PNG_MAX_TEXT_CHUNK = 1024 * 1024
 #: All text of one PNG together (Pillow's default is 64 MiB, and every byte of it is kept in memory).
