@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -111,12 +111,15 @@ class Daemon:
 @contextmanager
 def run_daemon(config_path: Path, env: Mapping[str, str] | None = None, *,
                start_timeout: float = START_SECONDS, stop_timeout: float = STOP_SECONDS,
-               cwd: Path | None = None) -> Iterator[Daemon]:
-    """Run ``python -m edged run --config config_path`` with ``env`` added to this environment."""
+               cwd: Path | None = None, prefix: Sequence[str] = ()) -> Iterator[Daemon]:
+    """Run ``python -m edged run --config config_path`` with ``env`` added to this environment.
+
+    ``prefix`` goes before the command, e.g. ``tests.cgroup.MemoryCgroup.prefix`` to run it in a cgroup.
+    """
     inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edged", "run", "--config", str(config_path)],
+        [*prefix, sys.executable, "-m", "edged", "run", "--config", str(config_path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=full_env, cwd=cwd or REPO,
     )
