@@ -50,7 +50,7 @@ class App:
         self.models = ModelRegistry(settings.models, backend=settings.nn_backend,
                                     max_interpreters=settings.pool.workers)
         self.pool = FunctionPool(
-            settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
+            settings.functions, settings.pool, settings.state_dir / "cache", extension=NnHost(self.models),
             on_call=self.metrics.on_call
         )
         self.store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync,

@@ -102,7 +102,7 @@ def _cmd_functions(args: argparse.Namespace) -> int:
     _setup_logging("WARNING")
     # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
     nn = NnHost(ModelRegistry(settings.models, backend=settings.nn_backend))
-    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", nn=nn) as pool:
+    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", extension=nn) as pool:
         print(json.dumps(pool.describe(), indent=2))
     return 0
 
@@ -127,7 +127,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
                            max_interpreters=settings.pool.workers)
     try:
         with models, FunctionPool({args.name: fn}, settings.pool, settings.state_dir / "cache",
-                                  nn=NnHost(models)) as pool:
+                                  extension=NnHost(models)) as pool:
             try:
                 result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
             except EdgedError as exc:

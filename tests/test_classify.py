@@ -294,7 +294,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionPoo
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS)}, max_interpreters=2)
     with registry, FunctionPool({"classify": fn}, PoolSettings(workers=2, queue=4),
-                                tmp_path_factory.mktemp("cache"), nn=NnHost(registry)) as p:
+                                tmp_path_factory.mktemp("cache"), extension=NnHost(registry)) as p:
         yield p, registry
 
 
@@ -338,7 +338,7 @@ def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) ->
     """No labels in the model's declaration: a function_error with a JSON detail, not a trap."""
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
-            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", nn=NnHost(registry)) as p:
+            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", extension=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
             p.call_sync("classify", _frame(DATA / "chelsea.jpg"))
         error = json.loads(info.value.detail)["error"]

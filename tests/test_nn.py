@@ -289,7 +289,7 @@ def test_wasi_nn_is_not_linked_without_a_grant(registry: ModelRegistry, engine: 
 def test_pool_refuses_an_ungranted_module_at_load_time(registry: ModelRegistry, tmp_path: Path) -> None:
     """A function without a models grant whose module imports WASI-NN does not load, and says why."""
     pool = FunctionPool({"sneaky": FunctionSettings(module=CLASSIFY_WASM)}, PoolSettings(workers=1, queue=0),
-                        tmp_path / "cache", nn=NnHost(registry))
+                        tmp_path / "cache", extension=NnHost(registry))
     with pytest.raises(FunctionLoadError, match=r"imports edged\.model_labels, .*wasi_ephemeral_nn\..* no model"):
         pool.start()
     pool.close()

@@ -9,7 +9,7 @@ import wasmtime
 
 from edged.settings import FunctionSettings
 from edged.wasm import rawcall
-from edged.wasm.call import FunctionRunner
+from edged.wasm.command import CommandRunner
 from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
 from tests.wat import raw_frame
 
@@ -90,7 +90,7 @@ def test_a_runner_must_be_validated_before_it_calls(tmp_path: Path) -> None:
     path = tmp_path / "m.wasm"
     path.write_bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
     engine = wasmtime.Engine()
-    runner = FunctionRunner("m", FunctionSettings(module=path, abi="wasi-command", input="raw"),
+    runner = CommandRunner("m", FunctionSettings(module=path, abi="wasi-command", input="raw"),
                             wasmtime.Module.from_file(engine, str(path)), engine, 5.0, None)
     root = make_scratch_root()
     try:

@@ -24,9 +24,12 @@ import wasmtime
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
-from edged.wasm.call import CallResult, FunctionLoadError, FunctionRunner, trap_summary
+from edged.wasm.command import CommandRunner
 from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
-from edged.wasm.host import HostExtension
+from edged.wasm.host.link import HostExtension
+from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
+from edged.wasm.reactor import FrameRunner
+from edged.wasm.runner import FunctionRunner
 from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
 
 __all__ = ["TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool", "OnCall"]
@@ -42,6 +45,8 @@ LATENCY_WINDOW = 1024
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
 OnCall = Callable[[str, str, float], None]
 _T = TypeVar("_T")
+#: The runner for each ``abi`` setting.
+_RUNNERS: dict[str, type[FunctionRunner]] = {FrameRunner.abi: FrameRunner, CommandRunner.abi: CommandRunner}
 
 
 class _FunctionStats:
@@ -91,17 +96,15 @@ def _decode(data: bytes, max_pixels: int) -> Frame:
 class FunctionPool:
     """Runs Wasm functions (docs/ABI.md) in worker threads. Use as ``with pool:`` or ``async with pool:``.
 
-    ``nn`` is the WASI-NN host (a HostExtension) or None; ``on_call`` feeds metrics.
+    ``extension`` adds imports for some functions (the WASI-NN host) or is None; ``on_call`` feeds metrics.
     """
 
     def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings, cache_dir: Path,
-                 nn: object | None = None, *, on_call: OnCall | None = None) -> None:
-        if nn is not None and not isinstance(nn, HostExtension):
-            raise TypeError("nn must be a HostExtension (link, check, end_call)")
+                 extension: HostExtension | None = None, *, on_call: OnCall | None = None) -> None:
         self._functions = dict(functions)
         self._settings = pool
         self._cache_dir = cache_dir
-        self._extension: HostExtension | None = nn
+        self._extension = extension
         self._on_call = on_call
         self._capacity = pool.workers + pool.queue
         self._stats = {name: _FunctionStats() for name in self._functions}
@@ -164,7 +167,7 @@ class FunctionPool:
         except wasmtime.WasmtimeError as exc:
             raise FunctionLoadError(name, f"{settings.module} is not a valid module: "
                                           f"{trap_summary(str(exc))}") from exc
-        runner = FunctionRunner(name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
+        runner = _RUNNERS[settings.abi](name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
         runner.validate()
         return runner
 
