@@ -34,6 +34,7 @@ from edged.inference.tflite import ModelRegistry, load_backend
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
+from tests.pools import call_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -309,7 +310,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
         try:
             for i in range(n):
                 k = (i + worker) % 2
-                result = p.call_sync("classify", frames[k])
+                result = call_sync(p, "classify", frames[k])
                 assert result.json is not None
                 assert result.json["label"] == expected[k]
         except BaseException as exc:
@@ -324,11 +325,13 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
         assert not errors, errors[:3]
 
     run(20)  # warm-up: each worker has had its interpreter by now
-    created = registry.interpreters_created
+    model = registry.get(NAME)
+    assert model is not None
+    created = model.created
     assert 1 <= created <= 2
     run(500)
-    assert registry.interpreters_created == created
-    stats = registry.stats()[NAME]
+    assert model.created == created
+    stats = model.stats()
     assert stats["in_use"] == 0
     assert stats["live"] == created
     assert p.stats()["classify"]["calls"] >= 520
@@ -340,7 +343,9 @@ def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) ->
     with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
             {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", extension=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
-            p.call_sync("classify", _frame(DATA / "chelsea.jpg"))
+            call_sync(p, "classify", _frame(DATA / "chelsea.jpg"))
         error = json.loads(info.value.detail)["error"]
         assert error.startswith(f"no labels for model {NAME}: edged.model_labels failed: not_found (8)")
-        assert registry.stats()[NAME]["in_use"] == 0
+        model = registry.get(NAME)
+        assert model is not None
+        assert model.stats()["in_use"] == 0
