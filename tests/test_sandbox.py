@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import logging
@@ -17,6 +18,7 @@ import pytest
 
 from edged.errors import FunctionTimeout
 from edged.settings import FunctionSettings, PoolSettings, Preopen
+from edged.wasm.host import http as host_http
 from edged.wasm.pool import FunctionPool
 from tests.pools import call_sync
 from tests.wat import OUT_FD, RESP_BUF, RESP_LEN, Wat, raw_frame, write_wasm
@@ -347,3 +349,33 @@ def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, serve
     assert got in (None, {"status": -5, "len": 0})
     assert elapsed < CALL_BOUND_SECONDS
     assert server[1].requests == []
+
+
+# -- http.client's private connection hook: checked at import, with a fallback ------------------------
+
+def test_http_clients_hook_is_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert host_http.PINNED_BY_HOOK, "the installed Python must still connect through _create_connection"
+
+    def connect(self: http.client.HTTPConnection) -> None:
+        self.sock = socket.create_connection((self.host, self.port), self.timeout)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    assert not host_http._has_connection_hook()  # noqa: SLF001
+
+
+def test_without_the_hook_the_host_connects_the_socket_itself(tmp_path: Path, server: tuple[str, Seen],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback as a whole: http.client's connect (and its private hook) is never used."""
+    def not_used(self: http.client.HTTPConnection) -> None:
+        raise AssertionError("HTTPConnection.connect was used although the hook check failed")
+
+    monkeypatch.setattr(host_http, "PINNED_BY_HOOK", False)
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", not_used)
+    dns = _FakeDns(monkeypatch)
+    port = server[0].rsplit(":", 1)[1]
+    origin = f"http://camera-cloud.test:{port}"
+    got = call(tmp_path, m_http(f"POST {origin}/echo", body=b"ping", echo=True), allowed_hosts=(origin,))
+    assert got == {"body": "ping", "method": "POST"}
+    assert dns.asked == ["camera-cloud.test"]
+    [(_, _, headers, _)] = server[1].requests
+    assert headers["Host"] == f"camera-cloud.test:{port}"
