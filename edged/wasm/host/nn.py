@@ -29,9 +29,10 @@ Policy (docs/ABI.md, "WASI-NN"):
   exported memory is ``missing_memory``. Every import catches everything and returns ``runtime_error``
   for the unexpected: nothing raises across the Wasm boundary.
 
-``NnHost`` is the pool's ``nn`` host extension: ``link`` defines the imports on a function's linker,
-``check`` refuses an ungranted module at load time, and per-call state (graph and context handles) lives
-in the call's ``CallContext.extensions`` until ``end_call`` returns the interpreters it borrowed.
+``NnHost`` is the pool's host extension (``edged.wasm.host.link.HostExtension``): ``link`` defines the
+imports on a function's linker, ``check`` refuses an ungranted module at load time, and per-call state
+(graph and context handles) lives in the call's ``CallContext.extensions`` until ``end_call`` returns
+the interpreters it borrowed.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def _functype(params: int) -> wasmtime.FuncType:
 
 
 class NnHost:
-    """The WASI-NN host over a ModelRegistry: the function pool's ``nn`` extension."""
+    """The WASI-NN host over a ModelRegistry: the function pool's host extension."""
 
     def __init__(self, registry: ModelRegistry, *, checkout_timeout: float = 5.0,
                  max_model_bytes: int = 256 * 1024 * 1024) -> None:
