@@ -166,7 +166,7 @@ class InvokePath:
                                       max_interpreters=workers)
         self.registry.load()
         self.pool = FunctionPool({"classify": fn}, PoolSettings(workers=workers, queue=workers),
-                                 cache, nn=NnHost(self.registry))
+                                 cache, extension=NnHost(self.registry))
         self.pool.start()
         #: per call: decode-and-call wall, CallResult duration / instantiate / run (seconds)
         self.phases: list[tuple[float, float, float, float]] = []

@@ -15,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.inference.tflite import ModelRegistry
 from edged.ingest.http import HttpApi
 from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers
@@ -28,8 +27,7 @@ from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
 from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
-from edged.wasm.host.nn import NnHost
-from edged.wasm.pool import FunctionPool
+from edged.wasm.build import build_pool
 
 __all__ = ["App", "run"]
 
@@ -48,12 +46,7 @@ class App:
         self.components = Components(self.metrics)
         self.notifier = Notifier()
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
-        self.models = ModelRegistry(settings.models, backend=settings.nn_backend,
-                                    max_interpreters=settings.pool.workers)
-        self.pool = FunctionPool(
-            settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
-            on_call=self.metrics.on_call
-        )
+        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call)
         self.store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync,
                            self.metrics)
         self.sync: DaprSync | None = None

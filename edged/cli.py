@@ -101,24 +101,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_functions(args: argparse.Namespace) -> int:
-    from edged.inference.tflite import ModelRegistry
-    from edged.wasm.host.nn import NnHost
-    from edged.wasm.pool import FunctionPool
+    from edged.wasm.build import build_pool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
     # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
-    nn = NnHost(ModelRegistry(settings.models, backend=settings.nn_backend))
-    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", nn=nn) as pool:
+    with build_pool(settings).pool as pool:
         print(json.dumps(pool.describe(), indent=2))
     return 0
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
-    from edged.inference.tflite import ModelRegistry
     from edged.malloc import pin_mmap_threshold
-    from edged.wasm.host.nn import NnHost
-    from edged.wasm.pool import FunctionPool
+    from edged.wasm.build import build_pool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
@@ -128,13 +123,10 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CALL_FAILED
     data = Path(args.file).read_bytes()
-    fn = settings.functions[args.name]
-    # Only the models this function may load, loaded once as the daemon does.
-    models = ModelRegistry({m: settings.models[m] for m in fn.models}, backend=settings.nn_backend,
-                           max_interpreters=settings.pool.workers)
+    # Only this function and the models it may load, loaded once as the daemon does.
+    models, pool = build_pool(settings, only=args.name)
     try:
-        with models, FunctionPool({args.name: fn}, settings.pool, settings.state_dir / "cache",
-                                  nn=NnHost(models)) as pool:
+        with models, pool:
             try:
                 result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
             except EdgedError as exc:

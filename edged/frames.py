@@ -21,6 +21,7 @@ from edged.errors import BadImage, TooManyPixels, UnsupportedFormat
 
 __all__ = [
     "FORMAT_CODES",
+    "PACK_WHOLE",
     "FRAME_HEADER",
     "FRAME_MAGIC",
     "Frame",
@@ -159,27 +160,50 @@ def _header(img: Image.Image, file_bytes: int) -> ImageHeader:
                        progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes)
 
 
+def _pack_whole(img: Image.Image, size: int) -> bytes | None:
+    """The pixels of a loaded image packed in one piece by Pillow's raw encoder, or None if it did not."""
+    encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see _rgb_bytes)
+    try:
+        encoder.setimage(img.im, (0, 0, img.width, img.height))
+        _consumed, status, data = encoder.encode(size + 1)
+    finally:
+        encoder.cleanup()
+    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
+        return None
+    return bytes(data)
+
+
+def _whole_packing_works() -> bool:
+    """Whether Pillow's private raw encoder still packs as ``_rgb_bytes`` expects (checked once, at import)."""
+    try:
+        probe = Image.new("RGB", (3, 2), (1, 2, 3))
+        probe.putpixel((2, 1), (250, 251, 252))
+        packed = _pack_whole(probe, 3 * 2 * 3)
+        return packed is not None and packed == probe.tobytes()
+    except Exception:  # noqa: BLE001 (any surprise in Pillow's internals means: do not use them)
+        return False
+
+
+#: ``Image._getencoder`` (Pillow internals) packs frames in one piece; else ``tobytes`` does, always.
+PACK_WHOLE = _whole_packing_works()
+
+
 def _rgb_bytes(img: Image.Image) -> bytes:
     """``img.tobytes()`` for a loaded RGB image, packed in one piece.
 
     ``tobytes`` packs in 64 KiB pieces and joins them: a second frame-sized allocation and copy (with
     the pinned mmap threshold, also a second round of page faults). The raw encoder it uses packs the
-    whole frame at once when given room for it. Pillow's encoder is internal API, so anything unexpected
-    falls back to ``tobytes``.
+    whole frame at once when given room for it. That encoder is Pillow's internal API: ``PACK_WHOLE``
+    says whether it behaved at import, and without it ``tobytes`` does the work.
     """
-    size = img.width * img.height * 3
-    try:
-        encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see above)
+    if PACK_WHOLE:
         try:
-            encoder.setimage(img.im, (0, 0, img.width, img.height))
-            _consumed, status, data = encoder.encode(size + 1)
-        finally:
-            encoder.cleanup()
-    except (AttributeError, TypeError, ValueError, OSError):
-        return img.tobytes()
-    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
-        return img.tobytes()
-    return bytes(data)
+            data = _pack_whole(img, img.width * img.height * 3)
+        except (ValueError, OSError):  # the encoder's own errors: tobytes reports them if they are real
+            data = None
+        if data is not None:
+            return data
+    return img.tobytes()
 
 
 def encode_pixels(width: int, height: int, channels: int, pixels: bytes, source_format: int) -> tuple[str, bytes]:

@@ -35,6 +35,7 @@ from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
+from tests.pools import call_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -262,7 +263,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionPoo
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS)}, max_interpreters=2)
     with registry, FunctionPool({"classify": fn}, PoolSettings(workers=2, queue=4),
-                                tmp_path_factory.mktemp("cache"), nn=NnHost(registry)) as p:
+                                tmp_path_factory.mktemp("cache"), extension=NnHost(registry)) as p:
         yield p, registry
 
 
@@ -277,7 +278,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
         try:
             for i in range(n):
                 k = (i + worker) % 2
-                result = p.call_sync("classify", frames[k])
+                result = call_sync(p, "classify", frames[k])
                 assert result.json is not None
                 assert result.json["label"] == expected[k]
         except BaseException as exc:
@@ -293,11 +294,13 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
         assert not errors, errors[:3]
 
     run(20)  # warm-up: each worker has had its interpreter by now
-    created = registry.interpreters_created
+    model = registry.get(NAME)
+    assert model is not None
+    created = model.created
     assert 1 <= created <= 2
     run(500)
-    assert registry.interpreters_created == created
-    stats = registry.stats()[NAME]
+    assert model.created == created
+    stats = model.stats()
     assert stats["in_use"] == 0
     assert stats["live"] == created
     assert p.stats()["classify"]["calls"] >= 520
@@ -307,9 +310,11 @@ def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) ->
     """No labels in the model's declaration: a function_error with a JSON detail, not a trap."""
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
-            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", nn=NnHost(registry)) as p:
+            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", extension=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
-            p.call_sync("classify", _frame(DATA / "chelsea.jpg"))
+            call_sync(p, "classify", _frame(DATA / "chelsea.jpg"))
         error = json.loads(info.value.detail)["error"]
         assert error.startswith(f"no labels for model {NAME}: edged.model_labels failed: not_found (8)")
-        assert registry.stats()[NAME]["in_use"] == 0
+        model = registry.get(NAME)
+        assert model is not None
+        assert model.stats()["in_use"] == 0

@@ -7,7 +7,7 @@ against the file's directory, relative paths from the environment against the wo
 
 from __future__ import annotations
 
-from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen, normalize_origin
+from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import MqttSettings, Subscription, TlsSettings
@@ -30,5 +30,4 @@ __all__ = [
     "SyncSettings",
     "TlsSettings",
     "load_settings",
-    "normalize_origin",
 ]
