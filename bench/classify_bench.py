@@ -30,8 +30,6 @@ import io
 import json
 import os
 import platform
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,11 @@ from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.configs import daemon_config, write_config  # noqa: E402
+from tests.daemon import Daemon  # noqa: E402
+
 MODEL_DIR = ROOT / "functions" / "classify" / "model"
 MODEL = MODEL_DIR / "efficientnet_lite0.tflite"
 LABELS = MODEL_DIR / "labels.txt"
@@ -58,7 +61,6 @@ WASM = ROOT / "functions" / "classify" / "classify.wasm"
 PHOTOS = [ROOT / "tests" / "data" / "chelsea.jpg", ROOT / "tests" / "data" / "coffee.jpg"]
 NAME = "efficientnet_lite0"
 MAX_PIXELS = 40_000_000
-_LISTENING = re.compile(r"listening on http://(\S+):(\d+)")
 
 #: (photo index) -> latency seconds, run by one client thread
 Job = Callable[[int], None]
@@ -164,7 +166,7 @@ class InvokePath:
                                       max_interpreters=workers)
         self.registry.load()
         self.pool = FunctionPool({"classify": fn}, PoolSettings(workers=workers, queue=workers),
-                                 cache, nn=NnHost(self.registry))
+                                 cache, extension=NnHost(self.registry))
         self.pool.start()
         #: per call: decode-and-call wall, CallResult duration / instantiate / run (seconds)
         self.phases: list[tuple[float, float, float, float]] = []
@@ -201,32 +203,14 @@ class InvokePath:
 # -- edged, over HTTP ----------------------------------------------------------------------------------------
 
 class Server:
-    """A server subprocess that prints "listening on http://HOST:PORT"; jobs POST photos to it."""
+    """A server subprocess that logs "listening on http://HOST:PORT"; jobs POST photos to it."""
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self.host, self.port = self._wait_listening()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_listening(self) -> tuple[str, int]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        lines = []
-        for raw in iter(self.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                return match.group(1), int(match.group(2))
-            if time.monotonic() > deadline:
-                break
-        raise RuntimeError("server did not start:\n" + "".join(lines[-20:]))
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in iter(self.proc.stdout.readline, b""):
-            pass
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.daemon = Daemon(proc)  # reads (and so drains) its output on a thread
+        self.daemon.wait_listening(60)
+        self.host, self.port = self.daemon.host, self.daemon.port
 
     def jobs(self, data: list[bytes]) -> Callable[[int], Job]:
         def make(worker: int) -> Job:
@@ -245,39 +229,16 @@ class Server:
         return make
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.daemon.stop(timeout=20)
 
 
 def edged_daemon(workers: int, tmp: Path, state_dir: Path) -> Server:
     """`python -m edged run` with N workers and the classify function; state_dir on disk or in /dev/shm."""
-    cfg = tmp / f"edged-{workers}-{state_dir.name}.toml"
-    cfg.write_text(f"""
-state_dir = "{state_dir}"
-device_id = "bench"
-log_level = "WARNING"
-[http]
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-enabled = false
-[pool]
-workers = {workers}
-queue = {workers * 4}
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-threads = 1
-[functions.classify]
-module = "{WASM}"
-models = ["{NAME}"]
-memory_mb = 256
-""")
+    cfg = write_config(tmp / f"edged-{workers}-{state_dir.name}.toml", daemon_config(
+        state_dir, device_id="bench", log_level="WARNING",
+        pool={"workers": workers, "queue": workers * 4},
+        models={NAME: {"path": MODEL, "labels": LABELS, "threads": 1}},
+        functions={"classify": {"module": WASM, "models": [NAME], "memory_mb": 256}}))
     return Server([sys.executable, "-m", "edged", "run", "--config", str(cfg)], {"EDGED_LOG_LEVEL": "INFO"})
 
 

@@ -35,8 +35,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.configs import daemon_config, write_config  # noqa: E402
 from tests.daemon import Daemon, run_daemon  # noqa: E402
-from tests.mosquitto import Mosquitto, wait_until  # noqa: E402
+from tests.mosquitto import Mosquitto  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
 CAMERAS = 4
@@ -59,36 +61,17 @@ def unique(jpeg: bytes, n: int) -> bytes:
 
 def config(tmp: Path, broker: Mosquitto, workers: int, queue: int) -> Path:
     classify = ROOT / "functions" / "classify"
-    path = tmp / "edged.toml"
-    path.write_text(f"""
-state_dir = "{tmp / 'state'}"
-device_id = "bench"
-log_level = "INFO"
-[http]
-port = 0
-[dapr]
-enabled = false
-[pool]
-workers = {workers}
-queue = {queue}
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-client_id = "edged-bench"
-max_inflight = 16
-reconnect_min_delay = 0.05
-subscriptions = [{{topic = "cameras/+/image", functions = ["classify", "grayscale"], qos = 1}}]
-[functions.grayscale]
-module = "{ROOT / 'functions' / 'grayscale' / 'grayscale.wasm'}"
-[functions.classify]
-module = "{classify / 'classify.wasm'}"
-memory_mb = 256
-models = ["efficientnet_lite0"]
-[models.efficientnet_lite0]
-path = "{classify / 'model' / 'efficientnet_lite0.tflite'}"
-labels = "{classify / 'model' / 'labels.txt'}"
-""")
-    return path
+    return write_config(tmp / "edged.toml", daemon_config(
+        tmp / "state", device_id="bench",
+        pool={"workers": workers, "queue": queue},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "client_id": "edged-bench",
+              "max_inflight": 16, "reconnect_min_delay": 0.05,
+              "subscriptions": [{"topic": "cameras/+/image", "functions": list(FUNCTIONS), "qos": 1}]},
+        functions={"grayscale": {"module": ROOT / "functions" / "grayscale" / "grayscale.wasm"},
+                   "classify": {"module": classify / "classify.wasm", "memory_mb": 256,
+                                "models": ["efficientnet_lite0"]}},
+        models={"efficientnet_lite0": {"path": classify / "model" / "efficientnet_lite0.tflite",
+                                       "labels": classify / "model" / "labels.txt"}}))
 
 
 @dataclass

@@ -36,14 +36,16 @@ from edged.status import Components  # noqa: E402
 from edged.store import Store  # noqa: E402
 from edged.sync.cloudevents import CloudEvents  # noqa: E402
 from edged.sync.dapr import DaprSync  # noqa: E402
+from tests.waiting import until  # noqa: E402
 
 DEVICE = "bench-gw"
+DRAIN_SECONDS = 1800.0
 OUTBOX = OutboxSettings(max_bytes=4 * 1024**3)
 
 _EMULATOR = """
 import sys, threading
-sys.path.insert(0, {tests!r})
-from dapr_emulator import DaprEmulator
+sys.path.insert(0, {repo!r})
+from tests.dapr_emulator import DaprEmulator
 with DaprEmulator() as dapr:
     print(dapr.url, flush=True)
     sys.stdin.read()
@@ -54,7 +56,7 @@ with DaprEmulator() as dapr:
 @contextlib.contextmanager
 def emulator() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """The sidecar emulator in its own process (its CPU is not ours, as with a real daprd)."""
-    proc = subprocess.Popen([sys.executable, "-c", _EMULATOR.format(tests=str(REPO / "tests"))],
+    proc = subprocess.Popen([sys.executable, "-c", _EMULATOR.format(repo=str(REPO))],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdin is not None
@@ -108,8 +110,10 @@ async def drain(path: Path, url: str, *, bulk: bool, batch: int) -> tuple[int, f
         task = asyncio.create_task(sync.run(), name="edged.sync.drain")
         try:
             # Polling a counter the store keeps in memory; there is no "outbox empty" event to wait on.
-            while (await store.outbox_state()).depth > 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            async def empty() -> bool:
+                return (await store.outbox_state()).depth == 0
+
+            await until(empty, DRAIN_SECONDS, "the outbox to drain", interval=0.05)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,27 @@ NOOP_COMMAND = """
   (data (i32.const 0) "\\10\\00\\00\\00\\02\\00\\00\\00")
   (func (export "_start") (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))))
 """
+
+
+class Calls:
+    """The daemon's way into the pool (``await pool.call`` / ``pool.decode`` on an event loop), for this
+    plain threaded code: one loop per thread, reused for every call it makes."""
+
+    def __init__(self, pool: FunctionPool) -> None:
+        self.pool = pool
+        self._local = threading.local()
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop
+
+    def call(self, name: str, frame: Frame) -> CallResult:
+        return self._loop().run_until_complete(self.pool.call(name, frame))
+
+    def decode(self, data: bytes, max_pixels: int) -> Frame:
+        return self._loop().run_until_complete(self.pool.decode(data, max_pixels))
 
 
 def jpeg(size: tuple[int, int]) -> bytes:
@@ -209,35 +231,37 @@ def latency_tables(n: int, tmp: Path) -> None:
     print("\n## Grayscale latency, one call at a time (ms; whole call incl. PNG encode)\n")
     print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
     with FunctionPool(fns, PoolSettings(workers=1, queue=4), tmp / "cache") as pool:
+        calls = Calls(pool)
         for size in ((640, 480), (1920, 1080)):
             data = jpeg(size)
-            frame = pool.decode_sync(data, 50_000_000)
+            frame = calls.decode(data, 50_000_000)
             tag = f"{size[0]}x{size[1]}"
             k = n if size[0] < 1000 else max(10, n // 4)
             print(row(f"{tag} native Pillow (decode+L+PNG)", timed(lambda d=data: native_gray(d), k)))
             print(row(f"{tag} host decode only (Pillow -> RGB frame)",
-                      timed(lambda d=data: pool.decode_sync(d, 50_000_000), k)))
+                      timed(lambda d=data: calls.decode(d, 50_000_000), k)))
             print(row(f"{tag} edged fresh instance, frame-v1, host decode",
-                      timed(lambda d=data: pool.call_sync("gray", pool.decode_sync(d, 50_000_000)), k)))
-            print(row(f"{tag}   of which the call (frame given)", timed(lambda f=frame: pool.call_sync("gray", f), k)))
+                      timed(lambda d=data: calls.call("gray", calls.decode(d, 50_000_000)), k)))
+            print(row(f"{tag}   of which the call (frame given)", timed(lambda f=frame: calls.call("gray", f), k)))
             print(row(f"{tag} reused instance, frame given", timed(lambda f=frame: reused(f), k)))
             print(row(f"{tag} edged fresh instance, frame-v1, sandbox decode",
-                      timed(lambda f=frame: pool.call_sync("gray-raw", f), k)))
+                      timed(lambda f=frame: calls.call("gray-raw", f), k)))
             print(row(f"{tag} edged fresh instance, wasi-command",
-                      timed(lambda f=frame: pool.call_sync("gray-cmd", f), k)))
+                      timed(lambda f=frame: calls.call("gray-cmd", f), k)))
             if cli:
                 print(row(f"{tag} process per request (wasmtime CLI)",
                           timed(lambda d=data: process_per_request(cli, cmd_cwasm, d), max(10, k // 5))))
         print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
-        print("Whole call: from the caller through the pool and back (includes the hand-off to a worker thread")
-        print("and back). In the sandbox: the same calls timed inside the worker (fresh Store, WASI context,")
-        print("instance, ABI calls, result), i.e. what a fresh instance costs instead of a fresh process.\n")
+        print("Whole call: awaited on an event loop as the daemon does, through the pool and back (includes")
+        print("the hand-off to a worker thread and back). In the sandbox: the same calls timed inside the worker")
+        print("(fresh Store, WASI context, instance, ABI calls, result), i.e. what a fresh instance costs instead")
+        print("of a fresh process.\n")
         print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
-        tiny = pool.decode_sync(jpeg((16, 16)), 1000)
+        tiny = calls.decode(jpeg((16, 16)), 1000)
         noop_in, cmd_in = [], []
 
         def noop_call(name: str, inside: list[float]) -> None:
-            result: CallResult = pool.call_sync(name, tiny)
+            result: CallResult = calls.call(name, tiny)
             inside.append(result.duration_ms)
 
         noop = timed(lambda: noop_call("noop", noop_in), n * 4)
@@ -266,15 +290,16 @@ def rss_table(calls: int, tmp: Path) -> None:
     fns = {"gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256)}
     checkpoints: list[tuple[int, float]] = []
     with FunctionPool(fns, PoolSettings(workers=2, queue=64), tmp / "cache") as pool:
-        frame = pool.decode_sync(jpeg((640, 480)), 50_000_000)
+        calls = Calls(pool)
+        frame = calls.decode(jpeg((640, 480)), 50_000_000)
         with ThreadPoolExecutor(2) as ex:
             # Warm up with the same two threads: each gets its malloc arena, linker and scratch files.
-            list(ex.map(lambda _: pool.call_sync("gray", frame), range(500)))
+            list(ex.map(lambda _: calls.call("gray", frame), range(500)))
             checkpoints.append((0, rss_mb()))
             t0 = time.perf_counter()
             step = max(1, calls // 5)
             for done in range(step, calls + 1, step):
-                list(ex.map(lambda _: pool.call_sync("gray", frame), range(step)))
+                list(ex.map(lambda _: calls.call("gray", frame), range(step)))
                 checkpoints.append((done, rss_mb()))
             elapsed = time.perf_counter() - t0
     print(f"\n## RSS over {calls} grayscale calls (640x480, 2 workers, fresh process, after 500 warm-up calls)\n")

@@ -15,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.inference.tflite import ModelRegistry
 from edged.ingest.http import HttpApi
 from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers
@@ -27,9 +26,9 @@ from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
+from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
-from edged.wasm.host.nn import NnHost
-from edged.wasm.pool import FunctionPool
+from edged.wasm.build import build_pool
 
 __all__ = ["App", "run"]
 
@@ -45,15 +44,10 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.components = Components()
+        self.components = Components(self.metrics)
         self.notifier = Notifier()
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
-        self.models = ModelRegistry(settings.models, backend=settings.nn_backend,
-                                    max_interpreters=settings.pool.workers)
-        self.pool = FunctionPool(
-            settings.functions, settings.pool, settings.state_dir / "cache", nn=NnHost(self.models),
-            on_call=self.metrics.on_call
-        )
+        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call)
         cloudevents = CloudEvents(settings.device_id, settings.sync)
         self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
         self.sync: DaprSync | None = None
@@ -63,7 +57,11 @@ class App:
         else:
             self.components.set(DAPR_COMPONENT, "disabled")
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
-        self.mqtt = MqttIngest(settings, self.pipeline, self.store, self.metrics, self.components)
+        self.results: ResultPublisher | None = None
+        if settings.mqtt.enabled:
+            self.results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, self.store, self.metrics,
+                                           self.components)
+        self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None)
         self.http_port: int | None = None
@@ -76,6 +74,8 @@ class App:
             await self._stack.enter_async_context(self.store)
             await self._stack.enter_async_context(self.models)
             await self._stack.enter_async_context(self.pool)
+            if self.results is not None:
+                await self._stack.enter_async_context(self.results)  # closed after ingest stops
             await self._stack.enter_async_context(self.mqtt)
             await self._stack.enter_async_context(self._serve_http())
         except BaseException:
@@ -84,6 +84,7 @@ class App:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Intake stops here, whoever drives the app: new requests get 503 while the stack drains.
         self.http.accepting = False
         self.notifier.stopping()
         await self._stack.aclose()
@@ -111,6 +112,8 @@ class App:
         if self.sync is not None:
             loops["edged.sync.drain"] = self.sync.run()
         loops.update(self.mqtt.background())
+        if self.results is not None:
+            loops.update(self.results.background())
         return loops
 
 
@@ -125,7 +128,6 @@ async def run(settings: Settings) -> int:
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
         await stop.wait()
         log.info("stopping")
-        app.http.accepting = False
         for task in running:
             task.cancel()
     log.info("stopped")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edged.errors import EdgedError
+from edged.secrets import SecretError, read_secret
 from edged.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -39,7 +40,7 @@ def _load(arg: str | None) -> Settings:
 
 
 def _file_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that need the filesystem: modules, models and preopened directories exist."""
+    """Checks that need the filesystem: modules, models, preopened directories and secrets exist."""
     problems: list[tuple[str, str]] = []
     for name, fn in settings.functions.items():
         if not fn.module.is_file():
@@ -52,9 +53,15 @@ def _file_problems(settings: Settings) -> list[tuple[str, str]]:
             problems.append((f"models.{name}.path", f"no such file: {model.path}"))
         if model.labels is not None and not model.labels.is_file():
             problems.append((f"models.{name}.labels", f"no such file: {model.labels}"))
-    password = settings.mqtt.password_file
-    if password is not None and not password.is_file() and not os.environ.get("CREDENTIALS_DIRECTORY"):
-        problems.append(("mqtt.password_file", f"no such file: {password}"))
+    secrets = {"http.token_file": settings.http.token_file,
+               "mqtt.password_file": settings.mqtt.password_file if settings.mqtt.enabled else None,
+               "dapr.token_file": settings.dapr.token_file if settings.dapr.enabled else None}
+    for key, path in secrets.items():
+        if path is not None:
+            try:
+                read_secret(key, path)  # read as the daemon will, then forgotten
+            except SecretError as exc:
+                problems.append((key, "; ".join(f"{place}: {why}" for place, why in exc.tried)))
     return problems
 
 
@@ -94,24 +101,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_functions(args: argparse.Namespace) -> int:
-    from edged.inference.tflite import ModelRegistry
-    from edged.wasm.host.nn import NnHost
-    from edged.wasm.pool import FunctionPool
+    from edged.wasm.build import build_pool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
     # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
-    nn = NnHost(ModelRegistry(settings.models, backend=settings.nn_backend))
-    with FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", nn=nn) as pool:
+    with build_pool(settings).pool as pool:
         print(json.dumps(pool.describe(), indent=2))
     return 0
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
-    from edged.inference.tflite import ModelRegistry
     from edged.malloc import pin_mmap_threshold
-    from edged.wasm.host.nn import NnHost
-    from edged.wasm.pool import FunctionPool
+    from edged.wasm.build import build_pool
 
     settings = _load(args.config)
     _setup_logging("WARNING")
@@ -121,13 +123,10 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CALL_FAILED
     data = Path(args.file).read_bytes()
-    fn = settings.functions[args.name]
-    # Only the models this function may load, loaded once as the daemon does.
-    models = ModelRegistry({m: settings.models[m] for m in fn.models}, backend=settings.nn_backend,
-                           max_interpreters=settings.pool.workers)
+    # Only this function and the models it may load, loaded once as the daemon does.
+    models, pool = build_pool(settings, only=args.name)
     try:
-        with models, FunctionPool({args.name: fn}, settings.pool, settings.state_dir / "cache",
-                                  nn=NnHost(models)) as pool:
+        with models, pool:
             try:
                 result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
             except EdgedError as exc:

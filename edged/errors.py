@@ -10,12 +10,15 @@ __all__ = [
     "BadImage",
     "BadOutput",
     "BodyTooLarge",
+    "DecodeCancelled",
+    "DecodeTimeout",
     "EdgedError",
     "FunctionError",
     "FunctionFailed",
     "FunctionTimeout",
     "FunctionTrap",
     "ImageError",
+    "ImageTooComplex",
     "MemoryLimit",
     "OutboxFull",
     "Overloaded",
@@ -61,6 +64,28 @@ class TooManyPixels(ImageError):
 class BodyTooLarge(ImageError):
     code = "too_large"
     http_status = 413
+
+
+class ImageTooComplex(ImageError):
+    """Decoding would cost too much for its size (a progressive-JPEG scan bomb, a flood of chunks)."""
+
+    code = "too_complex"
+    http_status = 422
+
+
+class DecodeTimeout(ImageError):
+    """Decoding ran past the call's deadline: the same ``timeout`` a client sees when the function does."""
+
+    code = "timeout"
+    http_status = 504
+
+
+class DecodeCancelled(ImageError):
+    """A decode was stopped because edged is shutting down; the image itself may be fine (retry later)."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after = 1
 
 
 class UnknownFunction(EdgedError):

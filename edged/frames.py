@@ -2,28 +2,37 @@
 
 Decoding happens in the pool's worker threads (Pillow releases the GIL while decoding), never on the
 event loop. Limits are checked from the header before any pixel is decoded, so a decompression bomb
-costs a header parse, not gigabytes.
+costs a header parse, not gigabytes; the file's structure (scans, chunks) is checked before that, and
+the deadline and cancellation between decoder steps (edged.decode_guard).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from edged.decode_guard import GuardedReader, check_structure, decode_cost, limit_pillow_text
 from edged.errors import BadImage, TooManyPixels, UnsupportedFormat
 
 __all__ = [
     "FORMAT_CODES",
+    "PACK_WHOLE",
     "FRAME_HEADER",
     "FRAME_MAGIC",
     "Frame",
+    "ImageHeader",
     "decode",
     "encode_pixels",
+    "read_header",
     "sniff_image",
 ]
+
+limit_pillow_text()  # Pillow reads these limits at every PNG text chunk: set before any decode
 
 #: Source formats accepted on ingest and their ABI codes (docs/ABI.md).
 FORMAT_CODES = {"JPEG": 1, "PNG": 2, "GIF": 3, "BMP": 4, "WEBP": 5}
@@ -59,29 +68,50 @@ class Frame:
         return Image.MIME.get(self.format, "application/octet-stream")
 
 
-def decode(data: bytes, *, max_pixels: int) -> Frame:
-    """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat or TooManyPixels."""
-    if not data:
-        raise BadImage("empty body: expected an image")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise BadImage("not an image (JPEG, PNG, GIF, BMP or WebP expected)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooManyPixels(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"corrupt image header: {exc}") from exc
-    with img:
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the header says about an image, before any pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    progressive: bool
+    bands: int
+    file_bytes: int
+
+    @property
+    def decode_cost(self) -> int:
+        """Upper bound of the host memory decoding it peaks at, in bytes (``decode_guard.decode_cost``)."""
+        return decode_cost(self.width, self.height, self.mode, self.format, progressive=self.progressive,
+                           bands=self.bands, file_bytes=self.file_bytes)
+
+
+def read_header(data: bytes, *, max_pixels: int, deadline: float | None = None,
+                cancel: threading.Event | None = None) -> ImageHeader:
+    """Parse the header only: the checks ``decode`` makes before decoding, and what it would cost."""
+    with _open(data, GuardedReader(data, deadline, cancel), max_pixels) as img:
+        return _header(img, len(data))
+
+
+def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
+           cancel: threading.Event | None = None,
+           admit: Callable[[ImageHeader], None] | None = None) -> Frame:
+    """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat, TooManyPixels or ImageTooComplex.
+
+    ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set from another thread) are checked
+    between decoder steps of at most ``DECODE_CHUNK`` bytes: past the deadline the decode raises
+    DecodeTimeout, once cancelled DecodeCancelled. ``admit`` is called with the header after the
+    checks and before any pixel is decoded; it may raise (to refuse) or reserve memory.
+    """
+    reader = GuardedReader(data, deadline, cancel)
+    with _open(data, reader, max_pixels) as img:
         fmt = img.format or ""
-        if fmt not in FORMAT_CODES:
-            raise UnsupportedFormat(f"{fmt or 'this'} images are not supported (JPEG, PNG, GIF, BMP, WebP)")
-        width, height = img.size
-        if width <= 0 or height <= 0:
-            raise BadImage("image has no pixels")
-        if width * height > max_pixels:
-            raise TooManyPixels(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+        if admit is not None:
+            admit(_header(img, len(data)))
         try:
             img.load()  # decoding happens here: a truncated or corrupt image fails now
+            reader.check()
             # convert() would copy an image that is RGB already (most JPEGs): a frame-sized allocation saved.
             rgb = img if img.mode == "RGB" else img.convert("RGB")
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -90,10 +120,72 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
     return Frame(
         raw=data,
         format=fmt,
-        width=width,
-        height=height,
+        width=img.width,
+        height=img.height,
         pixels=pixels,
     )
+
+
+def _open(data: bytes, reader: GuardedReader, max_pixels: int) -> Image.Image:
+    """Open the image read from ``reader`` (holding ``data``), header only, and check it; the caller closes it."""
+    if not data:
+        raise BadImage("empty body: expected an image")
+    check_structure(data)
+    try:
+        img = Image.open(reader)
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image (JPEG, PNG, GIF, BMP or WebP expected)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(str(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"corrupt image header: {exc}") from exc
+    try:
+        fmt = img.format or ""
+        if fmt not in FORMAT_CODES:
+            raise UnsupportedFormat(f"{fmt or 'this'} images are not supported (JPEG, PNG, GIF, BMP, WebP)")
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise BadImage("image has no pixels")
+        if width * height > max_pixels:
+            raise TooManyPixels(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}")
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def _header(img: Image.Image, file_bytes: int) -> ImageHeader:
+    progressive = bool(img.info.get("progressive") or img.info.get("progression"))
+    return ImageHeader(format=img.format or "", width=img.width, height=img.height, mode=img.mode,
+                       progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes)
+
+
+def _pack_whole(img: Image.Image, size: int) -> bytes | None:
+    """The pixels of a loaded image packed in one piece by Pillow's raw encoder, or None if it did not."""
+    encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see _rgb_bytes)
+    try:
+        encoder.setimage(img.im, (0, 0, img.width, img.height))
+        _consumed, status, data = encoder.encode(size + 1)
+    finally:
+        encoder.cleanup()
+    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
+        return None
+    return bytes(data)
+
+
+def _whole_packing_works() -> bool:
+    """Whether Pillow's private raw encoder still packs as ``_rgb_bytes`` expects (checked once, at import)."""
+    try:
+        probe = Image.new("RGB", (3, 2), (1, 2, 3))
+        probe.putpixel((2, 1), (250, 251, 252))
+        packed = _pack_whole(probe, 3 * 2 * 3)
+        return packed is not None and packed == probe.tobytes()
+    except Exception:  # noqa: BLE001 (any surprise in Pillow's internals means: do not use them)
+        return False
+
+
+#: ``Image._getencoder`` (Pillow internals) packs frames in one piece; else ``tobytes`` does, always.
+PACK_WHOLE = _whole_packing_works()
 
 
 def _rgb_bytes(img: Image.Image) -> bytes:
@@ -101,22 +193,17 @@ def _rgb_bytes(img: Image.Image) -> bytes:
 
     ``tobytes`` packs in 64 KiB pieces and joins them: a second frame-sized allocation and copy (with
     the pinned mmap threshold, also a second round of page faults). The raw encoder it uses packs the
-    whole frame at once when given room for it. Pillow's encoder is internal API, so anything unexpected
-    falls back to ``tobytes``.
+    whole frame at once when given room for it. That encoder is Pillow's internal API: ``PACK_WHOLE``
+    says whether it behaved at import, and without it ``tobytes`` does the work.
     """
-    size = img.width * img.height * 3
-    try:
-        encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see above)
+    if PACK_WHOLE:
         try:
-            encoder.setimage(img.im, (0, 0, img.width, img.height))
-            _consumed, status, data = encoder.encode(size + 1)
-        finally:
-            encoder.cleanup()
-    except (AttributeError, TypeError, ValueError, OSError):
-        return img.tobytes()
-    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
-        return img.tobytes()
-    return bytes(data)
+            data = _pack_whole(img, img.width * img.height * 3)
+        except (ValueError, OSError):  # the encoder's own errors: tobytes reports them if they are real
+            data = None
+        if data is not None:
+            return data
+    return img.tobytes()
 
 
 def encode_pixels(width: int, height: int, channels: int, pixels: bytes, source_format: int) -> tuple[str, bytes]:

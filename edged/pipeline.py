@@ -1,7 +1,8 @@
 """One path for every ingested image: dedupe -> decode once -> functions -> one durable commit.
 
-HTTP and MQTT both go through ``Pipeline.process``; what differs is what they do with the outcome
-(answer the client, or publish and ack).
+HTTP and MQTT both go through ``Pipeline.process``. What differs per transport is fixed once, in its
+``IngestPolicy`` (limits, dedupe, what becomes an event); what differs afterwards is what it does with the
+outcome (answer the client, or publish and ack).
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from edged.errors import BodyTooLarge, EdgedError, FunctionError, ImageError
 from edged.events import NewEvent, StoredEvent, rfc3339
 from edged.frames import Frame
 from edged.metrics import Metrics
-from edged.settings import Settings
+from edged.settings import HttpSettings, MqttSettings, Settings
 from edged.wasm.pool import CallResult, FunctionPool
 
-__all__ = ["EventStore", "Outcome", "Pipeline"]
+__all__ = ["EventStore", "IngestPolicy", "Outcome", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,36 @@ class EventStore(Protocol):
                            publish_mqtt: bool) -> list[StoredEvent]: ...
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """How one transport treats every frame it ingests; built once from that transport's settings."""
+
+    transport: Literal["http", "mqtt"]
+    max_pixels: int
+    #: A bigger payload becomes a ``too_large`` ingest error.
+    max_bytes: int
+    #: Seconds within which the same bytes from the same camera are answered from the store; 0 = never.
+    dedupe_window: float
+    #: Whether a payload that is not an acceptable image is committed as an error event.
+    record_errors: bool
+    #: Whether committed events are marked for the MQTT result publisher.
+    publish_mqtt: bool
+
+    @classmethod
+    def for_http(cls, http: HttpSettings) -> IngestPolicy:
+        # The client gets every error in its answer and retries on purpose: nothing to record, publish
+        # or answer twice. (aiohttp already refuses bodies over max_body_bytes before they are read.)
+        return cls(transport="http", max_pixels=http.max_pixels, max_bytes=http.max_body_bytes,
+                   dedupe_window=0.0, record_errors=False, publish_mqtt=False)
+
+    @classmethod
+    def for_mqtt(cls, mqtt: MqttSettings) -> IngestPolicy:
+        # Nobody waits for an answer: a bad frame is an error result, and a redelivery is answered from
+        # the store.
+        return cls(transport="mqtt", max_pixels=mqtt.max_pixels, max_bytes=mqtt.max_payload_bytes,
+                   dedupe_window=mqtt.dedupe_window, record_errors=True, publish_mqtt=True)
 
 
 @dataclass(slots=True)
@@ -64,21 +95,20 @@ class Pipeline:
         self._store = store
         self._metrics = metrics
 
-    async def process(self, *, transport: str, camera: str, data: bytes, functions: Sequence[str],
-                      max_pixels: int, correlation: bytes | None = None, received_at: float | None = None,
-                      publish_mqtt: bool = False, dedupe_window: float = 0.0,
-                      record_ingest_errors: bool = True, max_bytes: int | None = None,
+    async def process(self, *, policy: IngestPolicy, camera: str, data: bytes, functions: Sequence[str],
+                      correlation: bytes | None = None, received_at: float | None = None,
                       sha256: str | None = None) -> Outcome:
         """Run ``data`` through ``functions`` and commit the events in one transaction.
 
         Raises Overloaded (nothing committed: the caller must not ack) and OutboxFull (likewise).
-        Bad payloads (including over ``max_bytes``) and failed calls are not raised: they are in the
-        outcome as error events. ``sha256`` is the payload's hex digest when the caller has it already.
+        Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised: they are in
+        the outcome as error events. ``sha256`` is the payload's hex digest when the caller has it already.
         """
+        transport = policy.transport
         received = time.time() if received_at is None else received_at
         sha256 = sha256 or hashlib.sha256(data).hexdigest()
-        if dedupe_window > 0 and self._store is not None:
-            earlier = await self._store.recent_input(camera, sha256, dedupe_window)
+        if policy.dedupe_window > 0 and self._store is not None:
+            earlier = await self._store.recent_input(camera, sha256, policy.dedupe_window)
             if earlier is not None:
                 log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera)
                 return Outcome(events=earlier, duplicate=True)
@@ -87,22 +117,21 @@ class Pipeline:
         outcome = Outcome()
         started = time.perf_counter()
         try:
-            if max_bytes is not None and len(data) > max_bytes:
-                raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {max_bytes}")
+            if len(data) > policy.max_bytes:
+                raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
             if len(functions) == 1:
                 # The common one-function request: decode and call in one worker hand-off.
-                outcome.frame, single = await self._pool.decode_and_call(data, max_pixels, functions[0])
+                outcome.frame, single = await self._pool.decode_and_call(data, policy.max_pixels, functions[0])
                 settled: list[CallResult | FunctionError] | None = [single]
             else:
-                outcome.frame, settled = await self._pool.decode(data, max_pixels), None
+                outcome.frame, settled = await self._pool.decode(data, policy.max_pixels), None
         except ImageError as exc:
             self._metrics.rejected.labels(transport, exc.code).inc()
             log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
             outcome.ingest_error = exc
-            if record_ingest_errors:
+            if policy.record_errors:
                 event = self._event("", camera, source, started, error=exc)
-                outcome.events = await self._commit(transport, camera, sha256, received, correlation,
-                                                    [event], publish_mqtt)
+                outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
             return outcome
         if settled is None:
             settled = list(await asyncio.gather(*(self._call(name, outcome.frame) for name in functions)))
@@ -113,8 +142,7 @@ class Pipeline:
                 events.append(self._event(name, camera, source, started, result=result))
             else:
                 events.append(self._event(name, camera, source, started, error=result))
-        outcome.events = await self._commit(transport, camera, sha256, received, correlation, events,
-                                            publish_mqtt)
+        outcome.events = await self._commit(policy, camera, sha256, received, correlation, events)
         return outcome
 
     async def _call(self, name: str, frame: Frame) -> CallResult | FunctionError:
@@ -123,13 +151,13 @@ class Pipeline:
         except FunctionError as exc:
             return exc
 
-    async def _commit(self, transport: str, camera: str, sha256: str, received: float,
-                      correlation: bytes | None, events: list[NewEvent], publish_mqtt: bool) -> list[StoredEvent]:
+    async def _commit(self, policy: IngestPolicy, camera: str, sha256: str, received: float,
+                      correlation: bytes | None, events: list[NewEvent]) -> list[StoredEvent]:
         if self._store is None:
             return []
-        return await self._store.commit_input(transport=transport, camera=camera, sha256=sha256,
+        return await self._store.commit_input(transport=policy.transport, camera=camera, sha256=sha256,
                                               received_at=received, correlation=correlation, events=events,
-                                              publish_mqtt=publish_mqtt)
+                                              publish_mqtt=policy.publish_mqtt)
 
     def _event(self, function: str, camera: str, source: dict[str, Any], started: float, *,
                result: CallResult | None = None, error: EdgedError | None = None) -> NewEvent:

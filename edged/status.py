@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ComponentState", "Components"]
+from edged.metrics import Metrics
+
+__all__ = ["ComponentState", "Components", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +24,20 @@ class ComponentState:
 
 
 class Components:
-    """Named component states; every change is logged once (errors at ERROR level)."""
+    """Named component states; every change is logged once (errors at ERROR level) and, given the
+    daemon's metrics, shown as ``edged_component_up`` (1 while connected)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._states: dict[str, ComponentState] = {}
+        self._metrics = metrics
 
     def set(self, name: str, state: State, detail: str = "") -> None:
         old = self._states.get(name)
         if old is not None and old.state == state and old.detail == detail:
             return
         self._states[name] = ComponentState(state, detail)
+        if self._metrics is not None:
+            self._metrics.component_up.labels(name).set(1 if state == "connected" else 0)
         level = logging.ERROR if state == "error" else logging.INFO
         log.log(level, "%s: %s%s", name, state, f" ({detail})" if detail else "")
 

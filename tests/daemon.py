@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
 
@@ -65,20 +66,18 @@ class Daemon:
                 self._listening.set()
 
     def wait_listening(self, timeout: float = START_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
+        def listening() -> bool:
+            if self._listening.is_set():
+                return True
             if self.proc.poll() is not None:
                 raise DaemonError(f"daemon exited with {self.proc.returncode} before listening:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise DaemonError(f"daemon not listening after {timeout}s:\n{self.tail()}")
+            return False
+
+        wait_until(listening, timeout, lambda: f"the daemon to listen; its log ends:\n{self.tail()}")
 
     def wait_log(self, text: str, timeout: float = START_SECONDS) -> None:
         """Wait until ``text`` appears in the log."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if time.monotonic() > deadline:
-                raise DaemonError(f"{text!r} not logged after {timeout}s:\n{self.tail()}")
-            time.sleep(0.02)
+        wait_until(lambda: text in self.log, timeout, lambda: f"{text!r} in the log, which ends:\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:
         with self._lock:
@@ -112,12 +111,15 @@ class Daemon:
 @contextmanager
 def run_daemon(config_path: Path, env: Mapping[str, str] | None = None, *,
                start_timeout: float = START_SECONDS, stop_timeout: float = STOP_SECONDS,
-               cwd: Path | None = None) -> Iterator[Daemon]:
-    """Run ``python -m edged run --config config_path`` with ``env`` added to this environment."""
+               cwd: Path | None = None, prefix: Sequence[str] = ()) -> Iterator[Daemon]:
+    """Run ``python -m edged run --config config_path`` with ``env`` added to this environment.
+
+    ``prefix`` goes before the command, e.g. ``tests.cgroup.MemoryCgroup.prefix`` to run it in a cgroup.
+    """
     inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edged", "run", "--config", str(config_path)],
+        [*prefix, sys.executable, "-m", "edged", "run", "--config", str(config_path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=full_env, cwd=cwd or REPO,
     )

@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
+
+from tests import waiting
 
 __all__ = ["DaprEmulator", "Published"]
 
@@ -163,20 +164,12 @@ class DaprEmulator:
             self._requests.clear()
 
     def wait(self, predicate: Callable[[DaprEmulator], bool], timeout: float = 30.0, what: str = "") -> None:
-        """Poll ``predicate`` from a plain thread; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-            time.sleep(0.01)
+        """``wait_until`` on this emulator's state, from a plain thread."""
+        waiting.wait_until(lambda: predicate(self), timeout, what or repr(predicate), interval=0.01)
 
     async def until(self, predicate: Callable[[DaprEmulator], bool], limit: float = 30.0, what: str = "") -> None:
-        """Like wait(), from a coroutine (the caller's loop keeps running)."""
-        deadline = time.monotonic() + limit
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {limit}s waiting for {what or predicate}")
-            await asyncio.sleep(0.01)
+        """``until`` on this emulator's state, from a coroutine (the caller's loop keeps running)."""
+        await waiting.until(lambda: predicate(self), limit, what or repr(predicate))
 
     # -- internals (run on the emulator's loop) ------------------------------------------------------------
 

@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
+
+# Re-exported: test_mqtt.py imports wait_until from here.
+from tests.waiting import wait_until
 
 __all__ = ["MOSQUITTO", "Mosquitto", "Peer", "TlsFiles", "free_port", "make_tls", "wait_until"]
 
@@ -38,15 +40,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)
@@ -127,19 +120,22 @@ class Mosquitto:
         config = self._write_config()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            if self.proc.poll() is not None:
-                self.proc = None
-                raise RuntimeError(f"mosquitto exited at start; log:\n{self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop(kill=True)
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}") from None
-                time.sleep(0.01)
+        try:
+            wait_until(self._listening, START_SECONDS, f"mosquitto to listen on {self.port}", interval=0.01)
+        except AssertionError:
+            self.stop(kill=True)
+            raise RuntimeError(f"mosquitto did not listen on {self.port}") from None
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            raise RuntimeError(f"mosquitto exited at start; log:\n{self.log_path.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM (mosquitto saves its sessions) or SIGKILL; bounded either way."""

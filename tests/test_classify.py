@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 import wasmtime
-from daemon import Daemon, run_daemon
 from PIL import Image
 
 from edged.errors import FunctionFailed
@@ -34,6 +33,9 @@ from edged.inference.tflite import ModelRegistry, load_backend
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
+from tests.configs import daemon_config, write_config
+from tests.daemon import Daemon, run_daemon
+from tests.pools import call_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,42 +51,16 @@ MAX_PIXELS = 40_000_000
 
 
 def _config(tmp: Path) -> Path:
-    cfg = tmp / "edged.toml"
-    cfg.write_text(f"""
-state_dir = "{tmp / 'state'}"
-device_id = "test-classify"
-log_level = "INFO"
-[http]
-host = "127.0.0.1"
-port = 0
-[mqtt]
-enabled = false
-[dapr]
-enabled = false
-[pool]
-workers = 2
-queue = 8
-
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-[models.tiny]
-path = "{DATA / 'tiny_f32.tflite'}"
-labels = "{DATA / 'tiny_labels.txt'}"
-
-# The model name and labels come from the grant and the declaration: no preopen.
-[functions.classify]
-module = "{WASM}"
-models = ["{NAME}"]
-memory_mb = 256
-
-# Granted a model whose input is [1,4,4,3]: the function's 224x224 tensor is refused by set_input.
-[functions.classify-tiny]
-module = "{WASM}"
-models = ["tiny"]
-memory_mb = 256
-""")
-    return cfg
+    return write_config(tmp / "edged.toml", daemon_config(
+        tmp / "state", device_id="test-classify",
+        models={NAME: {"path": MODEL, "labels": LABELS},
+                "tiny": {"path": DATA / "tiny_f32.tflite", "labels": DATA / "tiny_labels.txt"}},
+        functions={
+            # The model name and labels come from the grant and the declaration: no preopen.
+            "classify": {"module": WASM, "models": [NAME], "memory_mb": 256},
+            # Granted a model whose input is [1,4,4,3]: the function's 224x224 tensor is refused by set_input.
+            "classify-tiny": {"module": WASM, "models": ["tiny"], "memory_mb": 256},
+        }))
 
 
 @pytest.fixture(scope="module")
@@ -213,16 +189,9 @@ def test_invoke_classifies_a_file(config: Path) -> None:
 
 def test_function_without_the_grant_cannot_load_the_model(tmp_path: Path) -> None:
     """The same module with no models grant is refused when it is loaded, and the message says why."""
-    cfg = tmp_path / "edged.toml"
-    cfg.write_text(f"""
-state_dir = "{tmp_path / 'state'}"
-[models.{NAME}]
-path = "{MODEL}"
-labels = "{LABELS}"
-[functions.classify]
-module = "{WASM}"
-memory_mb = 256
-""")
+    cfg = write_config(tmp_path / "edged.toml", daemon_config(
+        tmp_path / "state", models={NAME: {"path": MODEL, "labels": LABELS}},
+        functions={"classify": {"module": WASM, "memory_mb": 256}}))
     out = subprocess.run([sys.executable, "-m", "edged", "--config", str(cfg), "invoke", "classify",
                           str(DATA / "coffee.jpg")], capture_output=True, text=True, timeout=120, check=False,
                          cwd=REPO)
@@ -294,7 +263,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionPoo
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS)}, max_interpreters=2)
     with registry, FunctionPool({"classify": fn}, PoolSettings(workers=2, queue=4),
-                                tmp_path_factory.mktemp("cache"), nn=NnHost(registry)) as p:
+                                tmp_path_factory.mktemp("cache"), extension=NnHost(registry)) as p:
         yield p, registry
 
 
@@ -309,7 +278,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
         try:
             for i in range(n):
                 k = (i + worker) % 2
-                result = p.call_sync("classify", frames[k])
+                result = call_sync(p, "classify", frames[k])
                 assert result.json is not None
                 assert result.json["label"] == expected[k]
         except BaseException as exc:
@@ -321,14 +290,17 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
             t.start()
         for t in threads:
             t.join(timeout=240)
+        assert not any(t.is_alive() for t in threads), "calls still running after 240 s"
         assert not errors, errors[:3]
 
     run(20)  # warm-up: each worker has had its interpreter by now
-    created = registry.interpreters_created
+    model = registry.get(NAME)
+    assert model is not None
+    created = model.created
     assert 1 <= created <= 2
     run(500)
-    assert registry.interpreters_created == created
-    stats = registry.stats()[NAME]
+    assert model.created == created
+    stats = model.stats()
     assert stats["in_use"] == 0
     assert stats["live"] == created
     assert p.stats()["classify"]["calls"] >= 520
@@ -338,9 +310,11 @@ def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) ->
     """No labels in the model's declaration: a function_error with a JSON detail, not a trap."""
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
     with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
-            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", nn=NnHost(registry)) as p:
+            {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", extension=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
-            p.call_sync("classify", _frame(DATA / "chelsea.jpg"))
+            call_sync(p, "classify", _frame(DATA / "chelsea.jpg"))
         error = json.loads(info.value.detail)["error"]
         assert error.startswith(f"no labels for model {NAME}: edged.model_labels failed: not_found (8)")
-        assert registry.stats()[NAME]["in_use"] == 0
+        model = registry.get(NAME)
+        assert model is not None
+        assert model.stats()["in_use"] == 0

@@ -9,14 +9,15 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from tests.daemon import run_daemon
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,7 +41,7 @@ def dev_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def get_json(url: str) -> tuple[int, dict[str, object]]:
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -52,17 +53,17 @@ def test_dev_config_serves_without_broker_or_sidecar(tmp_path: Path) -> None:
     with run_daemon(DEV_CONFIG, dev_env(tmp_path)) as d:
         status, health = get_json(d.url + "/healthz")
         assert (status, health) == (200, {"status": "ok"})
-        deadline = time.monotonic() + 20
-        while True:
-            status, ready = get_json(d.url + "/readyz")
-            comps = ready["components"]
-            assert isinstance(comps, dict)
-            if comps.get("mqtt", {}).get("state") not in (None, "starting") and \
-                    comps.get("dapr", {}).get("state") not in (None, "starting"):
-                break
-            assert time.monotonic() < deadline, ready
-            time.sleep(0.1)
-        assert status == 200
+        ready: dict[str, Any] = {}
+
+        def settled() -> bool:
+            status, body = get_json(d.url + "/readyz")
+            assert status == 200, body
+            ready.update(body)
+            return all(ready["components"].get(name, {}).get("state") not in (None, "starting")
+                       for name in ("mqtt", "dapr"))
+
+        wait_until(settled, 20, lambda: f"mqtt and dapr past 'starting': {ready}", interval=0.1)
+        comps = ready["components"]
         assert comps["mqtt"]["state"] in ("disconnected", "error")
         assert comps["dapr"]["state"] in ("disconnected", "error")
         req = urllib.request.Request(d.url + "/v1/functions/grayscale", data=PHOTO.read_bytes(), method="POST")
@@ -106,12 +107,14 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     sock.settimeout(0.2)
     messages: list[str] = []
 
-    def drain(until: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(until in m for m in messages):
-            assert time.monotonic() < deadline, messages
-            with contextlib.suppress(TimeoutError):
+    def received(text: str) -> bool:
+        if not any(text in m for m in messages):
+            with contextlib.suppress(TimeoutError):  # bounded by the socket's timeout
                 messages.append(sock.recv(4096).decode())
+        return any(text in m for m in messages)
+
+    def drain(text: str, timeout: float = 30) -> None:
+        wait_until(lambda: received(text), timeout, lambda: f"{text} among {messages}", interval=0)
 
     env = {**dev_env(tmp_path), "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
     try:

@@ -61,3 +61,27 @@ def test_falls_back_to_tobytes_when_pillows_encoder_is_not_as_expected(monkeypat
     monkeypatch.setattr(Image, "_getencoder", first_one_unfinished)
     assert frames._rgb_bytes(img) == expected  # noqa: SLF001
     assert len(calls) == 2  # the one-piece attempt, then tobytes
+
+
+def test_pillows_encoder_is_checked_once_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert frames.PACK_WHOLE, "the installed Pillow must still offer the one-piece packing"
+    monkeypatch.delattr(Image, "_getencoder")
+    assert not frames._whole_packing_works()  # noqa: SLF001
+    monkeypatch.setattr(Image, "_getencoder", lambda *_args: _Unfinished(), raising=False)
+    assert not frames._whole_packing_works()  # noqa: SLF001
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P"])
+def test_without_pillows_encoder_frames_are_packed_by_tobytes(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The fallback as a whole: with the check failed at import, decode never touches the internals."""
+    img = _noise(451, 300, seed=11).convert(mode)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+
+    def not_used(*_args: object) -> bytes | None:
+        raise AssertionError("the one-piece packing was used although the check at import failed")
+
+    monkeypatch.setattr(frames, "PACK_WHOLE", False)
+    monkeypatch.setattr(frames, "_pack_whole", not_used)
+    frame = decode(out.getvalue(), max_pixels=1_000_000)
+    assert frame.pixels == img.convert("RGB").tobytes()

@@ -28,6 +28,7 @@ from PIL import Image
 from edged.errors import FunctionError
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.pool import CallResult, FunctionPool
+from tests.pools import call_sync, decode_sync
 
 FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 COMMITTED = FUNCTIONS / "grayscale"
@@ -188,7 +189,7 @@ def test_luma_is_pillows(pool: FunctionPool, images: dict[str, bytes], mode: str
     for name, data in images.items():
         if mode != "frame" and name.startswith("jpeg"):
             continue  # decoded in the sandbox by another JPEG decoder: test_sandbox_jpeg_*
-        diff = _check_output(pool.call_sync(mode, pool.decode_sync(data, MAX_PIXELS)), data)
+        diff = _check_output(call_sync(pool, mode, decode_sync(pool, data, MAX_PIXELS)), data)
         assert not diff.any(), f"{name}: {np.count_nonzero(diff)} pixels differ from Pillow's convert('L')"
 
 
@@ -201,14 +202,14 @@ def test_sandbox_jpeg_is_within_one_or_two_levels(pool: FunctionPool, images: di
     """
     for name, data in images.items():
         if name.startswith("jpeg"):
-            diff = _check_output(pool.call_sync(mode, pool.decode_sync(data, MAX_PIXELS)), data)
+            diff = _check_output(call_sync(pool, mode, decode_sync(pool, data, MAX_PIXELS)), data)
             assert np.abs(diff).max() <= 2, name
             assert np.count_nonzero(diff) < 0.03 * diff.size, name
 
 
 @pytest.mark.xfail(strict=True, reason="the sandbox's JPEG decoder is not bit-exact with libjpeg-turbo")
 def test_sandbox_jpeg_is_exact(pool: FunctionPool, images: dict[str, bytes]) -> None:
-    diff = _check_output(pool.call_sync("cmd", pool.decode_sync(images["jpeg"], MAX_PIXELS)), images["jpeg"])
+    diff = _check_output(call_sync(pool, "cmd", decode_sync(pool, images["jpeg"], MAX_PIXELS)), images["jpeg"])
     assert not diff.any()
 
 
@@ -216,7 +217,7 @@ def test_full_hd_fits_in_64_mb(pool: FunctionPool) -> None:
     rng = np.random.default_rng(1)
     img = Image.fromarray(_pixels(rng, 1920, 1080, 3), "RGB")
     for mode, data in (("frame", _save(img, "PNG", compress_level=1)), ("raw", _save(img, "JPEG", quality=90))):
-        result = pool.call_sync(mode, pool.decode_sync(data, MAX_PIXELS))
+        result = call_sync(pool, mode, decode_sync(pool, data, MAX_PIXELS))
         with Image.open(io.BytesIO(result.body)) as out:
             assert (out.mode, out.size) == ("L", (1920, 1080))
 
@@ -225,7 +226,7 @@ def test_full_hd_fits_in_64_mb(pool: FunctionPool) -> None:
 def test_unsupported_format_fails_the_call(pool: FunctionPool, mode: str) -> None:
     bmp = _save(Image.new("RGB", (4, 4), "red"), "BMP")  # the host decodes BMP, the sandbox does not
     with pytest.raises(FunctionError) as failure:
-        pool.call_sync(mode, pool.decode_sync(bmp, MAX_PIXELS))
+        call_sync(pool, mode, decode_sync(pool, bmp, MAX_PIXELS))
     assert failure.value.code == "function_error"
     if mode == "raw":
         assert "not a PNG, GIF or JPEG image" in failure.value.detail
@@ -297,5 +298,5 @@ def test_build_sh_rebuilds_the_committed_modules(
     with rebuilt:
         for mode in MODES:
             for name, data in images.items():
-                frame = pool.decode_sync(data, MAX_PIXELS)
-                assert rebuilt.call_sync(mode, frame).body == pool.call_sync(mode, frame).body, (mode, name)
+                frame = decode_sync(pool, data, MAX_PIXELS)
+                assert call_sync(rebuilt, mode, frame).body == call_sync(pool, mode, frame).body, (mode, name)

@@ -17,7 +17,9 @@ from PIL import Image
 
 from edged.app import App
 from edged.settings import FunctionSettings, Settings
+from tests.configs import daemon_config
 from tests.test_pool import m_endless, m_grow_until_limit, m_no_output, m_ok, m_trap
+from tests.waiting import until
 from tests.wat import write_wasm
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,9 +40,7 @@ def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> by
 async def daemon(tmp_path: Path, functions: dict[str, FunctionSettings] | None = None,
                  **overrides: Any) -> AsyncIterator[tuple[App, aiohttp.ClientSession, str]]:
     fns = {"grayscale": FunctionSettings(module=GRAY)} if functions is None else functions
-    http = {"port": 0, **overrides.pop("http", {})}
-    settings = Settings(state_dir=tmp_path / "state", functions=fns, http=http,
-                        mqtt={"enabled": False}, dapr={"enabled": False}, **overrides)
+    settings = Settings(**daemon_config(tmp_path / "state", functions=fns, **overrides))
     async with App(settings) as app, aiohttp.ClientSession() as session:
         yield app, session, f"http://127.0.0.1:{app.http_port}"
 
@@ -152,10 +152,7 @@ async def test_overload_answers_503_with_retry_after(tmp_path: Path) -> None:
            "slow": FunctionSettings(module=write_wasm(tmp_path, "slow", m_endless()), timeout_ms=3000)}
     async with daemon(tmp_path, fns, pool={"workers": 1, "queue": 0}) as (app, session, base):
         first = asyncio.create_task(post(session, f"{base}/v1/functions/slow", encoded("PNG")))
-        for _ in range(200):
-            if app.pool.in_flight >= 1:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: app.pool.in_flight >= 1, 10, "the slow call to be admitted")
         assert app.pool.in_flight == 1
         status, body, headers = await post(session, f"{base}/v1/functions/grayscale", encoded("PNG"))
         assert status == 503, body

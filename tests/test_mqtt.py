@@ -15,7 +15,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +29,18 @@ from PIL import Image
 from edged.errors import Overloaded
 from edged.events import StoredEvent
 from edged.ingest.mqtt import MqttIngest, camera_of, route_for, routes
-from edged.ingest.mqtt_client import backoff_delay, read_password
-from edged.ingest.mqtt_publish import render
 from edged.metrics import Metrics
 from edged.pipeline import Outcome, Pipeline
 from edged.settings import Settings, Subscription
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
+from edged.sync.mqtt_results import ResultPublisher, render
 from edged.wasm.pool import FunctionPool
+from tests.configs import daemon_config, write_config
 from tests.daemon import run_daemon
-from tests.mosquitto import Mosquitto, Peer, make_tls, wait_until
+from tests.mosquitto import Mosquitto, Peer, make_tls
+from tests.waiting import until, wait_until
 from tests.wat import Wat, write_wasm
 
 FRAMES_TOPIC = "edged/cameras/{camera}/image"
@@ -96,6 +97,7 @@ def make_settings(tmp_path: Path, modules: dict[str, Path], broker: Mosquitto, *
 @dataclass
 class Harness:
     settings: Settings
+    pipeline: Pipeline
     ingest: MqttIngest
     store: Store
     metrics: Metrics
@@ -115,38 +117,28 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline) -> AsyncIterator[Harness]:
     """The MQTT component with a real store and pool, its loops in a TaskGroup (as App.run does)."""
-    metrics, components = Metrics(), Components()
+    metrics = Metrics()
+    components = Components(metrics)
     pool = FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", on_call=metrics.on_call)
     admit = CloudEvents(settings.device_id, settings.sync).admit
     store = Store(settings.state_dir / "edged.db", settings.outbox, admit, metrics)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = pipeline_cls(settings, pool, store, metrics)
-    ingest = MqttIngest(settings, pipeline, store, metrics, components)
-    async with store, pool, ingest, asyncio.TaskGroup() as tasks:
-        loops = [tasks.create_task(coro, name=name) for name, coro in ingest.background().items()]
+    results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, store, metrics, components)
+    ingest = MqttIngest(settings, pipeline, results, metrics, components)
+    async with store, pool, results, ingest, asyncio.TaskGroup() as tasks:
+        background = {**ingest.background(), **results.background()}
+        loops = [tasks.create_task(coro, name=name) for name, coro in background.items()]
         try:
-            yield Harness(settings, ingest, store, metrics, components)
+            yield Harness(settings, pipeline, ingest, store, metrics, components)
         finally:
             for task in loops:
                 task.cancel()
 
 
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``predicate`` on the loop; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def until_empty(store: Store, within: float) -> None:
-    """Wait until the store has nothing left to publish on MQTT."""
-    deadline = time.monotonic() + within
-    while await store.mqtt_pending(10):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"results still unpublished after {within}s")
-        await asyncio.sleep(0.02)
+async def nothing_to_publish(store: Store) -> bool:
+    """True once the store has nothing left to publish on MQTT (every PUBACK marked)."""
+    return not await store.mqtt_pending(10)
 
 
 def results_by_sha(messages: list[paho.MQTTMessage], function: str = "size") -> dict[str, list[dict[str, Any]]]:
@@ -196,24 +188,6 @@ def test_camera_from_topic_level_or_user_property() -> None:
 def test_malformed_topic_filters_are_config_errors(topic: str) -> None:
     with pytest.raises(ValueError, match="filter|level|shared"):
         Subscription(topic=topic, functions=("a",))
-
-
-def test_backoff_is_jittered_exponential_and_capped() -> None:
-    for attempt in range(12):
-        ceiling = min(8.0, 0.25 * 2**attempt)
-        delays = [backoff_delay(attempt, 0.25, 8.0) for _ in range(50)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-    assert len({backoff_delay(3, 0.25, 8.0) for _ in range(20)}) > 1
-
-
-def test_password_from_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "mqtt-password").write_text("from-etc\n")
-    assert read_password(tmp_path / "etc" / "mqtt-password") == "from-etc"
-    (tmp_path / "creds").mkdir()
-    (tmp_path / "creds" / "mqtt-password").write_text("from-systemd")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
-    assert read_password(tmp_path / "etc" / "mqtt-password") == "from-systemd"
 
 
 def test_render_topics_and_payloads() -> None:
@@ -307,19 +281,19 @@ async def test_bad_payloads_get_error_results_and_are_acked(tmp_path: Path, modu
 
 
 class FlakyPipeline(Pipeline):
-    """Refuses the first attempt of every other frame, as a full pool does."""
-
-    refused = 0
+    """Refuses the first attempt of every other frame, as a full pool does; counts its refusals (per
+    instance, so each run of a parametrised test counts its own)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.seen: set[str] = set()
+        self.refused = 0
 
     async def process(self, **kwargs: Any) -> Outcome:  # type: ignore[override]
         if kwargs["sha256"] not in self.seen:
             self.seen.add(kwargs["sha256"])
             if len(self.seen) % 2:
-                FlakyPipeline.refused += 1
+                self.refused += 1
                 raise Overloaded("test: pool full")
         return await super().process(**kwargs)
 
@@ -339,10 +313,14 @@ async def test_burst_larger_than_the_inflight_limit(tmp_path: Path, modules: dic
         async with running(settings, FlakyPipeline) as h:
             await until(lambda: len(results_by_sha(consumer.received())) == len(burst), 60, "every result")
             peak = h.ingest.inflight_peak
+            assert isinstance(h.pipeline, FlakyPipeline)
+            refused = h.pipeline.refused
+            # Every refusal came back to the ingest loop as Overloaded and was retried unacked.
+            assert refused == sample(h, "edged_overloaded_total", source="mqtt")
         # edged stops reading at max_inflight; the read in progress may bring in as many packets as paho
         # has publishes in flight. (mosquitto 2.0.11 itself overshoots Receive Maximum once acks flow.)
         assert 1 <= peak <= settings.mqtt.max_inflight + settings.mqtt.max_publish_inflight + 1, peak
-        assert FlakyPipeline.refused > 0
+        assert refused == len(burst) // 2  # this run's own refusals: the first try of every other frame
     got = results_by_sha(consumer.received())
     assert set(got) == {sha(d) for d in burst}
 
@@ -350,31 +328,34 @@ async def test_burst_larger_than_the_inflight_limit(tmp_path: Path, modules: dic
 class GatedPipeline(Pipeline):
     """Holds every frame until ``gate`` is set (the test stops the broker meanwhile)."""
 
-    gate: asyncio.Event
-    entered = 0
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gate = asyncio.Event()
+        self.entered = 0
 
     async def process(self, **kwargs: Any) -> Outcome:  # type: ignore[override]
-        GatedPipeline.entered += 1
-        await GatedPipeline.gate.wait()
+        self.entered += 1
+        await self.gate.wait()
         return await super().process(**kwargs)
 
 
 async def test_results_made_while_the_broker_is_down_are_published_after(tmp_path: Path, modules: dict[str, Path],
                                                                           broker: Mosquitto) -> None:
     settings = make_settings(tmp_path, modules, broker)
-    GatedPipeline.gate, GatedPipeline.entered = asyncio.Event(), 0
     images = [frame(i) for i in range(4)]
     consumer = Peer(broker, "consumer", subscribe=("edged/results/#",), clean=False).start()
     try:
         async with running(settings, GatedPipeline) as h:
+            gated = h.pipeline
+            assert isinstance(gated, GatedPipeline)
             await until(lambda: h.state == "connected", 10, "a connection")
             with Peer(broker, "camera") as camera:
                 for data in images:
                     await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
-            await until(lambda: GatedPipeline.entered == len(images), 10, "all frames taken")
+            await until(lambda: gated.entered == len(images), 10, "all frames taken")
             await asyncio.to_thread(broker.stop)
             await until(lambda: h.state == "disconnected", 10, "the disconnect")
-            GatedPipeline.gate.set()
+            gated.gate.set()
             await until(lambda: h.ingest.inflight == 0, 10, "the frames committed")
             pending = await h.store.mqtt_pending(100)
             assert len(pending) == len(images)  # kept in the store while the broker is away
@@ -385,7 +366,7 @@ async def test_results_made_while_the_broker_is_down_are_published_after(tmp_pat
                         "the redeliveries")
             await until(lambda: sum(map(len, results_by_sha(consumer.received()).values())) == 2 * len(images), 20,
                         "the repeated answers")
-            await until_empty(h.store, 10)  # every PUBACK marked in the store
+            await until(lambda: nothing_to_publish(h.store), 10, "every PUBACK marked in the store")
         for bodies in results_by_sha(consumer.received()).values():
             assert len({b["id"] for b in bodies}) == 1
     finally:
@@ -431,6 +412,20 @@ async def test_tls_password_and_a_clear_error_for_a_wrong_one(tmp_path: Path, mo
             assert "refused" in h.detail
             assert "not authori" in h.detail.lower() or "bad user name or password" in h.detail.lower()
 
+        # The password is read on every connect: a missing file is shown, and fixing it needs no restart.
+        fixed = tmp_path / "fixed"
+        later = make_settings(tmp_path, modules, broker, password_file=str(fixed), refused_retry_delay=0.1,
+                              **common)
+        async with running(later) as h:
+            await until(lambda: "cannot read mqtt.password_file" in h.detail, 10, "the missing password")
+            assert h.state == "error"
+            assert f"{fixed}: no such file" in h.detail
+            fixed.write_text("wrong\n")
+            await until(lambda: "refused" in h.detail, 10, "the refusal of the wrong password")
+            fixed.write_text("right\n")
+            await until(lambda: h.state == "connected", 10, "a connection with the fixed password")
+            assert sample(h, "edged_component_up", component="mqtt") == 1
+
         good = make_settings(tmp_path, modules, broker, password_file=str(tmp_path / "good"), **common)
         with Peer(broker, "consumer", username="viewer", password="pw", subscribe=("edged/#",)) as consumer, \
                 Peer(broker, "camera", username="viewer", password="pw") as camera:
@@ -444,30 +439,15 @@ async def test_tls_password_and_a_clear_error_for_a_wrong_one(tmp_path: Path, mo
 # -- the whole daemon ---------------------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, modules: dict[str, Path], broker: Mosquitto) -> Path:
-    functions = "\n".join(f'[functions.{name}]\nmodule = "{path}"\n' for name, path in modules.items())
-    config = tmp_path / "edged.toml"
-    config.write_text(f"""
-state_dir = "{tmp_path / 'state'}"
-device_id = "gw-kill"
-[http]
-port = 0
-[dapr]
-enabled = false
-[pool]
-workers = 2
-queue = 8
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-client_id = "edged-kill-test"
-keepalive = 10
-reconnect_min_delay = 0.05
-reconnect_max_delay = 0.5
-subscriptions = [{{topic = "edged/cameras/+/image", functions = ["size"], qos = 1}}]
-{functions}
-""")
-    return config
+def kill_test_config(tmp_path: Path, modules: dict[str, Path], broker: Mosquitto) -> Path:
+    config = daemon_config(
+        tmp_path / "state", device_id="gw-kill",
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "client_id": "edged-kill-test",
+              "keepalive": 10, "reconnect_min_delay": 0.05, "reconnect_max_delay": 0.5,
+              "subscriptions": [{"topic": "edged/cameras/+/image", "functions": ["size"], "qos": 1}]},
+        functions={name: {"module": path} for name, path in modules.items()},
+    )
+    return write_config(tmp_path / "edged.toml", config)
 
 
 def readyz(url: str) -> dict[str, Any]:
@@ -483,7 +463,7 @@ def mqtt_state(url: str) -> str:
 
 def test_sigkill_mid_stream_then_restart_every_frame_has_a_result(tmp_path: Path, modules: dict[str, Path]) -> None:
     broker = Mosquitto(tmp_path / "broker")
-    config = write_config(tmp_path, modules, broker)
+    config = kill_test_config(tmp_path, modules, broker)
     images = [frame(i) for i in range(80)]
     with run_daemon(config) as daemon:
         # No broker yet: the daemon serves HTTP and says MQTT is not connected.

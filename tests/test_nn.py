@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import wasmtime
 
+from edged.inference import tflite
 from edged.inference.tflite import Backend, BackendUnavailable, Interpreter, Model, ModelRegistry, load_backend
 from edged.settings import ConfigError, FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.abi import Errno
@@ -210,31 +211,45 @@ def test_context_can_be_reused_for_several_inputs(make_guest: Any) -> None:
 
 def test_load_by_name_outside_the_grant_is_not_found(make_guest: Any, registry: ModelRegistry) -> None:
     g = make_guest(_fn(("tiny",)))
-    assert "other" in registry.names  # declared, but not granted to this function
+    assert registry.get("other") is not None  # declared, but not granted to this function
     assert g.load_by_name("other")[0] == NnErrno.NOT_FOUND
     assert g.load_by_name("nonexistent")[0] == NnErrno.NOT_FOUND
     assert "not granted" in g.last_error()
 
 
-def test_load_of_guest_bytes_is_refused_without_allow_model_bytes(make_guest: Any,
-                                                                 registry: ModelRegistry) -> None:
+def guest_models(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Records the guest-supplied model bytes the registry is asked to parse."""
+    parsed: list[bytes] = []
+    real = registry.load_bytes
+
+    def load_bytes(content: bytes, *, threads: int = 1) -> Model:
+        parsed.append(content)
+        return real(content, threads=threads)
+
+    monkeypatch.setattr(registry, "load_bytes", load_bytes)
+    return parsed
+
+
+def test_load_of_guest_bytes_is_refused_without_allow_model_bytes(make_guest: Any, registry: ModelRegistry,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = guest_models(registry, monkeypatch)
     g = make_guest(_fn(("tiny",)))
     model = TINY_F32.read_bytes()
     g.write(MODEL_AT, model)
     g.write(BUILDERS, struct.pack("<II", MODEL_AT, len(model)))
-    before = registry.adhoc_created
     assert g("load", BUILDERS, 1, 4, 0, HANDLE) == NnErrno.UNSUPPORTED_OPERATION
-    assert registry.adhoc_created == before  # refused before anything was parsed
+    assert parsed == []  # refused before anything was parsed
 
 
-def test_load_of_guest_bytes_with_the_grant(make_guest: Any, registry: ModelRegistry) -> None:
+def test_load_of_guest_bytes_with_the_grant(make_guest: Any, registry: ModelRegistry,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = guest_models(registry, monkeypatch)
     g = make_guest(_fn((), allow_model_bytes=True))
     model = TINY_F32.read_bytes()
     g.write(MODEL_AT, model)
     g.write(BUILDERS, struct.pack("<II", MODEL_AT, len(model)))
-    before = registry.adhoc_created
     assert g("load", BUILDERS, 1, 4, 0, HANDLE) == NnErrno.SUCCESS
-    assert registry.adhoc_created == before + 1
+    assert parsed == [model]
     assert g("init_execution_context", g.u32(HANDLE), HANDLE) == NnErrno.SUCCESS
     ctx = g.u32(HANDLE)
     assert g("set_input", ctx, 0, g.tensor(_solid(0))) == NnErrno.SUCCESS
@@ -289,7 +304,7 @@ def test_wasi_nn_is_not_linked_without_a_grant(registry: ModelRegistry, engine: 
 def test_pool_refuses_an_ungranted_module_at_load_time(registry: ModelRegistry, tmp_path: Path) -> None:
     """A function without a models grant whose module imports WASI-NN does not load, and says why."""
     pool = FunctionPool({"sneaky": FunctionSettings(module=CLASSIFY_WASM)}, PoolSettings(workers=1, queue=0),
-                        tmp_path / "cache", nn=NnHost(registry))
+                        tmp_path / "cache", extension=NnHost(registry))
     with pytest.raises(FunctionLoadError, match=r"imports edged\.model_labels, .*wasi_ephemeral_nn\..* no model"):
         pool.start()
     pool.close()
@@ -617,8 +632,8 @@ def test_registry_reads_each_model_once_and_validates_it(tmp_path: Path) -> None
         assert model.labels == ("red", "green", "blue")
         assert model.inputs[0].shape == SHAPE
         assert model.inputs[0].wasi_nn_type == F32
-        assert reg.interpreters_created == 1
-        assert reg.describe()["models"]["tiny"]["interpreters"]["max"] == 3
+        assert model.stats()["created"] == 1
+        assert model.stats()["max"] == 3
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a model" * 100)
     with pytest.raises(ConfigError, match=r"models\.bad\.path"):
@@ -627,7 +642,11 @@ def test_registry_reads_each_model_once_and_validates_it(tmp_path: Path) -> None
         ModelRegistry({"gone": ModelSettings(path=tmp_path / "missing.tflite")}).load()
 
 
-def test_registry_without_models_imports_no_runtime() -> None:
+def test_registry_without_models_imports_no_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_runtime(name: str = "auto") -> Backend:
+        raise AssertionError(f"a runtime ({name}) was loaded without a declared model")
+
+    monkeypatch.setattr(tflite, "load_backend", no_runtime)
     reg = ModelRegistry({})
     reg.load()
-    assert reg.describe()["backend"] is None
+    assert reg.get("anything") is None

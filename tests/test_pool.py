@@ -8,7 +8,7 @@ import io
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from edged.frames import FRAME_MAGIC, Frame
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.pool import FunctionLoadError, FunctionPool
+from tests.pools import call_sync, decode_sync
+from tests.waiting import until, wait_until
 from tests.wat import Wat, raw_frame, write_wasm
 
 pytestmark = pytest.mark.timeout(120)
@@ -171,24 +173,6 @@ def png(width: int = 4, height: int = 3, color: tuple[int, int, int] = (10, 20, 
     return out.getvalue()
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll ``condition`` for at most ``seconds``; fail the test if it never holds."""
-    pause = threading.Event()
-    for _ in range(int(seconds / 0.005)):
-        if condition():
-            return
-        pause.wait(0.005)
-    pytest.fail("condition never became true")
-
-
-async def async_wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    pytest.fail("condition never became true")
-
-
 FRAME = raw_frame(b"{}")
 
 FAILING: dict[str, tuple[str, dict[str, Any]]] = {
@@ -248,7 +232,7 @@ def failing_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FunctionP
 
 def test_json_result(tmp_path: Path) -> None:
     with make_pool(tmp_path, {"ok": (m_ok(), {})}) as pool:
-        result = pool.call_sync("ok", FRAME)
+        result = call_sync(pool, "ok", FRAME)
     assert result.function == "ok"
     assert result.content_type == "application/json"
     assert result.json == {"ok": 1}
@@ -261,10 +245,10 @@ def test_frame_input_header_and_frame_result(tmp_path: Path) -> None:
     modules = {"header": (m_header(), {}), "raw": (m_header(), {"input": "raw"}), "echo": (m_echo_frame(), {})}
     data = png(5, 4, (200, 100, 50))
     with make_pool(tmp_path, modules) as pool:
-        frame = pool.decode_sync(data, max_pixels=100)
-        header = pool.call_sync("header", frame).json
-        raw = pool.call_sync("raw", frame).json
-        echoed = pool.call_sync("echo", frame)
+        frame = decode_sync(pool, data, max_pixels=100)
+        header = call_sync(pool, "header", frame).json
+        raw = call_sync(pool, "raw", frame).json
+        echoed = call_sync(pool, "echo", frame)
     assert header == {"len": 32 + 5 * 4 * 3, "magic": FRAME_MAGIC, "kind": 1, "width": 5, "height": 4,
                       "channels": 3, "format": 2, "length": 60}
     assert raw == {"len": 32 + len(data), "magic": FRAME_MAGIC, "kind": 2, "width": 0, "height": 0,
@@ -285,7 +269,7 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
             ThreadPoolExecutor(1, thread_name_prefix="inline") as caller:
         assert pool.decode_and_call_sync(png(5, 4), 100, "header").json is not None
         assert threads_seen == [threading.current_thread().name]
-        running = waiter.submit(pool.call_sync, "slow", FRAME)
+        running = waiter.submit(call_sync, pool, "slow", FRAME)
         wait_until(lambda: pool.running == 1)
         # The one worker permit is taken: the inline call is admitted, then waits for it.
         inline = caller.submit(pool.decode_and_call_sync, png(5, 4), 100, "header")
@@ -307,7 +291,9 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
 
 def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:
     """The ticker that interrupts a runaway guest must outlive calls that run outside the workers too."""
-    pool = make_pool(tmp_path, {"slow": (m_endless(), {"timeout_ms": 1500})}, workers=1, queue=0)
+    finished = threading.Event()
+    pool = make_pool(tmp_path, {"slow": (m_endless(), {"timeout_ms": 1500})}, workers=1, queue=0,
+                     on_call=lambda *_: finished.set())
     pool.start()
     outcome: list[BaseException] = []
 
@@ -319,12 +305,15 @@ def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:
 
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
-    wait_until(lambda: pool.running == 1)
+    wait_until(lambda: pool.running == 1, what="the call to take the worker permit")
     pool.close()
+    # on_call runs on the caller's thread before the call gives back its admission: close returned after.
+    assert finished.is_set()
+    assert pool.in_flight == 0
+    caller.join(30)
     assert not caller.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], FunctionTimeout)
-    assert pool.in_flight == 0
 
 
 def test_decode_and_call_sync(tmp_path: Path) -> None:
@@ -349,7 +338,7 @@ def test_gif_input_gives_gif_frame_result(tmp_path: Path) -> None:
     out = io.BytesIO()
     Image.new("RGB", (3, 3), (255, 0, 0)).save(out, format="GIF")
     with make_pool(tmp_path, {"echo": (m_echo_frame(), {})}) as pool:
-        result = pool.call_sync("echo", pool.decode_sync(out.getvalue(), max_pixels=100))
+        result = call_sync(pool, "echo", decode_sync(pool, out.getvalue(), max_pixels=100))
     assert result.content_type == "image/gif"
     assert result.body.startswith(b"GIF8")
 
@@ -357,15 +346,15 @@ def test_gif_input_gives_gif_frame_result(tmp_path: Path) -> None:
 def test_image_result_content_type_from_magic(tmp_path: Path) -> None:
     data = png(2, 2)
     with make_pool(tmp_path, {"img": (m_output(data, 2), {})}) as pool:
-        result = pool.call_sync("img", FRAME)
+        result = call_sync(pool, "img", FRAME)
     assert (result.content_type, result.body, result.json) == ("image/png", data, None)
 
 
 def test_command_echoes_stdin(tmp_path: Path) -> None:
     data = png(3, 3)
     with make_pool(tmp_path, {"cat": (m_command_echo(), {"abi": "wasi-command", "input": "raw"})}) as pool:
-        as_json = pool.call_sync("cat", raw_frame(b'{"x": [1, 2]}'))
-        as_image = pool.call_sync("cat", raw_frame(data))
+        as_json = call_sync(pool, "cat", raw_frame(b'{"x": [1, 2]}'))
+        as_image = call_sync(pool, "cat", raw_frame(data))
     assert as_json.json == {"x": [1, 2]}
     assert as_json.content_type == "application/json"
     assert (as_image.content_type, as_image.body) == ("image/png", data)
@@ -379,7 +368,7 @@ def test_failure_is_typed_and_pool_keeps_working(failing_pool: FunctionPool, nam
     error, detail = EXPECTED[name]
     frame = raw_frame(b"x" * (2 * 1024 * 1024)) if name == "alloc0" else FRAME
     with caplog.at_level(logging.WARNING, logger="edged.wasm.pool"), pytest.raises(error) as info:
-        failing_pool.call_sync(name, frame)
+        call_sync(failing_pool, name, frame)
     assert type(info.value) is error
     assert detail in info.value.detail
     warnings = [r for r in caplog.records if r.name == "edged.wasm.pool" and r.levelno == logging.WARNING]
@@ -387,27 +376,27 @@ def test_failure_is_typed_and_pool_keeps_working(failing_pool: FunctionPool, nam
     assert name in warnings[0].getMessage()
     assert info.value.code in warnings[0].getMessage()
     # The failure was this call's only: the next one on the same pool works.
-    assert failing_pool.call_sync("ok", FRAME).json == {"ok": 1}
+    assert call_sync(failing_pool, "ok", FRAME).json == {"ok": 1}
     assert failing_pool.stats()[name]["errors"].get(info.value.code, 0) >= 1
 
 
 def test_second_output_gets_already_set(failing_pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="edged.function.twice"), pytest.raises(BadOutput):
-        failing_pool.call_sync("twice", FRAME)
+        call_sync(failing_pool, "twice", FRAME)
     assert [r.getMessage() for r in caplog.records if r.name == "edged.function.twice"] == [
         "second output errno=3"]
 
 
 def test_command_stderr_is_logged(failing_pool: FunctionPool, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="edged.function.cmdexit"), pytest.raises(FunctionFailed):
-        failing_pool.call_sync("cmdexit", FRAME)
+        call_sync(failing_pool, "cmdexit", FRAME)
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edged.function.cmdexit"]
     assert lines == [(logging.INFO, "boom on stderr")]
 
 
 def test_unknown_function(failing_pool: FunctionPool) -> None:
     with pytest.raises(UnknownFunction):
-        failing_pool.call_sync("nope", FRAME)
+        call_sync(failing_pool, "nope", FRAME)
 
 
 @pytest.mark.parametrize("keep_resident_mb", [0, 16])
@@ -416,7 +405,7 @@ def test_no_state_leaks_between_calls(tmp_path: Path, keep_resident_mb: int) -> 
     pool = FunctionPool({"state": FunctionSettings(module=write_wasm(tmp_path, "state", m_state()))},
                         PoolSettings(workers=1, queue=1, keep_resident_mb=keep_resident_mb), tmp_path / "cache")
     with pool:
-        results = [pool.call_sync("state", FRAME).json for _ in range(20)]
+        results = [call_sync(pool, "state", FRAME).json for _ in range(20)]
     first = results[0]
     assert first is not None
     assert first["pages"] >= 3  # the page it grew is there
@@ -428,7 +417,7 @@ def test_two_threads_get_their_own_results(tmp_path: Path) -> None:
     with make_pool(tmp_path, modules, workers=2, queue=2) as pool:
 
         def worker(tag: int) -> list[Any]:
-            return [pool.call_sync("echo", raw_frame(f'{{"tag": {tag}, "i": {i}}}'.encode())).json
+            return [call_sync(pool, "echo", raw_frame(f'{{"tag": {tag}, "i": {i}}}'.encode())).json
                     for i in range(25)]
 
         with ThreadPoolExecutor(2) as threads:
@@ -443,20 +432,20 @@ def test_two_threads_get_their_own_results(tmp_path: Path) -> None:
 def test_overloaded_when_workers_and_queue_are_full(tmp_path: Path) -> None:
     modules = {"slow": (m_endless(), {"timeout_ms": 1500}), "ok": (m_ok(), {})}
     with make_pool(tmp_path, modules, workers=1, queue=1) as pool, ThreadPoolExecutor(2) as threads:
-        running = threads.submit(pool.call_sync, "slow", FRAME)
+        running = threads.submit(call_sync, pool, "slow", FRAME)
         wait_until(lambda: pool.in_flight == 1)
-        queued = threads.submit(pool.call_sync, "ok", FRAME)
+        queued = threads.submit(call_sync, pool, "ok", FRAME)
         wait_until(lambda: pool.in_flight == 2)
         with pytest.raises(Overloaded):
-            pool.call_sync("ok", FRAME)
+            call_sync(pool, "ok", FRAME)
         with pytest.raises(Overloaded):
-            pool.decode_sync(png(), max_pixels=100)
+            decode_sync(pool, png(), max_pixels=100)
         assert pool.overloaded == 2
         with pytest.raises(FunctionTimeout):
             running.result(timeout=30)
         assert queued.result(timeout=30).json == {"ok": 1}
         assert pool.in_flight == 0
-        assert pool.call_sync("ok", FRAME).json == {"ok": 1}
+        assert call_sync(pool, "ok", FRAME).json == {"ok": 1}
 
 
 async def test_async_calls_overload_and_cancellation(tmp_path: Path) -> None:
@@ -466,16 +455,16 @@ async def test_async_calls_overload_and_cancellation(tmp_path: Path) -> None:
         assert isinstance(frame, Frame)
         assert (await pool.call("ok", frame)).json == {"ok": 1}
         slow = asyncio.create_task(pool.call("slow", frame), name="test.slow")
-        await async_wait_until(lambda: pool.in_flight == 1)
+        await until(lambda: pool.in_flight == 1)
         waiting = asyncio.create_task(pool.call("ok", frame), name="test.waiting")
-        await async_wait_until(lambda: pool.in_flight == 2)
+        await until(lambda: pool.in_flight == 2)
         with pytest.raises(Overloaded):
             await pool.call("ok", frame)
         # A caller that gives up while queued frees its place.
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        await async_wait_until(lambda: pool.in_flight == 1)
+        await until(lambda: pool.in_flight == 1)
         with pytest.raises(FunctionTimeout):
             await asyncio.wait_for(slow, 30)
         assert (await pool.call("ok", frame)).json == {"ok": 1}
@@ -485,11 +474,11 @@ async def test_async_calls_overload_and_cancellation(tmp_path: Path) -> None:
 def test_calls_outside_the_context_are_refused(tmp_path: Path) -> None:
     pool = make_pool(tmp_path, {"ok": (m_ok(), {})})
     with pytest.raises(Overloaded):
-        pool.call_sync("ok", FRAME)
+        call_sync(pool, "ok", FRAME)
     with pool:
-        pool.call_sync("ok", FRAME)
+        call_sync(pool, "ok", FRAME)
     with pytest.raises(Overloaded):
-        pool.call_sync("ok", FRAME)
+        call_sync(pool, "ok", FRAME)
 
 
 # -- stats, hooks, describe --------------------------------------------------------------------------
@@ -500,9 +489,9 @@ def test_stats_describe_and_on_call(tmp_path: Path) -> None:
     pool = make_pool(tmp_path, modules, on_call=lambda fn, outcome, seconds: seen.append((fn, outcome)))
     with pool:
         for _ in range(3):
-            pool.call_sync("ok", FRAME)
+            call_sync(pool, "ok", FRAME)
         with pytest.raises(FunctionTrap):
-            pool.call_sync("trap", FRAME)
+            call_sync(pool, "trap", FRAME)
         described = {d["name"]: d for d in pool.describe()}
         stats = pool.stats()
     assert seen == [("ok", "ok")] * 3 + [("trap", "trap")]
@@ -536,7 +525,7 @@ def test_compiled_cache_is_reused_and_repaired(tmp_path: Path, caplog: pytest.Lo
     with make_pool(tmp_path, modules) as second:
         assert second.cache_stats is not None
         assert (second.cache_stats.compiled, second.cache_stats.hits) == (0, 1)
-        assert second.call_sync("ok", FRAME).json == {"ok": 1}
+        assert call_sync(second, "ok", FRAME).json == {"ok": 1}
     assert any("(cached)" in r.getMessage() for r in caplog.records)
 
     cached[0].write_bytes(b"\x7fELF not really a compiled module")
@@ -544,7 +533,7 @@ def test_compiled_cache_is_reused_and_repaired(tmp_path: Path, caplog: pytest.Lo
     with make_pool(tmp_path, modules) as third:
         assert third.cache_stats is not None
         assert (third.cache_stats.discarded, third.cache_stats.compiled, third.cache_stats.hits) == (1, 1, 0)
-        assert third.call_sync("ok", FRAME).json == {"ok": 1}
+        assert call_sync(third, "ok", FRAME).json == {"ok": 1}
     assert any("corrupt or incompatible" in r.getMessage() for r in caplog.records)
     assert cached[0].read_bytes() != b"\x7fELF not really a compiled module"
 
@@ -599,7 +588,7 @@ def test_the_pool_uses_the_pooling_allocator(tmp_path: Path) -> None:
     assert pool.allocator is None
     with pool:
         assert pool.allocator == "pooling"
-        assert pool.call_sync("ok", FRAME).json == {"ok": 1}
+        assert call_sync(pool, "ok", FRAME).json == {"ok": 1}
 
 
 def test_instance_slots_bound_live_instances(tmp_path: Path) -> None:
@@ -635,21 +624,47 @@ def test_a_module_the_slots_cannot_hold_fails_at_load(tmp_path: Path, abi: str) 
         pass
 
 
+def m_log_then_echo() -> str:
+    """Logs one line (a host import the test can hold), then returns the raw input as its JSON result."""
+    w = Wat()
+    return w.frame_module(f"""
+    (drop (call $log (i32.const 20) {w.ptr_len("holding")}))
+    (call $output (i32.add (local.get $ptr) (i32.const 32)) (i32.sub (local.get $len) (i32.const 32))
+                  (i32.const 1))""")
+
+
+class _Hold(logging.Handler):
+    """Blocks the thread that logs until ``release``: a call stays inside its host import, slot held."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.holding.set()
+        self.release.wait(30)
+
+
 def test_running_out_of_instance_slots_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # By construction a worker always finds a slot; force one slot for two workers to see the failure mode.
     real = FunctionPool._slots
     monkeypatch.setattr(FunctionPool, "_slots", lambda self: dataclasses.replace(real(self), count=1))
-    modules = {"slow": (m_echo_raw(spin=300_000_000), {"input": "raw", "timeout_ms": 20_000})}
-    with make_pool(tmp_path, modules, workers=2, queue=2) as pool, ThreadPoolExecutor(2) as ex:
-        futures = [ex.submit(pool.call_sync, "slow", raw_frame(b'{"n":1}'))]
-        # The first call holds the one slot for ~100 ms of spinning; the second starts while it does.
-        threading.Event().wait(0.02)
-        futures.append(ex.submit(pool.call_sync, "slow", raw_frame(b'{"n":1}')))
-        outcomes = []
-        for future in futures:
-            try:
-                outcomes.append(future.result().json)
-            except FunctionFailed as exc:
-                outcomes.append(exc.detail)
-    assert {"n": 1} in outcomes
-    assert any(isinstance(o, str) and "no free instance slot" in o for o in outcomes), outcomes
+    hold = _Hold()
+    logger = logging.getLogger("edged.function.held")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(hold)
+    modules = {"held": (m_log_then_echo(), {"input": "raw", "timeout_ms": 60_000})}
+    try:
+        with make_pool(tmp_path, modules, workers=2, queue=2) as pool, ThreadPoolExecutor(2) as ex:
+            first = ex.submit(call_sync, pool, "held", raw_frame(b'{"n":1}'))
+            # The first call is inside edged.log, its instance holding the one slot, until released.
+            assert hold.holding.wait(30)
+            second = ex.submit(call_sync, pool, "held", raw_frame(b'{"n":2}'))
+            with pytest.raises(FunctionFailed, match="no free instance slot"):
+                second.result(timeout=30)
+            hold.release.set()
+            assert first.result(timeout=30).json == {"n": 1}
+    finally:
+        hold.release.set()
+        logger.removeHandler(hold)

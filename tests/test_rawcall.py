@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import wasmtime
 
 from edged.settings import FunctionSettings
 from edged.wasm import rawcall
-from edged.wasm.call import FunctionRunner
+from edged.wasm.command import CommandRunner
 from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
 from tests.wat import raw_frame
 
@@ -90,7 +92,7 @@ def test_a_runner_must_be_validated_before_it_calls(tmp_path: Path) -> None:
     path = tmp_path / "m.wasm"
     path.write_bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
     engine = wasmtime.Engine()
-    runner = FunctionRunner("m", FunctionSettings(module=path, abi="wasi-command", input="raw"),
+    runner = CommandRunner("m", FunctionSettings(module=path, abi="wasi-command", input="raw"),
                             wasmtime.Module.from_file(engine, str(path)), engine, 5.0, None)
     root = make_scratch_root()
     try:
@@ -98,3 +100,54 @@ def test_a_runner_must_be_validated_before_it_calls(tmp_path: Path) -> None:
             runner.call(raw_frame(b""), Scratch(root))
     finally:
         remove_scratch_root(root)
+
+
+# -- the private names: all listed, all checked ------------------------------------------------------
+
+def _private_names_in_source() -> set[str]:
+    """Private attributes and modules rawcall.py reaches for (ctypes' own ``_fields_`` aside)."""
+    tree = ast.parse(Path(rawcall.__file__).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("_"):
+            found.add(node.attr)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wasmtime"):
+            found.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if "._" in f"{node.module}.{alias.name}")
+    return found
+
+
+def test_every_private_name_used_is_listed_and_checked() -> None:
+    listed = rawcall.PRIVATE_NAMES
+    for name in _private_names_in_source():
+        assert any(entry == name or entry.endswith(f".{name}") for entry in listed), name
+    assert rawcall.missing() == []
+
+
+def _without_attribute(cls: type, attribute: str) -> Callable[[pytest.MonkeyPatch], None]:
+    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
+        def from_raw(_cls: type, _raw: object) -> object:
+            return object.__new__(cls)  # made without the private attribute a renamed wasmtime-py would lack
+
+        monkeypatch.setattr(cls, "_from_raw", classmethod(from_raw))
+    return patch
+
+
+_REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "Store._context": lambda mp: mp.delattr(wasmtime.Store, "_context"),
+    "WasmtimeError._from_ptr": lambda mp: mp.delattr(wasmtime.WasmtimeError, "_from_ptr"),
+    "Func._from_raw": lambda mp: mp.delattr(wasmtime.Func, "_from_raw"),
+    "Memory._from_raw": lambda mp: mp.delattr(wasmtime.Memory, "_from_raw"),
+    "Func._func": _without_attribute(wasmtime.Func, "_func"),
+    "Instance._instance": _without_attribute(wasmtime.Instance, "_instance"),
+    "wasmtime._ffi": lambda mp: mp.setattr(rawcall, "_ffi", None),
+    "wasmtime._ffi.wasmtime_func_call_unchecked": lambda mp: mp.delattr(rawcall._ffi, "wasmtime_func_call_unchecked"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_REMOVALS))
+def test_a_missing_private_name_means_the_public_api(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    _REMOVALS[name](monkeypatch)
+    lacking = rawcall.missing()
+    assert lacking
+    assert any(name in entry or entry in name for entry in lacking), lacking

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +18,18 @@ import pytest
 
 from edged.errors import FunctionTimeout
 from edged.settings import FunctionSettings, PoolSettings, Preopen
+from edged.wasm.host import http as host_http
 from edged.wasm.pool import FunctionPool
+from tests.pools import call_sync
 from tests.wat import OUT_FD, RESP_BUF, RESP_LEN, Wat, raw_frame, write_wasm
 
 pytestmark = pytest.mark.timeout(120)
 
 FRAME = raw_frame(b"{}")
+#: How long the test server holds a /slow request: far past the 300 ms calls that make one.
+SERVER_HOLD_SECONDS = 30.0
+#: A call bounded by its 300 ms timeout ends well within this, even on a loaded machine.
+CALL_BOUND_SECONDS = 5.0
 O_CREAT, O_TRUNC = 1, 8
 RIGHT_READ, RIGHT_WRITE = 1 << 1, 1 << 6
 
@@ -30,7 +38,7 @@ def call(tmp_path: Path, wat: str, **settings: Any) -> Any:
     path = write_wasm(tmp_path, "fn", wat)
     functions = {"fn": FunctionSettings(module=path, **settings)}
     with FunctionPool(functions, PoolSettings(workers=1, queue=1), tmp_path / "cache") as pool:
-        return pool.call_sync("fn", FRAME).json
+        return call_sync(pool, "fn", FRAME).json
 
 
 # -- filesystem --------------------------------------------------------------------------------------
@@ -162,7 +170,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/echo":
             self._answer(200, json.dumps({"body": body.decode(), "method": self.command}).encode())
         elif self.path == "/slow":
-            self.server.seen.release.wait(10)
+            self.server.seen.release.wait(SERVER_HOLD_SECONDS)
             self._answer(200, b'{"late":true}')
         else:
             self._answer(404, b"{}")
@@ -271,24 +279,28 @@ def test_connection_failure_is_io_error(tmp_path: Path) -> None:
     assert call(tmp_path, m_http(f"GET {origin}/"), allowed_hosts=(origin,))["status"] == -5
 
 
-def call_within_300_ms(tmp_path: Path, request_text: str, origin: str) -> Any:
-    """The request from a function with a 300 ms timeout: its JSON result, or None if it timed out."""
+def call_within_300_ms(tmp_path: Path, request_text: str, origin: str) -> tuple[Any, float]:
+    """The request from a function with a 300 ms timeout: its JSON result (None if it timed out), and how
+    long the call took in seconds (pool start-up excluded)."""
     path = write_wasm(tmp_path, "fn", m_http(request_text))
     functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
     with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
+        started = time.monotonic()
         try:
-            return pool.call_sync("fn", FRAME).json
+            result = call_sync(pool, "fn", FRAME).json
         except FunctionTimeout:
-            return None
+            result = None
+        return result, time.monotonic() - started
 
 
 def test_request_bounded_by_call_timeout(tmp_path: Path, server: tuple[str, Seen]) -> None:
-    """The server would answer after 10 s; the call's 300 ms end the request (host code is not
-    interrupted by epochs, so the host must bound it itself)."""
+    """The server answers /slow only after SERVER_HOLD_SECONDS; the call's 300 ms end the request (host
+    code is not interrupted by epochs, so the host must bound it itself)."""
     origin, seen = server
-    got = call_within_300_ms(tmp_path, f"GET {origin}/slow", origin)
+    got, elapsed = call_within_300_ms(tmp_path, f"GET {origin}/slow", origin)
     seen.release.set()
     assert got in (None, {"status": -5, "len": 0})
+    assert elapsed < CALL_BOUND_SECONDS
 
 
 class _FakeDns:
@@ -329,10 +341,41 @@ def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, serve
     """The resolver has no timeout of its own; the call must not wait for it past its deadline."""
     dns = _FakeDns(monkeypatch, hold=True)
     origin = f"http://stuck-dns.test:{server[0].rsplit(':', 1)[1]}"
-    got = call_within_300_ms(tmp_path, f"GET {origin}/hello", origin)
+    got, elapsed = call_within_300_ms(tmp_path, f"GET {origin}/hello", origin)
     lookup_was_pending = not dns.finished.is_set()
     dns.go.set()
     assert lookup_was_pending
     assert dns.asked == ["stuck-dns.test"]
     assert got in (None, {"status": -5, "len": 0})
+    assert elapsed < CALL_BOUND_SECONDS
     assert server[1].requests == []
+
+
+# -- http.client's private connection hook: checked at import, with a fallback ------------------------
+
+def test_http_clients_hook_is_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert host_http.PINNED_BY_HOOK, "the installed Python must still connect through _create_connection"
+
+    def connect(self: http.client.HTTPConnection) -> None:
+        self.sock = socket.create_connection((self.host, self.port), self.timeout)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    assert not host_http._has_connection_hook()  # noqa: SLF001
+
+
+def test_without_the_hook_the_host_connects_the_socket_itself(tmp_path: Path, server: tuple[str, Seen],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback as a whole: http.client's connect (and its private hook) is never used."""
+    def not_used(self: http.client.HTTPConnection) -> None:
+        raise AssertionError("HTTPConnection.connect was used although the hook check failed")
+
+    monkeypatch.setattr(host_http, "PINNED_BY_HOOK", False)
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", not_used)
+    dns = _FakeDns(monkeypatch)
+    port = server[0].rsplit(":", 1)[1]
+    origin = f"http://camera-cloud.test:{port}"
+    got = call(tmp_path, m_http(f"POST {origin}/echo", body=b"ping", echo=True), allowed_hosts=(origin,))
+    assert got == {"body": "ping", "method": "POST"}
+    assert dns.asked == ["camera-cloud.test"]
+    [(_, _, headers, _)] = server[1].requests
+    assert headers["Host"] == f"camera-cloud.test:{port}"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from edged.settings import ConfigError, Settings, load_settings, normalize_origin
+from edged.settings import ConfigError, Settings, load_settings
+from edged.wasm.host.urls import normalize_origin
 
 
 def write(tmp_path: Path, text: str) -> Path:

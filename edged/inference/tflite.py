@@ -158,9 +158,6 @@ class TensorSpec:
         return cls(index=int(details["index"]), name=str(details["name"]), dtype=np.dtype(details["dtype"]),
                    shape=tuple(int(d) for d in details["shape"]))
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape)}
-
 
 class Lease:
     """One interpreter checked out by one thread for one call. Use it from that thread only."""
@@ -292,14 +289,6 @@ class Model:
             return {"created": self.created, "live": self._live, "idle": len(self._idle), "in_use": self._in_use,
                     "max": self.max_interpreters}
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "bytes": self.size, "threads": self.threads,
-            "labels": len(self.labels) if self.labels is not None else None,
-            "inputs": [s.describe() for s in self.inputs], "outputs": [s.describe() for s in self.outputs],
-            "interpreters": self.stats(),
-        }
-
     def close(self) -> None:
         """Drop the idle interpreters (leased ones go when their lease is released)."""
         with self._cond:
@@ -334,7 +323,6 @@ class ModelRegistry:
         self._backend: Backend | None = None
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
-        self._adhoc_created = 0
 
     def load(self) -> None:
         """Read every model and labels file once and validate each model with one interpreter.
@@ -382,10 +370,6 @@ class ModelRegistry:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._models)
-
     def get(self, name: str) -> Model | None:
         return self._models.get(name)
 
@@ -398,31 +382,7 @@ class ModelRegistry:
 
     def load_bytes(self, content: bytes, *, threads: int = 1) -> Model:
         """A one-call model from guest-supplied bytes (only with ``allow_model_bytes``); never pooled."""
-        model = Model("(guest bytes)", content, backend=self.backend(), threads=threads, max_interpreters=1)
-        with self._lock:
-            self._adhoc_created += 1
-        return model
-
-    @property
-    def interpreters_created(self) -> int:
-        """Interpreters created so far for declared models (constant once every worker has one)."""
-        return sum(model.created for model in self._models.values())
-
-    @property
-    def adhoc_created(self) -> int:
-        """Models built from guest-supplied bytes so far."""
-        with self._lock:
-            return self._adhoc_created
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        return {name: model.stats() for name, model in self._models.items()}
-
-    def describe(self) -> dict[str, Any]:
-        backend = self._backend
-        return {
-            "backend": None if backend is None else f"{backend.package} {backend.version}",
-            "models": {name: model.describe() for name, model in self._models.items()},
-        }
+        return Model("(guest bytes)", content, backend=self.backend(), threads=threads, max_interpreters=1)
 
     def close(self) -> None:
         """Drop the idle interpreters; the registry is empty afterwards."""

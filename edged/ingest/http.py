@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edged.errors import BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.metrics import Metrics
-from edged.pipeline import Pipeline
+from edged.pipeline import IngestPolicy, Pipeline
+from edged.secrets import resolve_secret
 from edged.settings import OutboxSettings, Settings
 from edged.status import Components
 from edged.store import OutboxState
@@ -81,17 +82,17 @@ class HttpApi:
     """Routes and middlewares of the HTTP API; ``application()`` builds the aiohttp app."""
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
-                 pipeline: Pipeline, extra_ready: Callable[[], dict[str, Any]] | None = None,
-                 outbox: OutboxControl | None = None, sync: SyncStatus | None = None) -> None:
+                 pipeline: Pipeline, outbox: OutboxControl | None = None, sync: SyncStatus | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
         self._components = components
         self._pipeline = pipeline
-        self._extra_ready = extra_ready
+        self._policy = IngestPolicy.for_http(settings.http)
         self._outbox = outbox
         self._sync = sync
-        self._token = settings.http.token.get_secret_value().encode() if settings.http.token else None
+        token = resolve_secret("http.token_file", settings.http.token, settings.http.token_file)
+        self._token = token.encode() if token is not None else None
         self.accepting = True
 
     def application(self) -> web.Application:
@@ -151,8 +152,6 @@ class HttpApi:
             "device_id": self._settings.device_id,
             "components": self._components.snapshot(),
         }
-        if self._extra_ready is not None:
-            body.update(self._extra_ready())
         return web.json_response(body, status=200 if self.accepting else 503)
 
     async def _prometheus(self, request: web.Request) -> web.Response:
@@ -195,9 +194,8 @@ class HttpApi:
         started = time.perf_counter()
         camera = request.headers.get("X-Camera", "http")[:128]
         try:
-            outcome = await self._pipeline.process(
-                transport="http", camera=camera, data=data, functions=[name],
-                max_pixels=self._settings.http.max_pixels, record_ingest_errors=False)
+            outcome = await self._pipeline.process(policy=self._policy, camera=camera, data=data,
+                                                   functions=[name])
         except Overloaded:
             self._metrics.overloaded.labels("http").inc()
             raise

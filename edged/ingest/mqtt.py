@@ -1,11 +1,11 @@
 """MQTT camera ingest: frames in, acknowledged only after their results are durably committed.
 
-Path of one frame: paho delivers it (on the loop, see ``mqtt_client``) -> an internal queue -> the
+Path of one frame: paho delivers it (on the loop, see ``edged.mqtt``) -> an internal queue -> the
 ``edged.mqtt.ingest`` loop starts a ``edged.mqtt.frame`` task -> ``Pipeline.process`` (dedupe, decode
 once, functions, ONE commit that also marks the events "to publish") -> manual PUBACK. The
-``edged.mqtt.publish`` loop then sends the committed events from the store (``mqtt_publish``), on a
-second connection (``{client_id}-results``, a clean session) so result acknowledgements never queue
-behind frames.
+``edged.mqtt.publish`` loop then sends the committed events from the store (``edged.sync.mqtt_results``,
+given to this component as its ``Results``), on a second connection (``{client_id}-results``, a clean
+session) so result acknowledgements never queue behind frames.
 
 Overload policy (memory stays bounded, nothing is dropped):
 - Frames taken and not yet acked are bounded. With MQTT 5 the broker is told ``mqtt.max_inflight`` as
@@ -42,14 +42,15 @@ from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.properties import Properties
 
 from edged.errors import EdgedError, OutboxFull, Overloaded
-from edged.ingest.mqtt_client import COMPONENT, ConnectionHandler, MqttConnection, Received, backoff_delay
-from edged.ingest.mqtt_publish import PublishStore, ResultPublisher
+from edged.events import StoredEvent
 from edged.metrics import Metrics
-from edged.pipeline import EventStore, Outcome, Pipeline
+from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
+from edged.pipeline import IngestPolicy, Outcome, Pipeline
+from edged.retry import backoff_delay
 from edged.settings import Settings, Subscription
 from edged.status import Components
 
-__all__ = ["MqttIngest", "MqttStore", "Route", "camera_of", "route_for", "routes"]
+__all__ = ["MqttIngest", "Results", "Route", "camera_of", "route_for", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,14 @@ MAX_CAMERA_CHARS = 128
 RETRY_MIN, RETRY_MAX = 0.05, 5.0
 
 
-class MqttStore(EventStore, PublishStore, Protocol):
-    """What MQTT needs from edged.store.Store."""
+class Results(Protocol):
+    """Where committed results leave for the broker (edged.sync.mqtt_results.ResultPublisher)."""
+
+    def wake(self) -> None:
+        """New events were committed."""
+
+    def echo(self, events: Sequence[StoredEvent]) -> None:
+        """Publish these stored events again (a duplicate frame was answered from the store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +127,22 @@ class _Frame:
 
 
 class MqttIngest(ConnectionHandler):
-    """The MQTT component: ``async with`` builds the client; ``background()`` gives its three loops."""
+    """The MQTT ingest component: ``async with`` builds the client; ``background()`` gives its loops.
+    ``results`` (None only when MQTT is disabled) publishes what the frames produced."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, store: MqttStore, metrics: Metrics,
+    def __init__(self, settings: Settings, pipeline: Pipeline, results: Results | None, metrics: Metrics,
                  components: Components) -> None:
         self._settings = settings
         self._mqtt = settings.mqtt
         self._pipeline = pipeline
-        self._store = store
+        if settings.mqtt.enabled and results is None:
+            raise ValueError("MQTT ingest needs a result publisher when mqtt.enabled")
+        self._results = results
+        self._policy = IngestPolicy.for_mqtt(settings.mqtt)
         self._metrics = metrics
         self._components = components
         self._routes = routes(settings.mqtt.subscriptions)
         self._conn: MqttConnection | None = None
-        self._publisher: ResultPublisher | None = None
         self._queue: deque[_Frame] = deque()
         self._queued = asyncio.Event()
         self._inflight = 0
@@ -163,25 +173,19 @@ class MqttIngest(ConnectionHandler):
             log.warning("QoS 2 subscriptions are made at QoS 1 (at-least-once; duplicates answered from the store)")
         if self._mqtt.publish_images and self._mqtt.protocol != "5":
             log.warning("mqtt.publish_images needs MQTT 5 (user properties): publishing JSON events instead")
-        client_id = self._settings.mqtt_client_id
-        self._conn = MqttConnection(self._mqtt, client_id, self, self._components, self._metrics)
-        self._publisher = ResultPublisher(self._mqtt, client_id, self._store, self._metrics, self._components)
+        self._conn = MqttConnection(self._mqtt, self._settings.mqtt_client_id, self, self._components)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._conn is not None:
             await self._conn.close()
-        if self._publisher is not None:
-            await self._publisher.close()
 
     def background(self) -> dict[str, Coroutine[Any, Any, None]]:
-        if self._conn is None or self._publisher is None:
+        if self._conn is None:
             return {}
         return {
             "edged.mqtt.connection": self._conn.run(),
             "edged.mqtt.ingest": self._ingest(),
-            "edged.mqtt.results-connection": self._publisher.conn.run(),
-            "edged.mqtt.publish": self._publisher.run(),
         }
 
     # -- ConnectionHandler (loop thread, inside paho's callbacks) -------------------------------------
@@ -225,9 +229,9 @@ class MqttIngest(ConnectionHandler):
         self._inflight_peak = max(self._inflight_peak, self._inflight)
         self._metrics.mqtt_inflight.set(self._inflight)
         if self._inflight >= self._mqtt.max_inflight:
-            self._conn.pause_reading()
-        elif self._conn.reading_paused:
-            self._conn.resume_reading()
+            self._conn.io.pause_reading()
+        elif self._conn.io.reading_paused:
+            self._conn.io.resume_reading()
 
     def _stale(self, frame: _Frame) -> bool:
         """True when the broker will deliver this frame again: it came on an older connection of a
@@ -275,10 +279,8 @@ class MqttIngest(ConnectionHandler):
             while True:
                 try:
                     return await self._pipeline.process(
-                        transport="mqtt", camera=frame.camera, data=data, functions=frame.route.functions,
-                        max_pixels=self._mqtt.max_pixels, max_bytes=self._mqtt.max_payload_bytes,
-                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
-                        publish_mqtt=True, dedupe_window=self._mqtt.dedupe_window)
+                        policy=self._policy, camera=frame.camera, data=data, functions=frame.route.functions,
+                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256)
                 except Overloaded:
                     self._metrics.overloaded.labels("mqtt").inc()
                     delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
@@ -313,13 +315,13 @@ class MqttIngest(ConnectionHandler):
 
     def _finish(self, frame: _Frame, outcome: Outcome) -> None:
         assert self._conn is not None
-        assert self._publisher is not None
+        assert self._results is not None
         if outcome.duplicate:
             self._metrics.mqtt_frames.labels("duplicate").inc()
-            self._publisher.echo(outcome.events)
+            self._results.echo(outcome.events)
         else:
             self._metrics.mqtt_frames.labels("rejected" if outcome.ingest_error else "processed").inc()
-            self._publisher.wake()
+            self._results.wake()
         msg = frame.msg
         if not self._conn.ack(msg.mid, msg.qos, msg.generation):
             # A resumed session redelivers it, and the copy is answered from the store.

@@ -7,8 +7,9 @@ against the file's directory, relative paths from the environment against the wo
 
 from __future__ import annotations
 
-from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen, normalize_origin
+from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
 from edged.settings.http import HttpSettings
+from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import MqttSettings, Subscription, TlsSettings
 from edged.settings.root import ConfigError, Settings, load_settings
 from edged.settings.sync import DaprSettings, OutboxSettings, SyncSettings
@@ -18,6 +19,7 @@ __all__ = [
     "DaprSettings",
     "FunctionSettings",
     "HttpSettings",
+    "LimitsSettings",
     "ModelSettings",
     "MqttSettings",
     "OutboxSettings",
@@ -28,5 +30,4 @@ __all__ = [
     "SyncSettings",
     "TlsSettings",
     "load_settings",
-    "normalize_origin",
 ]

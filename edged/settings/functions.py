@@ -9,27 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, model_validator
 
 from edged.settings.base import ConfigPath, MiB, Model
+from edged.wasm.host.urls import normalize_origin
 
-__all__ = ["FunctionSettings", "ModelSettings", "PoolSettings", "Preopen", "normalize_origin"]
-
-
-def normalize_origin(url: str) -> str:
-    """Return ``scheme://host:port`` with the default port made explicit; raise ValueError otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{url!r}: scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"{url!r}: no host")
-    if parts.username or parts.password:
-        raise ValueError(f"{url!r}: credentials are not allowed in an origin")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise ValueError(f"{url!r}: bad port") from exc
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}"
+__all__ = ["FunctionSettings", "ModelSettings", "PoolSettings", "Preopen"]
 
 
 def _origin(value: str) -> str:

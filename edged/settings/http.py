@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
-from edged.settings.base import MiB, Model
+from edged.settings.base import ConfigPath, MiB, Model
 
 __all__ = ["HttpSettings"]
 
@@ -13,5 +13,16 @@ class HttpSettings(Model):
     host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
     token: SecretStr | None = Field(default=None, description="Bearer token required on all but health routes.")
+    token_file: ConfigPath | None = Field(
+        default=None,
+        description="File holding that bearer token, read at start; its name is looked up in "
+        "$CREDENTIALS_DIRECTORY first, so systemd's LoadCredential=NAME:PATH works.",
+    )
     max_body_bytes: int = Field(default=20 * MiB, ge=1, description="Largest accepted request body.")
     max_pixels: int = Field(default=40_000_000, ge=1, description="Largest accepted image (width*height).")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> HttpSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        return self

@@ -13,25 +13,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import quote
 
 import aiohttp
 
 from edged.metrics import Metrics
+from edged.retry import Backoff
+from edged.secrets import SecretError, resolve_secret
 from edged.settings import DaprSettings, SyncSettings
 from edged.status import Components, State
 from edged.store import OutboxEntry
 from edged.sync.cloudevents import CloudEvents, Outgoing
 from edged.sync.status import SyncStatus
 
-__all__ = ["COMPONENT", "Backoff", "DaprSync", "Outbox", "read_token"]
+__all__ = ["COMPONENT", "DaprSync", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +56,6 @@ class Outbox(Protocol):
     async def wait_queued(self) -> None: ...
 
 
-class TokenError(Exception):
-    """The configured token cannot be read."""
-
-
-def read_token(settings: DaprSettings) -> str | None:
-    """The dapr-api-token to send: ``token``, else ``token_file`` ($CREDENTIALS_DIRECTORY first), else None."""
-    if settings.token is not None:
-        return settings.token.get_secret_value()
-    if settings.token_file is None:
-        return None
-    path = settings.token_file
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        candidate = Path(creds) / path.name
-        if candidate.is_file():
-            path = candidate
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read dapr.token_file {path}: {exc}") from exc
-    if not token:
-        raise TokenError(f"dapr.token_file {path} is empty")
-    return token
-
-
 def verdict(status: int) -> Verdict:
     """What a sidecar status means for the events it concerns."""
     if 200 <= status < 300:
@@ -105,23 +79,6 @@ def describe(status: int, body: bytes) -> str:
     if status == 401:
         text = f"token rejected ({text})" if text else "token rejected"
     return f"HTTP {status} from sidecar" + (f": {text[:DETAIL_CHARS]}" if text else "")
-
-
-class Backoff:
-    """Exponential delays from ``first`` to ``cap``, each jittered down to half its value."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self._first = first
-        self._cap = cap
-        self._failures = 0
-
-    def next(self) -> float:
-        delay = min(self._cap, self._first * 2 ** min(self._failures, 32))
-        self._failures += 1
-        return random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not security
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 @dataclass(slots=True)
@@ -164,8 +121,6 @@ class DaprSync:
 
     def _set(self, state: State, detail: str = "") -> None:
         self._components.set(COMPONENT, state, detail)
-        if self._metrics is not None:
-            self._metrics.component_up.labels(COMPONENT).set(1 if state == "connected" else 0)
 
     def _note(self, ok: bool, error: str | None) -> None:
         self.status.note(ok, error, self._metrics)
@@ -195,9 +150,9 @@ class DaprSync:
         while True:
             if self._token_stale:
                 try:
-                    self._token = read_token(self._dapr)
+                    self._token = resolve_secret("dapr.token_file", self._dapr.token, self._dapr.token_file)
                     self._token_stale = False
-                except TokenError as exc:
+                except SecretError as exc:
                     await self._auth_pause(str(exc))
                     continue
             if not healthy:

@@ -1,42 +1,35 @@
-"""ABI v1 (docs/ABI.md): errno values, result kinds, the frame header and bounds-checked guest memory.
+"""ABI v1 (docs/ABI.md): errno values, result kinds, the frame header and result validation.
 
-Nothing here touches a Store beyond the memory accessor, so the helpers are usable from host imports
-(with a ``Caller``) and from the pool (with the ``Store``) alike.
+Nothing here touches a Store: results are read through ``edged.wasm.memory.GuestMemory``, so the helpers
+serve host imports and the runners alike.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import wasmtime
-
 from edged.frames import FRAME_HEADER, FRAME_MAGIC, sniff_image
+from edged.wasm.memory import GuestMemory
 
 __all__ = [
     "ABI_VERSION",
     "HEADER_SIZE",
     "KIND_FRAME",
     "KIND_RAW",
-    "U32",
     "Errno",
-    "GuestMemory",
-    "GuestMemoryError",
     "Output",
     "OutputRejected",
     "ResultKind",
     "classify_stdout",
     "pack_header",
     "parse_output",
-    "u32",
 ]
 
 ABI_VERSION = 1
 HEADER_SIZE = FRAME_HEADER.size
-U32 = 0xFFFF_FFFF
 #: Input kinds in the frame header.
 KIND_FRAME = 1
 KIND_RAW = 2
@@ -44,6 +37,8 @@ _CHANNELS = frozenset({1, 3, 4})
 
 
 class Errno(IntEnum):
+    """The ``edged.*`` imports' errno values (``edged.http_request`` answers their negation)."""
+
     OK = 0
     INVALID_ARGUMENT = 1
     DENIED = 2
@@ -59,62 +54,8 @@ class ResultKind(IntEnum):
     FRAME = 3
 
 
-def u32(value: int) -> int:
-    """Wasm i32 values arrive signed; pointers and lengths are unsigned."""
-    return value & U32
-
-
 def pack_header(kind: int, width: int, height: int, channels: int, source_format: int, length: int) -> bytes:
     return FRAME_HEADER.pack(FRAME_MAGIC, kind, width, height, channels, source_format, length, 0)
-
-
-class GuestMemoryError(ValueError):
-    """A guest pointer/length pair lies outside the guest's memory."""
-
-
-class GuestMemory:
-    """Bounds-checked access to an exported linear memory; the base address is re-read on every access
-    because ``memory.grow`` may move it."""
-
-    __slots__ = ("_memory", "_store")
-
-    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store | wasmtime.Caller) -> None:
-        self._memory = memory
-        self._store = store
-
-    @classmethod
-    def of_caller(cls, caller: wasmtime.Caller) -> GuestMemory | None:
-        memory = caller.get("memory")
-        return cls(memory, caller) if isinstance(memory, wasmtime.Memory) else None
-
-    @property
-    def size(self) -> int:
-        return int(self._memory.data_len(self._store))
-
-    def _address(self, ptr: int, length: int) -> int:
-        if ptr < 0 or length < 0 or ptr + length > self.size:
-            raise GuestMemoryError(f"{length} bytes at {ptr:#x} are outside the guest's {self.size} bytes")
-        return ctypes.addressof(self._memory.data_ptr(self._store).contents) + ptr
-
-    def check(self, ptr: int, length: int) -> None:
-        """Raise GuestMemoryError unless ``length`` bytes at ``ptr`` lie inside the memory."""
-        self._address(ptr, length)
-
-    def read(self, ptr: int, length: int) -> bytes:
-        address = self._address(ptr, length)
-        return ctypes.string_at(address, length) if length else b""
-
-    def write(self, ptr: int, data: bytes | bytearray) -> None:
-        address = self._address(ptr, len(data))
-        if not data:
-            return
-        if isinstance(data, bytearray):
-            ctypes.memmove(address, (ctypes.c_char * len(data)).from_buffer(data), len(data))
-        else:
-            ctypes.memmove(address, data, len(data))
-
-    def write_u32(self, ptr: int, value: int) -> None:
-        self.write(ptr, (value & U32).to_bytes(4, "little"))
 
 
 @dataclass(frozen=True, slots=True)

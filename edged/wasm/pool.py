@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,10 +22,14 @@ import wasmtime
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
-from edged.wasm.call import CallResult, FunctionLoadError, FunctionRunner, trap_summary
+from edged.wasm.command import CommandRunner
 from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
-from edged.wasm.host import HostExtension
+from edged.wasm.host.link import HostExtension
+from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
+from edged.wasm.reactor import FrameRunner
+from edged.wasm.runner import FunctionRunner
 from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
+from edged.wasm.stats import FunctionStats, describe_function
 
 __all__ = ["TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool", "OnCall"]
 
@@ -36,52 +38,12 @@ log = logging.getLogger(__name__)
 #: Epoch tick; a call's timeout is rounded up to whole ticks plus one.
 TICK_SECONDS = 0.005
 MiB = 1024 * 1024
-#: Recent calls per function kept for the latency percentiles.
-LATENCY_WINDOW = 1024
 
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
 OnCall = Callable[[str, str, float], None]
 _T = TypeVar("_T")
-
-
-class _FunctionStats:
-    """Calls, errors by code and latency of one function; updated from worker threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls = 0
-        self.errors: dict[str, int] = {}
-        self._sum = 0.0
-        self._last = 0.0
-        self._recent: deque[float] = deque(maxlen=LATENCY_WINDOW)
-
-    def record(self, outcome: str, seconds: float) -> None:
-        with self._lock:
-            self.calls += 1
-            if outcome != "ok":
-                self.errors[outcome] = self.errors.get(outcome, 0) + 1
-            self._sum += seconds
-            self._last = seconds
-            self._recent.append(seconds)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            recent = sorted(self._recent)
-            calls, errors, total, last = self.calls, dict(self.errors), self._sum, self._last
-
-        def pct(q: float) -> float | None:
-            if not recent:
-                return None
-            return round(recent[min(len(recent) - 1, math.ceil(q * len(recent)) - 1)] * 1000, 3)
-
-        return {
-            "calls": calls,
-            "errors": errors,
-            "latency": {
-                "count": calls, "sum_ms": round(total * 1000, 3), "last_ms": round(last * 1000, 3),
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "window": len(recent),
-            },
-        }
+#: The runner for each ``abi`` setting.
+_RUNNERS: dict[str, type[FunctionRunner]] = {FrameRunner.abi: FrameRunner, CommandRunner.abi: CommandRunner}
 
 
 def _decode(data: bytes, max_pixels: int) -> Frame:
@@ -91,20 +53,18 @@ def _decode(data: bytes, max_pixels: int) -> Frame:
 class FunctionPool:
     """Runs Wasm functions (docs/ABI.md) in worker threads. Use as ``with pool:`` or ``async with pool:``.
 
-    ``nn`` is the WASI-NN host (a HostExtension) or None; ``on_call`` feeds metrics.
+    ``extension`` adds imports for some functions (the WASI-NN host) or is None; ``on_call`` feeds metrics.
     """
 
     def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings, cache_dir: Path,
-                 nn: object | None = None, *, on_call: OnCall | None = None) -> None:
-        if nn is not None and not isinstance(nn, HostExtension):
-            raise TypeError("nn must be a HostExtension (link, check, end_call)")
+                 extension: HostExtension | None = None, *, on_call: OnCall | None = None) -> None:
         self._functions = dict(functions)
         self._settings = pool
         self._cache_dir = cache_dir
-        self._extension: HostExtension | None = nn
+        self._extension = extension
         self._on_call = on_call
         self._capacity = pool.workers + pool.queue
-        self._stats = {name: _FunctionStats() for name in self._functions}
+        self._stats = {name: FunctionStats() for name in self._functions}
         self._runners: dict[str, FunctionRunner] = {}
         self._lock = threading.Lock()
         #: Notified when the last admitted job is released (close waits for it).
@@ -164,7 +124,7 @@ class FunctionPool:
         except wasmtime.WasmtimeError as exc:
             raise FunctionLoadError(name, f"{settings.module} is not a valid module: "
                                           f"{trap_summary(str(exc))}") from exc
-        runner = FunctionRunner(name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
+        runner = _RUNNERS[settings.abi](name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
         runner.validate()
         return runner
 
@@ -270,10 +230,6 @@ class FunctionPool:
         """Run function ``name`` on ``frame``; raise UnknownFunction, Overloaded or a FunctionError."""
         return await asyncio.wrap_future(self._submit(self._run, self._runner(name), frame))
 
-    def call_sync(self, name: str, frame: Frame) -> CallResult:
-        """Like ``call`` for code without an event loop (CLI, tests, benchmarks). Blocks until done."""
-        return self._submit(self._run, self._runner(name), frame).result()
-
     async def decode(self, data: bytes, max_pixels: int) -> Frame:
         """``edged.frames.decode`` on a worker; counts against the same bound as calls."""
         return await asyncio.wrap_future(self._submit(_decode, data, max_pixels))
@@ -314,9 +270,6 @@ class FunctionPool:
             return frame, self._run(runner, frame)
         except FunctionError as exc:
             return frame, exc
-
-    def decode_sync(self, data: bytes, max_pixels: int) -> Frame:
-        return self._submit(_decode, data, max_pixels).result()
 
     def _scratch(self) -> Scratch:
         scratch: Scratch | None = getattr(self._local, "scratch", None)
@@ -393,23 +346,4 @@ class FunctionPool:
 
     def describe(self) -> list[dict[str, Any]]:
         """Per function: name, ABI, input, limits, grants, calls, errors and latency."""
-        out = []
-        for name, fn in self._functions.items():
-            out.append({
-                "name": name,
-                "abi": fn.abi,
-                "input": fn.input,
-                "module": str(fn.module),
-                "limits": {"timeout_ms": fn.timeout_ms, "memory_mb": fn.memory_mb,
-                           "max_output_bytes": fn.max_output_bytes},
-                "grants": {
-                    "preopens": [{"host": str(p.host), "guest": p.guest, "writable": p.writable}
-                                 for p in fn.preopens],
-                    "allowed_hosts": list(fn.allowed_hosts),
-                    "models": list(fn.models),
-                    "allow_model_bytes": fn.allow_model_bytes,
-                    "log": fn.log,
-                },
-                **self._stats[name].snapshot(),
-            })
-        return out
+        return [describe_function(name, fn, self._stats[name]) for name, fn in self._functions.items()]

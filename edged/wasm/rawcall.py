@@ -7,8 +7,9 @@ signatures were checked when the module was loaded (``FunctionRunner.validate``)
 exports up by name (``wasmtime_instance_export_get``) and calls them through
 ``wasmtime_func_call_unchecked``, both from the C API bindings that wasmtime-py itself ships.
 
-Those bindings are wasmtime-py internals, so pyproject pins ``wasmtime>=50,<51`` and everything here falls
-back to the public API when a name is missing (``FAST`` says which is in use). Traps and errors surface
+Those bindings are wasmtime-py internals, so pyproject pins ``wasmtime>=50,<51``; every private name used
+here is listed in ``PRIVATE_NAMES`` and checked once at import (``missing``), and everything falls back to
+the public API when any one is missing (``FAST`` says which is in use). Traps and errors surface
 exactly as from the public API: ``wasmtime.Trap``, ``wasmtime.ExitTrap`` or ``wasmtime.WasmtimeError``.
 
 Only call ``call_i32`` on a function whose signature is known to be ``(i32 * len(args)) -> (i32 * results)``
@@ -22,7 +23,7 @@ from typing import Any
 
 import wasmtime
 
-__all__ = ["FAST", "FFI", "call_i32", "export"]
+__all__ = ["FAST", "FFI", "PRIVATE_NAMES", "call_i32", "export", "missing"]
 
 try:
     from wasmtime import _ffi as _ffi_module
@@ -37,10 +38,57 @@ except ImportError:  # pragma: no cover - a wasmtime-py without these internals
     FFI = None
 
 _ffi: Any = FFI
-FAST = FFI is not None and all(hasattr(FFI, name) for name in (
-    "wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t", "wasmtime_extern_t",
-    "WASMTIME_EXTERN_FUNC", "WASMTIME_EXTERN_MEMORY")) and all(
-    hasattr(cls, "_from_raw") for cls in (wasmtime.Func, wasmtime.Memory))
+
+#: Every private name of wasmtime-py the fast path touches (tests/test_rawcall.py keeps this complete).
+PRIVATE_NAMES = frozenset({
+    "wasmtime._ffi", "wasmtime._extern.wrap_extern", "wasmtime._func.enter_wasm",
+    "Store._context", "Instance._instance", "Func._func", "Func._from_raw", "Memory._from_raw",
+    "WasmtimeError._from_ptr",
+})
+_FFI_NAMES = ("wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t",
+              "wasmtime_extern_t", "wasmtime_func_t", "wasmtime_instance_t", "WASMTIME_EXTERN_FUNC",
+              "WASMTIME_EXTERN_MEMORY")
+
+
+def _fields(struct: Any) -> set[str]:
+    return {field[0] for field in getattr(struct, "_fields_", ())}
+
+
+def missing() -> list[str]:
+    """What the fast path needs and this wasmtime-py lacks; empty when the fast path may be used.
+
+    Checked as a whole, once, at import: a wasmtime-py that renamed any one of them must fall back to
+    the public API for every call, not fail every call with an AttributeError.
+    """
+    if _ffi is None:
+        return ["wasmtime._ffi, wasmtime._extern.wrap_extern or wasmtime._func.enter_wasm"]
+    lacking = [f"wasmtime._ffi.{name}" for name in _FFI_NAMES if not hasattr(_ffi, name)]
+    if lacking:
+        return lacking
+    try:
+        if not {"kind", "of"} <= _fields(_ffi.wasmtime_extern_t):
+            lacking.append("wasmtime._ffi.wasmtime_extern_t.kind/of")
+        elif not {"func", "memory"} <= _fields(dict(_ffi.wasmtime_extern_t._fields_)["of"]):
+            lacking.append("wasmtime._ffi.wasmtime_extern_t.of.func/memory")
+        if "i32" not in _fields(_ffi.wasmtime_val_raw_t):
+            lacking.append("wasmtime._ffi.wasmtime_val_raw_t.i32")
+        for cls, method in ((wasmtime.Store, "_context"), (wasmtime.WasmtimeError, "_from_ptr"),
+                            (wasmtime.Func, "_from_raw"), (wasmtime.Memory, "_from_raw"),
+                            (wasmtime.Instance, "_from_raw")):
+            if not callable(getattr(cls, method, None)):
+                lacking.append(f"{cls.__name__}.{method}")
+        if not lacking:
+            # Instance attributes: made the way export() and wasmtime-py's InstancePre make them.
+            if not hasattr(wasmtime.Func._from_raw(_ffi.wasmtime_func_t()), "_func"):
+                lacking.append("Func._func")
+            if not hasattr(wasmtime.Instance._from_raw(_ffi.wasmtime_instance_t()), "_instance"):
+                lacking.append("Instance._instance")
+    except Exception as exc:  # noqa: BLE001 (any surprise in wasmtime-py's internals means: do not use them)
+        lacking.append(f"({type(exc).__name__}: {exc})")
+    return lacking
+
+
+FAST = not missing()
 if FAST:
     _EXTERN_FUNC = int(getattr(_ffi.WASMTIME_EXTERN_FUNC, "value", _ffi.WASMTIME_EXTERN_FUNC))
     _EXTERN_MEMORY = int(getattr(_ffi.WASMTIME_EXTERN_MEMORY, "value", _ffi.WASMTIME_EXTERN_MEMORY))

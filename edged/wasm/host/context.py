@@ -7,28 +7,21 @@ back into the host on the thread that runs it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec
-
-import wasmtime
 
 from edged.settings import FunctionSettings
 from edged.wasm.abi import Output
 
-__all__ = ["CallContext", "activate", "current", "escape_text", "host_function"]
-
-log = logging.getLogger("edged.wasm.host")
+__all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "escape_text"]
 
 #: What a guest may write to the log (edged.log) or stderr in one call.
 LOG_BUDGET = 64 * 1024
 
-_P = ParamSpec("_P")
 _local = threading.local()
 # Control characters other than tab would let a guest forge log lines (newlines) or terminal escapes.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F)}
@@ -75,30 +68,3 @@ def activate(ctx: CallContext) -> Iterator[CallContext]:
         yield ctx
     finally:
         _local.call = None
-
-
-def host_function(
-    name: str, on_error: int
-) -> Callable[[Callable[Concatenate[wasmtime.Caller, _P], int]], Callable[Concatenate[wasmtime.Caller, _P], int]]:
-    """Make a host import that never raises: any exception is logged and ``on_error`` goes to the guest.
-
-    wasmtime-py hands a host exception back through module-global state, which another worker thread
-    could pick up; an errno is the only safe way out.
-    """
-
-    def decorate(
-        fn: Callable[Concatenate[wasmtime.Caller, _P], int],
-    ) -> Callable[Concatenate[wasmtime.Caller, _P], int]:
-        @functools.wraps(fn)
-        def wrapper(caller: wasmtime.Caller, /, *args: _P.args, **kwargs: _P.kwargs) -> int:
-            try:
-                result = fn(caller, *args, **kwargs)
-                return int(result)
-            except Exception:
-                ctx = current()
-                log.exception("host import %s failed in function %s", name, ctx.function if ctx else "?")
-                return on_error
-
-        return wrapper
-
-    return decorate

@@ -6,6 +6,11 @@ http.client derives from that origin, hop-by-hop and proxy headers are refused, 
 followed (http.client does not follow them), and proxy environment variables are never consulted
 (http.client ignores them). The whole exchange, name lookup included, is bounded by the call's remaining
 time, because epoch interruption cannot stop host code.
+
+Where the connection goes is set through ``HTTPConnection._create_connection``, http.client's private
+hook (``PINNED_BY_HOOK`` says it is there, checked once at import). Without it the socket is connected
+here and handed to http.client as ``conn.sock`` (wrapped in TLS for https), which does the same with
+public names only.
 """
 
 from __future__ import annotations
@@ -26,18 +31,32 @@ from urllib.parse import urlsplit
 
 import wasmtime
 
-from edged.settings import normalize_origin
-from edged.wasm.abi import GuestMemory, GuestMemoryError, u32
-from edged.wasm.host.context import CallContext, current, escape_text, host_function
+from edged.wasm.abi import Errno
+from edged.wasm.host.context import CallContext, current, escape_text
+from edged.wasm.host.guard import Errnos, Refused, host_function
+from edged.wasm.host.urls import normalize_origin
+from edged.wasm.memory import GuestMemory, u32
 
-__all__ = ["HttpRequest", "RequestRefused", "edged_http_request", "parse_request"]
+__all__ = ["PINNED_BY_HOOK", "HttpRequest", "edged_http_request", "parse_request"]
 
 log = logging.getLogger(__name__)
 
-INVALID_ARGUMENT = -1
-DENIED = -2
-IO_ERROR = -5
-TOO_LARGE = -7
+#: A failure is the negated errno (a response is its status, 100-599).
+INVALID_ARGUMENT = -Errno.INVALID_ARGUMENT
+DENIED = -Errno.DENIED
+IO_ERROR = -Errno.IO_ERROR
+TOO_LARGE = -Errno.TOO_LARGE
+_ERRNOS = Errnos(invalid_argument=INVALID_ARGUMENT, unexpected=IO_ERROR)
+
+
+def _has_connection_hook() -> bool:
+    """Whether http.client still connects through the per-connection ``_create_connection`` attribute."""
+    connect = http.client.HTTPConnection.connect
+    return ("_create_connection" in getattr(getattr(connect, "__code__", None), "co_names", ())
+            and callable(getattr(http.client.HTTPConnection("localhost"), "_create_connection", None)))
+
+
+PINNED_BY_HOOK = _has_connection_hook()
 
 #: Longest request text (request line and headers) a guest may send.
 MAX_REQUEST_TEXT = 64 * 1024
@@ -47,15 +66,6 @@ _REFUSED = frozenset({"host", "connection", "keep-alive", "te", "trailer", "tran
                       "content-length"})
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SSL_CONTEXT: ssl.SSLContext | None = None
-
-
-class RequestRefused(ValueError):
-    """The guest's request breaks the rules; ``code`` is the negative result it gets."""
-
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,39 +80,39 @@ class HttpRequest:
 
 
 def parse_request(text: str, allowed: tuple[str, ...]) -> HttpRequest:
-    """Parse ``METHOD URL`` plus ``Name: value`` lines; raise RequestRefused (-1 malformed, -2 not allowed)."""
+    """Parse ``METHOD URL`` plus ``Name: value`` lines; raise Refused (-1 malformed, -2 not allowed)."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
-        raise RequestRefused(INVALID_ARGUMENT, "empty request")
+        raise Refused(INVALID_ARGUMENT, "empty request")
     first = lines[0].removesuffix("\r").split(" ")
     if len(first) != 2 or not _TOKEN.match(first[0]):
-        raise RequestRefused(INVALID_ARGUMENT, "the first line must be 'METHOD URL'")
+        raise Refused(INVALID_ARGUMENT, "the first line must be 'METHOD URL'")
     method, url = first
     if _BAD_VALUE.search(url) or " " in url:
-        raise RequestRefused(INVALID_ARGUMENT, "control characters in the URL")
+        raise Refused(INVALID_ARGUMENT, "control characters in the URL")
     try:
         origin = normalize_origin(url)
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise RequestRefused(INVALID_ARGUMENT, f"bad URL: {exc}") from exc
+        raise Refused(INVALID_ARGUMENT, f"bad URL: {exc}") from exc
     if origin not in allowed:
-        raise RequestRefused(DENIED, f"{origin} is not in allowed_hosts")
+        raise Refused(DENIED, f"{origin} is not in allowed_hosts")
     assert parts.hostname is not None  # normalize_origin refuses URLs without a host
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, sep, value = line.removesuffix("\r").partition(":")
         if not sep or not _TOKEN.match(name):
-            raise RequestRefused(INVALID_ARGUMENT, f"malformed header line {escape_text(line[:80])!r}")
+            raise Refused(INVALID_ARGUMENT, f"malformed header line {escape_text(line[:80])!r}")
         lower = name.lower()
         if lower in _REFUSED or lower.startswith("proxy-"):
-            raise RequestRefused(INVALID_ARGUMENT, f"header {name} is refused")
+            raise Refused(INVALID_ARGUMENT, f"header {name} is refused")
         value = value.strip(" \t")
         if _BAD_VALUE.search(value):
-            raise RequestRefused(INVALID_ARGUMENT, f"control characters in header {name}")
+            raise Refused(INVALID_ARGUMENT, f"control characters in header {name}")
         headers.append((name, value))
     return HttpRequest(method, parts.scheme, parts.hostname, port, origin, target, tuple(headers))
 
@@ -175,6 +185,27 @@ def _connect_to(addresses: Sequence[_AddrInfo]) -> Callable[..., socket.socket]:
     return create_connection
 
 
+def _open(conn: http.client.HTTPConnection, req: HttpRequest, addresses: Sequence[_AddrInfo]) -> socket.socket:
+    """Connect ``conn`` to ``addresses`` while the Host header and TLS (SNI, certificate name) keep the name."""
+    connect = _connect_to(addresses)
+    if PINNED_BY_HOOK:
+        conn._create_connection = connect  # type: ignore[attr-defined]  # noqa: SLF001 (see the module docstring)
+        conn.connect()
+        sock: socket.socket = conn.sock
+        return sock
+    sock = connect(None, conn.timeout)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as HTTPConnection.connect does
+        if req.scheme == "https":
+            sock = _ssl_context().wrap_socket(sock, server_hostname=req.host)
+    except BaseException:
+        sock.close()
+        raise
+    conn.sock = sock
+    return sock
+
+
 def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int) -> tuple[int, bytearray, int]:
     """Send the request; return (status, the body's first ``cap`` bytes, the body's full length)."""
     addresses = _resolve(ctx, req.host, req.port)
@@ -183,13 +214,9 @@ def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int) -> tupl
         conn = http.client.HTTPSConnection(req.host, req.port, timeout=_remaining(ctx), context=_ssl_context())
     else:
         conn = http.client.HTTPConnection(req.host, req.port, timeout=_remaining(ctx))
-    # http.client's hook for how it connects: to the addresses looked up above, while the Host header
-    # and TLS (SNI, certificate name) keep using the name.
-    conn._create_connection = _connect_to(addresses)  # type: ignore[attr-defined]  # noqa: SLF001
     watchdog: threading.Timer | None = None
     try:
-        conn.connect()
-        sock = conn.sock
+        sock = _open(conn, req, addresses)
         # Socket timeouts bound each recv, not the exchange: a server dripping bytes could outlast the
         # call. At the deadline the watchdog shuts the socket down, which ends any pending recv.
         watchdog = threading.Timer(_remaining(ctx), _shutdown, (sock,))
@@ -226,7 +253,7 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-@host_function("edged.http_request", on_error=IO_ERROR)
+@host_function("edged.http_request", _ERRNOS)
 def edged_http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int, body_ptr: int, body_len: int,
                        resp_ptr: int, resp_cap: int, resp_len_ptr: int) -> int:
     ctx = current()
@@ -239,17 +266,19 @@ def edged_http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int, body
     resp_ptr, resp_len_ptr = u32(resp_ptr), u32(resp_len_ptr)
     if req_len > MAX_REQUEST_TEXT:
         return INVALID_ARGUMENT
+    # Pointers outside the memory: the guard answers invalid_argument.
+    body = memory.read(u32(body_ptr), body_len)
+    memory.check(resp_ptr, resp_cap)
+    memory.check(resp_len_ptr, 4)
     try:
         text = memory.read(u32(req_ptr), req_len).decode("utf-8")
-        body = memory.read(u32(body_ptr), body_len)
-        memory.check(resp_ptr, resp_cap)
-        memory.check(resp_len_ptr, 4)
-        req = parse_request(text, ctx.settings.allowed_hosts)
-    except (GuestMemoryError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         return INVALID_ARGUMENT
-    except RequestRefused as exc:
-        ctx.logger.warning("http_request refused (%d): %s", exc.code, exc.detail)
-        return exc.code
+    try:
+        req = parse_request(text, ctx.settings.allowed_hosts)
+    except Refused as exc:
+        ctx.logger.warning("http_request refused (%d): %s", exc.errno, exc.detail)
+        return exc.errno
     started = time.perf_counter()
     try:
         status, data, total = _exchange(ctx, req, body, resp_cap)
@@ -261,7 +290,7 @@ def edged_http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int, body
               status, total, elapsed_ms)
     if not 100 <= status <= 599:
         return IO_ERROR
-    # The guest's memory may have grown or moved while we waited: the writes re-check bounds.
+    # Both were checked above; the guest has not run since, so its memory has neither grown nor moved.
     memory.write_u32(resp_len_ptr, total)
     if total > resp_cap:
         return TOO_LARGE

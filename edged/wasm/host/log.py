@@ -6,8 +6,10 @@ import logging
 
 import wasmtime
 
-from edged.wasm.abi import Errno, GuestMemory, GuestMemoryError, u32
-from edged.wasm.host.context import LOG_BUDGET, current, escape_text, host_function
+from edged.wasm.abi import Errno
+from edged.wasm.host.context import LOG_BUDGET, current, escape_text
+from edged.wasm.host.guard import EDGED_ERRNOS, host_function
+from edged.wasm.memory import GuestMemory, u32
 
 __all__ = ["LEVELS", "edged_log", "log_lines"]
 
@@ -21,7 +23,7 @@ def log_lines(logger: logging.Logger, level: int, text: str) -> None:
         logger.log(level, "%s", escape_text(line))
 
 
-@host_function("edged.log", on_error=Errno.IO_ERROR)
+@host_function("edged.log", EDGED_ERRNOS)
 def edged_log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int:
     ctx = current()
     if ctx is None or not ctx.settings.log:
@@ -37,10 +39,7 @@ def edged_log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int
     memory = GuestMemory.of_caller(caller)
     if memory is None:
         return Errno.INVALID_ARGUMENT
-    try:
-        data = memory.read(u32(ptr), length)
-    except GuestMemoryError:
-        return Errno.INVALID_ARGUMENT
+    data = memory.read(u32(ptr), length)  # outside the memory: the guard answers invalid_argument
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -18,31 +18,30 @@ else written; ``invalid_argument`` (1) for pointers outside the memory or a name
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 import wasmtime
 
 from edged.inference.tflite import ModelRegistry
-from edged.wasm.abi import Errno, GuestMemory, GuestMemoryError, u32
-from edged.wasm.host.context import host_function
+from edged.wasm.abi import Errno
+from edged.wasm.host.guard import EDGED_ERRNOS, host_function
+from edged.wasm.memory import GuestMemory, u32
 
 __all__ = ["IMPORTS", "model_imports"]
 
 #: Import name -> number of i32 parameters.
 IMPORTS = {"model_name": 4, "model_labels": 5}
 _MAX_NAME = 256
-_U32 = struct.Struct("<I")
 
 
 def _deliver(memory: GuestMemory, data: bytes, buf: int, cap: int, len_out: int) -> Errno:
     """Write ``data`` and its length, or only the length (``too_large``) when it does not fit."""
     memory.check(len_out, 4)
     if len(data) > cap:
-        memory.write(len_out, _U32.pack(len(data)))
+        memory.write_u32(len_out, len(data))
         return Errno.TOO_LARGE
     memory.write(buf, data)
-    memory.write(len_out, _U32.pack(len(data)))
+    memory.write_u32(len_out, len(data))
     return Errno.OK
 
 
@@ -50,7 +49,8 @@ def model_imports(registry: ModelRegistry, granted: tuple[str, ...]) -> dict[str
     """The two host functions for one function's grant (``granted``: its ``models``, in config order)."""
     allowed = frozenset(granted)
 
-    @host_function("edged.model_name", on_error=Errno.IO_ERROR)
+    # Pointers outside the memory: the guard answers invalid_argument.
+    @host_function("edged.model_name", EDGED_ERRNOS)
     def model_name(caller: wasmtime.Caller, index: int, buf: int, cap: int, len_out: int) -> int:
         memory = GuestMemory.of_caller(caller)
         if memory is None:
@@ -58,12 +58,9 @@ def model_imports(registry: ModelRegistry, granted: tuple[str, ...]) -> dict[str
         index = u32(index)
         if index >= len(granted):
             return Errno.NOT_FOUND
-        try:
-            return _deliver(memory, granted[index].encode("utf-8"), u32(buf), u32(cap), u32(len_out))
-        except GuestMemoryError:
-            return Errno.INVALID_ARGUMENT
+        return _deliver(memory, granted[index].encode("utf-8"), u32(buf), u32(cap), u32(len_out))
 
-    @host_function("edged.model_labels", on_error=Errno.IO_ERROR)
+    @host_function("edged.model_labels", EDGED_ERRNOS)
     def model_labels(caller: wasmtime.Caller, name_ptr: int, name_len: int, buf: int, cap: int,
                      len_out: int) -> int:
         memory = GuestMemory.of_caller(caller)
@@ -72,11 +69,11 @@ def model_imports(registry: ModelRegistry, granted: tuple[str, ...]) -> dict[str
             return Errno.INVALID_ARGUMENT
         try:
             name = memory.read(u32(name_ptr), name_len).decode("utf-8")
-            model = registry.get(name) if name in allowed else None
-            if model is None or model.labels_text is None:
-                return Errno.NOT_FOUND
-            return _deliver(memory, model.labels_text, u32(buf), u32(cap), u32(len_out))
-        except (GuestMemoryError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             return Errno.INVALID_ARGUMENT
+        model = registry.get(name) if name in allowed else None
+        if model is None or model.labels_text is None:
+            return Errno.NOT_FOUND
+        return _deliver(memory, model.labels_text, u32(buf), u32(cap), u32(len_out))
 
     return {"model_name": model_name, "model_labels": model_labels}

@@ -29,30 +29,30 @@ Policy (docs/ABI.md, "WASI-NN"):
   exported memory is ``missing_memory``. Every import catches everything and returns ``runtime_error``
   for the unexpected: nothing raises across the Wasm boundary.
 
-``NnHost`` is the pool's ``nn`` host extension: ``link`` defines the imports on a function's linker,
-``check`` refuses an ungranted module at load time, and per-call state (graph and context handles) lives
-in the call's ``CallContext.extensions`` until ``end_call`` returns the interpreters it borrowed.
+``NnHost`` is the pool's host extension (``edged.wasm.host.link.HostExtension``): ``link`` defines the
+imports on a function's linker, ``check`` refuses an ungranted module at load time, and per-call state
+(graph and context handles) lives in the call's ``CallContext.extensions`` until ``end_call`` returns
+the interpreters it borrowed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import logging
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import wasmtime
 
 from edged.inference.tflite import WASI_NN_TYPES, Lease, Model, ModelError, ModelRegistry
 from edged.settings import FunctionSettings
-from edged.wasm.abi import u32
 from edged.wasm.host import models
 from edged.wasm.host.context import CallContext, current
+from edged.wasm.host.guard import Errnos, Refused, host_function
+from edged.wasm.memory import GuestMemory, u32
 
 __all__ = [
     "ENCODING_TFLITE",
@@ -80,7 +80,6 @@ _MAX_RANK = 8
 _MAX_NAME = 256
 _TENSOR = struct.Struct("<IIBxxxII")
 _BUILDER = struct.Struct("<II")
-_U32 = struct.Struct("<I")
 _DTYPES = {code: dtype for dtype, code in WASI_NN_TYPES.items()}
 
 
@@ -100,14 +99,15 @@ class NnErrno(enum.IntEnum):
 
 #: Errnos that mean "not granted": logged at WARNING (once per call), the rest at DEBUG.
 _REFUSALS = frozenset({NnErrno.NOT_FOUND, NnErrno.UNSUPPORTED_OPERATION})
+#: What the guard answers: a pointer outside guest memory, and anything unexpected in the host.
+_ERRNOS = Errnos(invalid_argument=NnErrno.INVALID_ARGUMENT, unexpected=NnErrno.RUNTIME_ERROR)
 
 
-class _Fail(Exception):
-    """An errno and why; raised inside an import and turned into its return value, never further."""
-
-    def __init__(self, errno: NnErrno, why: str) -> None:
-        super().__init__(why)
-        self.errno = errno
+def _errno_name(errno: int) -> str:
+    try:
+        return NnErrno(errno).name
+    except ValueError:
+        return str(errno)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,46 +156,6 @@ class NnCall:
         self.owned.clear()
 
 
-class _Guest:
-    """Bounds-checked access to the caller's exported memory during one import.
-
-    Unlike ``edged.wasm.abi.GuestMemory`` it hands out zero-copy views: a tensor goes from guest memory
-    into the interpreter with one copy.
-    """
-
-    __slots__ = ("_base", "size")
-
-    def __init__(self, caller: wasmtime.Caller) -> None:
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise _Fail(NnErrno.MISSING_MEMORY, "the module exports no memory named 'memory'")
-        self.size = memory.data_len(caller)
-        pointer = memory.data_ptr(caller)
-        self._base = ctypes.cast(pointer, ctypes.c_void_p).value or 0
-
-    def _check(self, ptr: int, length: int, what: str) -> int:
-        if length < 0 or ptr < 0 or ptr + length > self.size or (length and not self._base):
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"{what}: {length} bytes at {ptr} are outside guest memory")
-        return self._base + ptr
-
-    def view(self, ptr: int, length: int, what: str) -> ctypes.Array[ctypes.c_ubyte]:
-        """A zero-copy view; valid until the guest runs again (its memory may then move)."""
-        return (ctypes.c_ubyte * length).from_address(self._check(ptr, length, what))
-
-    def u32s(self, ptr: int, count: int, what: str) -> tuple[int, ...]:
-        return struct.unpack(f"<{count}I", self.view(ptr, 4 * count, what))
-
-    def write(self, ptr: int, data: bytes | np.ndarray[Any, Any], what: str) -> None:
-        if isinstance(data, np.ndarray):
-            array = np.ascontiguousarray(data)
-            ctypes.memmove(self._check(ptr, array.nbytes, what), array.ctypes.data, array.nbytes)
-        else:
-            ctypes.memmove(self._check(ptr, len(data), what), data, len(data))
-
-    def put_u32(self, ptr: int, value: int, what: str) -> None:
-        self.write(ptr, _U32.pack(value), what)
-
-
 _I32 = wasmtime.ValType.i32()
 
 
@@ -204,7 +164,7 @@ def _functype(params: int) -> wasmtime.FuncType:
 
 
 class NnHost:
-    """The WASI-NN host over a ModelRegistry: the function pool's ``nn`` extension."""
+    """The WASI-NN host over a ModelRegistry: the function pool's host extension."""
 
     def __init__(self, registry: ModelRegistry, *, checkout_timeout: float = 5.0,
                  max_model_bytes: int = 256 * 1024 * 1024) -> None:
@@ -270,29 +230,27 @@ class NnHost:
 
     def _guarded(self, import_name: str, grant: NnGrant,
                  impl: Callable[..., NnErrno]) -> Callable[..., int]:
+        def report(_name: str, errno: int, detail: str) -> None:
+            ctx = current()
+            call = ctx.extensions.get(EXTENSION) if ctx is not None else None
+            level = logging.DEBUG
+            if isinstance(call, NnCall):
+                call.last_error = f"{import_name}: {detail}"
+                if errno in _REFUSALS and not call.warned:
+                    call.warned, level = True, logging.WARNING
+            log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, _errno_name(errno), detail)
+
+        @host_function(f"{MODULE}.{import_name}", _ERRNOS, report)
         def host(caller: wasmtime.Caller, *args: int) -> int:
-            call: NnCall | None = None
-            try:
-                ctx = current()
-                if ctx is None:
-                    raise _Fail(NnErrno.RUNTIME_ERROR, "no call in progress on this thread")
-                call = self.state(ctx)
-                return int(impl(call, grant, _Guest(caller), *(u32(a) for a in args)))
-            except _Fail as fail:
-                level = logging.DEBUG
-                if call is not None:
-                    call.last_error = f"{import_name}: {fail}"
-                    if fail.errno in _REFUSALS and not call.warned:
-                        call.warned, level = True, logging.WARNING
-                log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, fail.errno.name, fail)
-                return int(fail.errno)
-            # A host import must never raise: wasmtime-py reports a host exception through module-global
-            # state that another thread's call could pick up. Everything unexpected is runtime_error.
-            except BaseException as exc:  # noqa: BLE001
-                if call is not None:
-                    call.last_error = f"{import_name}: {type(exc).__name__}: {exc}"
-                log.exception("%s: %s.%s failed", grant.function, MODULE, import_name)
-                return int(NnErrno.RUNTIME_ERROR)
+            ctx = current()
+            if ctx is None:
+                raise Refused(NnErrno.RUNTIME_ERROR, "no call in progress on this thread")
+            call = self.state(ctx)
+            memory = GuestMemory.of_caller(caller)
+            if memory is None:
+                raise Refused(NnErrno.MISSING_MEMORY, "the module exports no memory named 'memory'")
+            return impl(call, grant, memory, *(u32(a) for a in args))
+
         return host
 
     # -- the imports -------------------------------------------------------------------------------------
@@ -300,103 +258,103 @@ class NnHost:
     @staticmethod
     def _add_graph(call: NnCall, model: Model) -> int:
         if len(call.graphs) >= MAX_GRAPHS:
-            raise _Fail(NnErrno.BUSY, f"a call may hold at most {MAX_GRAPHS} graphs")
+            raise Refused(NnErrno.BUSY, f"a call may hold at most {MAX_GRAPHS} graphs")
         call.graphs.append(model)
         return len(call.graphs) - 1
 
-    def _load(self, call: NnCall, grant: NnGrant, mem: _Guest, builders_ptr: int, builders_len: int,
+    def _load(self, call: NnCall, grant: NnGrant, mem: GuestMemory, builders_ptr: int, builders_len: int,
               encoding: int, target: int, graph_out: int) -> NnErrno:
         if not grant.allow_model_bytes:
-            raise _Fail(NnErrno.UNSUPPORTED_OPERATION,
+            raise Refused(NnErrno.UNSUPPORTED_OPERATION,
                         "loading model bytes from the guest is not granted (allow_model_bytes)")
         if encoding != ENCODING_TFLITE:
-            raise _Fail(NnErrno.INVALID_ENCODING, f"encoding {encoding}: only tensorflowlite (4) is available")
+            raise Refused(NnErrno.INVALID_ENCODING, f"encoding {encoding}: only tensorflowlite (4) is available")
         if target not in _TARGETS:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"execution target {target} is not cpu, gpu or tpu")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"execution target {target} is not cpu, gpu or tpu")
         if target != _TARGET_CPU:
-            raise _Fail(NnErrno.UNSUPPORTED_OPERATION, f"execution target {target}: only cpu (0) is available")
+            raise Refused(NnErrno.UNSUPPORTED_OPERATION, f"execution target {target}: only cpu (0) is available")
         if builders_len != 1:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"a TFLite graph is one builder, not {builders_len}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"a TFLite graph is one builder, not {builders_len}")
         if len(call.owned) >= MAX_GUEST_MODELS:
-            raise _Fail(NnErrno.BUSY, f"at most {MAX_GUEST_MODELS} guest-supplied model(s) per call")
+            raise Refused(NnErrno.BUSY, f"at most {MAX_GUEST_MODELS} guest-supplied model(s) per call")
         mem.view(graph_out, 4, "graph_out")
         data_ptr, data_len = _BUILDER.unpack(mem.view(builders_ptr, _BUILDER.size, "builder array"))
         if data_len > self.max_model_bytes:
-            raise _Fail(NnErrno.TOO_LARGE, f"model of {data_len} bytes is over {self.max_model_bytes}")
+            raise Refused(NnErrno.TOO_LARGE, f"model of {data_len} bytes is over {self.max_model_bytes}")
         content = bytes(mem.view(data_ptr, data_len, "model bytes"))
         try:
             model = self.registry.load_bytes(content)
         except ModelError as exc:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"not a usable TFLite model: {exc}") from exc
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"not a usable TFLite model: {exc}") from exc
         call.owned.append(model)
-        mem.put_u32(graph_out, self._add_graph(call, model), "graph_out")
+        mem.write_u32(graph_out, self._add_graph(call, model), "graph_out")
         return NnErrno.SUCCESS
 
-    def _load_by_name(self, call: NnCall, grant: NnGrant, mem: _Guest, name_ptr: int, name_len: int,
+    def _load_by_name(self, call: NnCall, grant: NnGrant, mem: GuestMemory, name_ptr: int, name_len: int,
                       graph_out: int) -> NnErrno:
         if name_len > _MAX_NAME:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"model name of {name_len} bytes")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"model name of {name_len} bytes")
         mem.view(graph_out, 4, "graph_out")
         try:
             name = bytes(mem.view(name_ptr, name_len, "model name")).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, "model name is not UTF-8") from exc
+            raise Refused(NnErrno.INVALID_ARGUMENT, "model name is not UTF-8") from exc
         model = self.registry.get(name) if name in grant.models else None
         if model is None:
             # The same answer for "not declared" and "not granted": existence is not disclosed.
-            raise _Fail(NnErrno.NOT_FOUND, f"model {name!r} is not granted to this function")
-        mem.put_u32(graph_out, self._add_graph(call, model), "graph_out")
+            raise Refused(NnErrno.NOT_FOUND, f"model {name!r} is not granted to this function")
+        mem.write_u32(graph_out, self._add_graph(call, model), "graph_out")
         return NnErrno.SUCCESS
 
-    def _init_execution_context(self, call: NnCall, grant: NnGrant, mem: _Guest, graph: int,
+    def _init_execution_context(self, call: NnCall, grant: NnGrant, mem: GuestMemory, graph: int,
                                 ctx_out: int) -> NnErrno:
         if graph >= len(call.graphs):
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"no graph {graph}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"no graph {graph}")
         mem.view(ctx_out, 4, "context_out")
         model = call.graphs[graph]
         if any(ctx.model is model for ctx in call.contexts):
-            raise _Fail(NnErrno.BUSY, f"this call already has an execution context for model {model.name!r}")
+            raise Refused(NnErrno.BUSY, f"this call already has an execution context for model {model.name!r}")
         if len(call.contexts) >= MAX_CONTEXTS:
-            raise _Fail(NnErrno.BUSY, f"a call may hold at most {MAX_CONTEXTS} execution contexts")
+            raise Refused(NnErrno.BUSY, f"a call may hold at most {MAX_CONTEXTS} execution contexts")
         timeout = max(0.0, min(self.checkout_timeout, call.deadline - time.monotonic()))
         try:
             lease = model.checkout(timeout)
         except ModelError as exc:
-            raise _Fail(NnErrno.RUNTIME_ERROR, str(exc)) from exc
+            raise Refused(NnErrno.RUNTIME_ERROR, str(exc)) from exc
         if lease is None:
-            raise _Fail(NnErrno.BUSY, f"no interpreter of {model.name!r} free within {timeout:.3f} s")
+            raise Refused(NnErrno.BUSY, f"no interpreter of {model.name!r} free within {timeout:.3f} s")
         call.contexts.append(_Context(model, lease))
-        mem.put_u32(ctx_out, len(call.contexts) - 1, "context_out")
+        mem.write_u32(ctx_out, len(call.contexts) - 1, "context_out")
         return NnErrno.SUCCESS
 
     @staticmethod
     def _context(call: NnCall, ctx: int) -> _Context:
         if ctx >= len(call.contexts):
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"no execution context {ctx}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"no execution context {ctx}")
         return call.contexts[ctx]
 
-    def _set_input(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int, index: int,
+    def _set_input(self, call: NnCall, grant: NnGrant, mem: GuestMemory, ctx: int, index: int,
                    tensor_ptr: int) -> NnErrno:
         context = self._context(call, ctx)
         inputs = context.model.inputs
         if index >= len(inputs):
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index}: the model has {len(inputs)} input(s)")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"input {index}: the model has {len(inputs)} input(s)")
         spec = inputs[index]
         dims_ptr, dims_len, type_code, data_ptr, data_len = _TENSOR.unpack(
             mem.view(tensor_ptr, _TENSOR.size, "tensor"))
         if dims_len > _MAX_RANK:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"tensor of rank {dims_len}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"tensor of rank {dims_len}")
         dims = mem.u32s(dims_ptr, dims_len, "tensor dimensions")
         dtype = _DTYPES.get(type_code)
         if dtype is None:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"unknown tensor type {type_code}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"unknown tensor type {type_code}")
         if dtype != spec.dtype:
-            raise _Fail(NnErrno.INVALID_ARGUMENT,
+            raise Refused(NnErrno.INVALID_ARGUMENT,
                         f"input {index} is {spec.dtype.name} (type {spec.wasi_nn_type}), not {dtype.name}")
         if dims != spec.shape:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index} has dims {list(spec.shape)}, not {list(dims)}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"input {index} has dims {list(spec.shape)}, not {list(dims)}")
         if data_len != spec.nbytes:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, not {data_len}")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, not {data_len}")
         view = mem.view(data_ptr, data_len, "tensor data")
         value = np.frombuffer(memoryview(view), dtype=spec.dtype).reshape(spec.shape)
         context.lease.set_input(index, value)  # copies into the interpreter
@@ -404,31 +362,31 @@ class NnHost:
         context.computed = False
         return NnErrno.SUCCESS
 
-    def _compute(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int) -> NnErrno:
+    def _compute(self, call: NnCall, grant: NnGrant, mem: GuestMemory, ctx: int) -> NnErrno:
         context = self._context(call, ctx)
         missing = sorted(set(range(len(context.model.inputs))) - context.inputs_set)
         if missing:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"input(s) {missing} not set")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"input(s) {missing} not set")
         try:
             context.lease.invoke()
         except (ValueError, RuntimeError) as exc:
-            raise _Fail(NnErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
+            raise Refused(NnErrno.RUNTIME_ERROR, f"inference failed: {exc}") from exc
         context.computed = True
         return NnErrno.SUCCESS
 
-    def _get_output(self, call: NnCall, grant: NnGrant, mem: _Guest, ctx: int, index: int, out_ptr: int,
+    def _get_output(self, call: NnCall, grant: NnGrant, mem: GuestMemory, ctx: int, index: int, out_ptr: int,
                     out_max: int, written_out: int) -> NnErrno:
         context = self._context(call, ctx)
         outputs = context.model.outputs
         if index >= len(outputs):
-            raise _Fail(NnErrno.INVALID_ARGUMENT, f"output {index}: the model has {len(outputs)} output(s)")
+            raise Refused(NnErrno.INVALID_ARGUMENT, f"output {index}: the model has {len(outputs)} output(s)")
         if not context.computed:
-            raise _Fail(NnErrno.INVALID_ARGUMENT, "compute() has not run since the inputs were set")
+            raise Refused(NnErrno.INVALID_ARGUMENT, "compute() has not run since the inputs were set")
         mem.view(written_out, 4, "written_out")
         mem.view(out_ptr, out_max, "output buffer")
         value = context.lease.output(index)
         if value.nbytes > out_max:
-            raise _Fail(NnErrno.TOO_LARGE, f"output {index} is {value.nbytes} bytes; the buffer holds {out_max}")
-        mem.write(out_ptr, value, "output buffer")
-        mem.put_u32(written_out, value.nbytes, "written_out")
+            raise Refused(NnErrno.TOO_LARGE, f"output {index} is {value.nbytes} bytes; the buffer holds {out_max}")
+        mem.write(out_ptr, np.ascontiguousarray(value).data, "output buffer")
+        mem.write_u32(written_out, value.nbytes, "written_out")
         return NnErrno.SUCCESS

@@ -1,4 +1,5 @@
-"""Results from the store to the broker: QoS 1, on a connection of their own, marked published on PUBACK.
+"""Results from the store to the broker (sync work, beside the Dapr drain): QoS 1, on a connection of
+their own, marked published on PUBACK.
 
 The store is the queue: ``Store.mqtt_pending`` lists committed events still to publish, oldest first, and
 ``Store.mqtt_published`` clears the mark once the broker acknowledged them. Nothing waits in memory
@@ -14,16 +15,17 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edged.events import StoredEvent
-from edged.ingest.mqtt_client import ConnectionHandler, MqttConnection, Received, backoff_delay, new_properties
 from edged.metrics import Metrics
+from edged.mqtt import ConnectionHandler, MqttConnection, Received, new_properties
+from edged.retry import Backoff
 from edged.settings import MqttSettings
 from edged.status import Components
 
@@ -82,13 +84,14 @@ def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -
 class ResultPublisher(ConnectionHandler):
     """The ``edged.mqtt.publish`` loop: drains ``mqtt_pending`` whenever connected, bounded in flight.
 
-    It owns the results connection (client id ``{client_id}-results``); ``conn.run()`` is its loop.
+    It owns the results connection (client id ``{client_id}-results``). ``async with`` closes it at the
+    end; ``background()`` gives the two loops (the connection's and the publishing one).
     """
 
     def __init__(self, settings: MqttSettings, client_id: str, store: PublishStore, metrics: Metrics,
                  components: Components) -> None:
         self._settings = settings
-        self.conn = MqttConnection(settings, f"{client_id}-results", self, components, metrics, ingest=False)
+        self.conn = MqttConnection(settings, f"{client_id}-results", self, components, ingest=False)
         self._store = store
         self._metrics = metrics
         self._wake = asyncio.Event()
@@ -98,7 +101,8 @@ class ResultPublisher(ConnectionHandler):
         self._claimed: set[str] = set()
         self._acked: list[str] = []
         self._echoes: deque[StoredEvent] = deque()
-        self._refusals = 0
+        #: Slows publishing down while the broker refuses results (an ACL problem is not fixed in a hot loop).
+        self._refused = Backoff(1.0, 60.0)
         self._hold_until = 0.0
 
     # -- called by the ingest side and, as its ConnectionHandler, by the results connection (loop thread) --
@@ -123,7 +127,7 @@ class ResultPublisher(ConnectionHandler):
         event_id = self._by_mid.pop(mid)
         if ok:
             self._metrics.mqtt_published.labels("ok").inc()
-            self._refusals = 0
+            self._refused.reset()
             if event_id is not None:
                 self._acked.append(event_id)
         else:
@@ -132,8 +136,7 @@ class ResultPublisher(ConnectionHandler):
             self._metrics.mqtt_published.labels("refused").inc()
             if event_id is not None:
                 self._claimed.discard(event_id)
-            delay = backoff_delay(self._refusals, 1.0, 60.0)
-            self._refusals += 1
+            delay = self._refused.next()
             self._hold_until = time.monotonic() + delay
             log.error("the broker refused result %s (%s); it stays queued, retrying in %.0fs", event_id, reason,
                       delay)
@@ -151,6 +154,15 @@ class ResultPublisher(ConnectionHandler):
             if event_id is not None:
                 self._claimed.discard(event_id)
         self._by_mid.clear()
+
+    async def __aenter__(self) -> ResultPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"edged.mqtt.results-connection": self.conn.run(), "edged.mqtt.publish": self.run()}
 
     # -- the loop ------------------------------------------------------------------------------------------
 

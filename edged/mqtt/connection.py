@@ -1,10 +1,9 @@
-"""paho-mqtt driven from the asyncio loop, and the connection's life: connect, back off, reconnect.
+"""One MQTT connection on the asyncio loop, and its life: connect, back off, reconnect.
 
-paho's network calls run on the event loop: the socket is registered with ``add_reader``/``add_writer``
-and ``loop_read``/``loop_write``/``loop_misc`` are called from those callbacks and a 1 s tick, so every
-paho callback (messages, PUBACKs, CONNACK) runs on the loop thread. The one exception is the blocking
-TCP connect and TLS handshake inside ``Client.reconnect``: it runs in an executor while no socket is
-registered and nothing else touches the client, and the socket is attached when it returns.
+paho's network calls run on the event loop (see ``loopio``), plus ``loop_misc`` on a 1 s tick. The one
+exception is the blocking TCP connect and TLS handshake inside ``Client.reconnect``: it runs in an
+executor while no socket is registered and nothing else touches the client, and the socket is attached
+when it returns.
 
 Each successful CONNACK starts a new *generation*. A message may only be acknowledged on the connection
 that delivered it: after a reconnect the broker resends what was not acked (persistent session), and a
@@ -16,16 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
-import socket
-import ssl
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -34,20 +27,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edged.metrics import Metrics
-from edged.settings import MqttSettings, TlsSettings
+from edged.mqtt.handler import ConnectionHandler, Received
+from edged.mqtt.loopio import LoopSocket
+from edged.mqtt.options import describe_error, new_properties, tls_context
+from edged.retry import Backoff, jittered
+from edged.secrets import SecretError, read_secret
+from edged.settings import MqttSettings
 from edged.status import Components, State
 
-__all__ = [
-    "COMPONENT",
-    "RESULTS_COMPONENT",
-    "ConnectionHandler",
-    "MqttConnection",
-    "Received",
-    "backoff_delay",
-    "new_properties",
-    "read_password",
-]
+__all__ = ["COMPONENT", "RESULTS_COMPONENT", "MqttConnection"]
 
 log = logging.getLogger(__name__)
 
@@ -58,64 +46,6 @@ RESULTS_COMPONENT = "mqtt-results"
 TICK_SECONDS = 1.0
 #: How long the birth/offline status and the DISCONNECT may take at shutdown.
 CLOSE_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A PUBLISH as delivered by the broker, tagged with the connection generation that delivered it."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    retain: bool
-    properties: Properties | None
-    generation: int
-    received_at: float
-
-
-class ConnectionHandler(Protocol):
-    """What the ingest layer is told; every method is called on the loop thread and must not raise."""
-
-    def on_connected(self, generation: int, session_present: bool) -> None: ...
-
-    def on_disconnected(self) -> None: ...
-
-    def on_message(self, message: Received) -> None: ...
-
-    def on_published(self, mid: int, ok: bool, reason: str) -> None: ...
-
-
-_jitter = random.Random()  # noqa: S311 (jitter, not secrets)
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: a delay in [d/2, d] where d = min(cap, base * 2**attempt)."""
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
-    return float(ceiling / 2 + _jitter.uniform(0, ceiling / 2))
-
-
-def new_properties(packet_type: int) -> Properties:
-    """MQTT 5 properties for one packet type (paho's constructor is untyped)."""
-    props: Properties = Properties(packet_type)  # type: ignore[no-untyped-call]
-    return props
-
-
-def read_password(path: Path | None) -> str | None:
-    """Read the broker password; the file's name is looked up in systemd's $CREDENTIALS_DIRECTORY first."""
-    if path is None:
-        return None
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / path.name).is_file():
-        path = Path(creds) / path.name
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
-
-
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
 
 
 class MqttConnection:
@@ -129,11 +59,10 @@ class MqttConnection:
     """
 
     def __init__(self, settings: MqttSettings, client_id: str, handler: ConnectionHandler,
-                 components: Components, metrics: Metrics, *, ingest: bool = True) -> None:
+                 components: Components, *, ingest: bool = True) -> None:
         self._settings = settings
         self._handler = handler
         self._components = components
-        self._metrics = metrics
         self._ingest = ingest
         self._component = COMPONENT if ingest else RESULTS_COMPONENT
         self._where = f"{settings.host}:{settings.port}"
@@ -149,9 +78,6 @@ class MqttConnection:
         self._close_acked = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-mqtt-connect")
         self._connecting: Future[MQTTErrorCode] | None = None
-        self._detached = asyncio.Event()
-        self._sock: socket.socket | None = None
-        self._reading_paused = False
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost = asyncio.Event()
         protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
@@ -160,10 +86,9 @@ class MqttConnection:
             clean_session=None if self.v5 else not ingest, manual_ack=True, reconnect_on_failure=False,
         )
         self.client.enable_logger(logging.getLogger("edged.mqtt.paho"))
-        if settings.username is not None:
-            self.client.username_pw_set(settings.username, read_password(settings.password_file))
+        self.io = LoopSocket(self.client, self._lost.set)
         if settings.tls is not None:
-            self.client.tls_set_context(_tls_context(settings.tls))
+            self.client.tls_set_context(tls_context(settings.tls))
             self.client.tls_insecure_set(settings.tls.insecure)
         if self.status_topic is not None:
             self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
@@ -174,11 +99,8 @@ class MqttConnection:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
 
-    # -- state ------------------------------------------------------------------------------------------
-
     def _state(self, state: State, detail: str) -> None:
         self._components.set(self._component, state, detail)
-        self._metrics.component_up.labels(self._component).set(1 if state == "connected" else 0)
 
     # -- the connection loop ----------------------------------------------------------------------------
 
@@ -187,37 +109,46 @@ class MqttConnection:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         s = self._settings
-        attempt = 0
+        backoff = Backoff(s.reconnect_min_delay, s.reconnect_max_delay)
         while True:
             try:
                 await self._open()
+            except SecretError as exc:
+                await self._hold_off(f"{exc}")
+                continue
             except (OSError, ValueError) as exc:
                 # The detail stays the same while the cause does, so an outage is logged once.
-                self._state("disconnected", f"cannot connect to {self._where}: {_describe(exc)}")
+                self._state("disconnected", f"cannot connect to {self._where}: {describe_error(exc)}")
             else:
                 reason = await self._session()
                 if reason is None:
                     self._state("disconnected", f"no CONNACK from {self._where}")
                 elif reason.is_failure:
-                    # Bad credentials or a banned client id will not fix themselves quickly.
-                    self._state("error", f"connection refused by {self._where}: {reason}")
-                    delay = s.refused_retry_delay * _jitter.uniform(0.75, 1.25)
-                    log.warning("retrying the refused connection to %s in %.0fs", self._where, delay)
-                    await asyncio.sleep(delay)
+                    await self._hold_off(f"connection refused by {self._where}: {reason}")
                     continue
                 else:
-                    attempt = 0  # we were connected: start the backoff over
-            delay = backoff_delay(attempt, s.reconnect_min_delay, s.reconnect_max_delay)
-            attempt += 1
+                    backoff.reset()  # we were connected: start the backoff over
+            delay = backoff.next()
             log.debug("reconnecting to %s in %.2fs", self._where, delay)
             await asyncio.sleep(delay)
+
+    async def _hold_off(self, detail: str) -> None:
+        """Bad credentials or a banned client id will not fix themselves quickly: retry slowly."""
+        self._state("error", detail)
+        delay = jittered(self._settings.refused_retry_delay)
+        log.warning("retrying the connection to %s in %.0fs", self._where, delay)
+        await asyncio.sleep(delay)
 
     async def _open(self) -> None:
         """TCP connect, TLS handshake and CONNECT in an executor, then attach the socket to the loop."""
         loop = asyncio.get_running_loop()
+        s = self._settings
+        if s.username is not None:
+            # Read on every attempt: a fixed password file needs no restart.
+            password = read_secret("mqtt.password_file", s.password_file) if s.password_file else None
+            self.client.username_pw_set(s.username, password)
         self._lost.clear()
         self._connack = loop.create_future()
-        s = self._settings
         if self.v5 and self._ingest:
             # A persistent session: clean_start false AND an expiry, or the broker keeps nothing.
             props = new_properties(PacketTypes.CONNECT)
@@ -237,7 +168,7 @@ class MqttConnection:
             if sock is not None:
                 sock.close()
             raise ConnectionError(paho.error_string(rc))
-        self._attach(sock)  # type: ignore[arg-type]
+        self.io.attach(sock)  # type: ignore[arg-type]
 
     async def _session(self) -> ReasonCode | None:
         """Wait for the CONNACK, then tick until the connection is lost. None: no CONNACK came."""
@@ -256,85 +187,15 @@ class MqttConnection:
                 async with asyncio.timeout(TICK_SECONDS):
                     await self._lost.wait()
             except TimeoutError:
-                if self._sock is not None:
+                if self.io.sock is not None:
                     self.client.loop_misc()
         if reason is None and self._connack.done():
             reason = self._connack.result()
         return reason
 
     def _drop(self) -> None:
-        sock = self._sock
-        self._detach()
-        if sock is not None:
-            sock.close()
+        self.io.close()
         self._lost.set()
-
-    # -- socket registration ----------------------------------------------------------------------------
-
-    def _attach(self, sock: socket.socket) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._sock = sock
-        self._detached.clear()
-        self.client.on_socket_close = self._on_socket_close
-        self.client.on_socket_register_write = self._on_register_write
-        self.client.on_socket_unregister_write = self._on_unregister_write
-        if not self._reading_paused:
-            loop.add_reader(sock, self._readable)
-        # CONNECT may still be partly unsent; loop_write also brings paho's "writer registered" flag in
-        # line with the loop (it registers through the callbacks now installed when more is to send).
-        self.client.loop_write()
-
-    def _detach(self) -> None:
-        self.client.on_socket_close = None
-        self.client.on_socket_register_write = None
-        self.client.on_socket_unregister_write = None
-        sock, self._sock = self._sock, None
-        self._detached.set()
-        if sock is not None and self._loop is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._detach()
-        self._lost.set()
-
-    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and self._sock is not None:
-            self._loop.add_writer(self._sock, self._writable)
-
-    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and self._sock is not None:
-            self._loop.remove_writer(self._sock)
-
-    def _readable(self) -> None:
-        self.client.loop_read()
-        sock = self._sock
-        # TLS may hold decrypted bytes the socket no longer signals: read them now.
-        if sock is not None and not self._reading_paused and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            assert self._loop is not None
-            self._loop.call_soon(self._readable)
-
-    def _writable(self) -> None:
-        self.client.loop_write()
-
-    def pause_reading(self) -> None:
-        """Stop reading from the broker (TCP backpressure) until ``resume_reading``."""
-        if not self._reading_paused:
-            self._reading_paused = True
-            if self._sock is not None and self._loop is not None:
-                self._loop.remove_reader(self._sock)
-
-    def resume_reading(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            if self._sock is not None and self._loop is not None:
-                self._loop.add_reader(self._sock, self._readable)
-                self._loop.call_soon(self._readable)
-
-    @property
-    def reading_paused(self) -> bool:
-        return self._reading_paused
 
     # -- paho callbacks (loop thread, inside loop_read/loop_write) -----------------------------------
 
@@ -390,7 +251,7 @@ class MqttConnection:
             return
         self._handler.on_published(mid, not reason.is_failure, str(reason))
 
-    # -- what the ingest layer calls ----------------------------------------------------------------------
+    # -- what the connection's user calls ------------------------------------------------------------------
 
     def ack(self, mid: int, qos: int, generation: int) -> bool:
         """Acknowledge a message on the connection that delivered it; False when that connection is gone."""
@@ -433,7 +294,7 @@ class MqttConnection:
             self.client.disconnect()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_SECONDS):
-                    await self._detached.wait()
+                    await self.io.detached.wait()
         connecting = self._connecting
         if connecting is not None and not connecting.done():
             # Stopped while a connect is under way in the executor: give it a moment to end, so its
@@ -447,11 +308,3 @@ class MqttConnection:
             leftover.close()
         self._executor.shutdown(wait=False)
         self._state("disconnected", "stopped")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS verification failed: {exc.verify_message}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -1,0 +1,36 @@
+"""The function pool wired from settings, once: model registry -> WASI-NN host -> pool.
+
+``app.py`` (the daemon) and ``cli.py`` (``edged functions``, ``edged invoke``) build their pools here.
+The caller owns the lifecycle: enter ``models`` (reads every model once) before ``pool``, and leave them
+in reverse; ``edged functions`` only lists, so it never loads the models.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from edged.inference.tflite import ModelRegistry
+from edged.settings import Settings
+from edged.wasm.host.nn import NnHost
+from edged.wasm.pool import FunctionPool, OnCall
+
+__all__ = ["PoolParts", "build_pool"]
+
+
+class PoolParts(NamedTuple):
+    models: ModelRegistry
+    pool: FunctionPool
+
+
+def build_pool(settings: Settings, *, only: str | None = None, on_call: OnCall | None = None) -> PoolParts:
+    """The registry of declared models and the pool running ``settings.functions`` with WASI-NN linked.
+
+    With ``only``, just that function and the models it may load (``edged invoke``); KeyError when
+    there is no such function.
+    """
+    functions = settings.functions if only is None else {only: settings.functions[only]}
+    declared = settings.models if only is None else {m: settings.models[m] for m in functions[only].models}
+    # One interpreter per worker and model at most: a worker runs one call at a time.
+    models = ModelRegistry(declared, backend=settings.nn_backend, max_interpreters=settings.pool.workers)
+    pool = FunctionPool(functions, settings.pool, settings.state_dir / "cache", NnHost(models), on_call=on_call)
+    return PoolParts(models, pool)

@@ -1,0 +1,120 @@
+"""The ``frame-v1`` runner (docs/ABI.md): a reactor that takes its input in memory and answers through
+``edged.output``."""
+
+from __future__ import annotations
+
+import wasmtime
+
+from edged.errors import BadOutput
+from edged.frames import Frame
+from edged.settings import FunctionSettings
+from edged.wasm.abi import ABI_VERSION, HEADER_SIZE, KIND_FRAME, KIND_RAW, Output, pack_header
+from edged.wasm.host.context import CallContext
+from edged.wasm.host.link import HostExtension
+from edged.wasm.memory import GuestMemory, GuestMemoryError, u32
+from edged.wasm.outcome import Attempt, FunctionLoadError, trap_summary
+from edged.wasm.rawcall import call_i32, export
+from edged.wasm.runner import FunctionRunner, signature
+from edged.wasm.scratch import Scratch
+
+__all__ = ["FrameRunner"]
+
+_EXPECTED_EXPORTS = {
+    "edged_abi_version": ((), ("i32",)),
+    "edged_alloc": (("i32",), ("i32",)),
+    "edged_run": (("i32", "i32"), ("i32",)),
+}
+
+
+class FrameRunner(FunctionRunner):
+    """``edged_alloc`` + ``edged_run`` on a fresh reactor instance; no stdin or stdout, stderr is logged."""
+
+    abi = "frame-v1"
+
+    def __init__(self, name: str, settings: FunctionSettings, module: wasmtime.Module, engine: wasmtime.Engine,
+                 tick_ms: float, extension: HostExtension | None) -> None:
+        super().__init__(name, settings, module, engine, tick_ms, extension)
+        self._has_initialize = any(e.name == "_initialize" for e in module.exports)
+        self._raw_input = settings.input == "raw"
+
+    def _export_problem(self, exports: dict[str, object]) -> str | None:
+        if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+            return "a frame-v1 module must export its memory as 'memory'"
+        init = exports.get("_initialize")
+        if init is not None and (not isinstance(init, wasmtime.FuncType) or signature(init) != ((), ())):
+            return "a frame-v1 module's _initialize, if any, must be () -> ()"
+        for name, expected in _EXPECTED_EXPORTS.items():
+            ty = exports.get(name)
+            if not isinstance(ty, wasmtime.FuncType) or signature(ty) != expected:
+                params, results = expected
+                return f"a frame-v1 module must export {name}: ({', '.join(params)}) -> ({', '.join(results)})"
+        return None
+
+    def _check_loaded(self, pre: wasmtime.InstancePre) -> None:
+        """Ask the module its ABI version (instantiates once, running ``_initialize``)."""
+        store = self._store(None)
+        try:
+            instance = pre.instantiate(store)
+            self._initialize(store, instance)
+            version_fn = export(store, instance, "edged_abi_version")
+            assert isinstance(version_fn, wasmtime.Func)
+            version = call_i32(store, version_fn)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise FunctionLoadError(self.name, f"failed while checking its ABI version: "
+                                               f"{trap_summary(str(exc))}") from None
+        finally:
+            store.close()
+        if version != ABI_VERSION:
+            raise FunctionLoadError(self.name, f"edged_abi_version() returned {version}; edged speaks {ABI_VERSION}")
+
+    def _initialize(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+        """Run a reactor's ``_initialize`` when it has one (checked to be () -> () by validate)."""
+        if self._has_initialize:
+            init = export(store, instance, "_initialize")
+            assert isinstance(init, wasmtime.Func)
+            call_i32(store, init, results=0)
+
+    def _stdio(self, wasi: wasmtime.WasiConfig, scratch: Scratch) -> None:
+        wasi.stderr_file = str(scratch.stderr)
+
+    def _run(self, store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
+             frame: Frame, attempt: Attempt) -> None:
+        if self._raw_input:
+            data = frame.raw
+            header = pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data))
+        else:
+            data = frame.pixels
+            header = pack_header(KIND_FRAME, frame.width, frame.height, 3, frame.format_code, len(data))
+        total = HEADER_SIZE + len(data)
+        self._initialize(store, instance)
+        alloc, run = export(store, instance, "edged_alloc"), export(store, instance, "edged_run")
+        if memory is None or not isinstance(alloc, wasmtime.Func) or not isinstance(run, wasmtime.Func):
+            attempt.bad_pointer = "the instance lacks memory, edged_alloc or edged_run"
+            return
+        # Both signatures were checked by validate(): the unchecked calls are safe.
+        ptr = u32(call_i32(store, alloc, total) or 0)
+        if ptr == 0:
+            attempt.alloc_failed = total
+            return
+        guest = GuestMemory(memory, store)  # after edged_alloc, which may have grown the memory
+        try:
+            guest.write(ptr, header)
+            guest.write(ptr + HEADER_SIZE, data)
+        except GuestMemoryError as exc:
+            attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
+            return
+        attempt.status = call_i32(store, run, ptr, total)
+
+    def _output(self, ctx: CallContext, scratch: Scratch) -> Output:
+        if ctx.output_error is not None:
+            raise BadOutput(ctx.output_error)
+        if ctx.output is None:
+            raise BadOutput("no result: edged_run returned 0 without calling edged.output")
+        return ctx.output
+
+    def _failure_detail(self, status: int, ctx: CallContext, stderr: str, scratch: Scratch) -> str:
+        """The guest's JSON result when it set one before failing, else edged_run's status."""
+        output = ctx.output
+        if output is not None and output.json is not None:
+            return output.body.decode("utf-8")[:4096]
+        return f"edged_run returned {status}"
