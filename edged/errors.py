@@ -7,8 +7,11 @@ to; the HTTP layer renders every one of them as ``{"error": code, "detail": text
 from __future__ import annotations
 
 __all__ = [
+    "BadBody",
     "BadImage",
     "BadOutput",
+    "BadRequest",
+    "BodyTimeout",
     "BodyTooLarge",
     "EdgedError",
     "FunctionError",
@@ -21,6 +24,7 @@ __all__ = [
     "Overloaded",
     "TooManyPixels",
     "UnknownFunction",
+    "UnsupportedEncoding",
     "UnsupportedFormat",
 ]
 
@@ -61,6 +65,33 @@ class TooManyPixels(ImageError):
 class BodyTooLarge(ImageError):
     code = "too_large"
     http_status = 413
+
+
+class BadRequest(EdgedError):
+    """A request edged cannot take as sent: a malformed header, say. Checked before any function runs."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class BadBody(BadRequest):
+    """The body could not be read as sent: it fails its Content-Encoding, or its chunked framing."""
+
+    code = "bad_body"
+
+
+class BodyTimeout(BadRequest):
+    """The client stopped sending the body (``http.body_idle_timeout``)."""
+
+    code = "body_timeout"
+    http_status = 408
+
+
+class UnsupportedEncoding(BadRequest):
+    """A Content-Encoding other than identity, gzip or deflate."""
+
+    code = "unsupported_encoding"
+    http_status = 415
 
 
 class UnknownFunction(EdgedError):

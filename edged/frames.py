@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from edged.errors import BadImage, TooManyPixels, UnsupportedFormat
+from edged.errors import BadImage, ImageError, TooManyPixels, UnsupportedFormat
 
 __all__ = [
     "FORMAT_CODES",
@@ -68,7 +68,7 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
     except UnidentifiedImageError as exc:
         raise BadImage("not an image (JPEG, PNG, GIF, BMP or WebP expected)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooManyPixels(str(exc)) from exc
+        raise _bomb_error(data, exc) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"corrupt image header: {exc}") from exc
     with img:
@@ -94,6 +94,23 @@ def decode(data: bytes, *, max_pixels: int) -> Frame:
         height=height,
         pixels=pixels,
     )
+
+
+def _bomb_error(data: bytes, exc: Exception) -> ImageError:
+    """What to answer when Pillow's own pixel bound fires in ``Image.open``, before the format is known.
+
+    An image too large in a format edged does not take (an EPS with a vast BoundingBox) is a 415, as any
+    image in that format is; only one in an accepted format is ``too_many_pixels``. Told apart by opening
+    the header again with only the accepted formats allowed.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(FORMAT_CODES)):
+            pass
+    except UnidentifiedImageError:
+        return UnsupportedFormat("this image format is not supported (JPEG, PNG, GIF, BMP, WebP)")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError):
+        pass
+    return TooManyPixels(str(exc))
 
 
 def _rgb_bytes(img: Image.Image) -> bytes:
