@@ -5,11 +5,18 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from edged.logs import RepeatFilter, SafeFormatter, configure, escape
+from tests.configs import daemon_config, write_config
+from tests.daemon import run_daemon
+from tests.test_http import encoded
+from tests.test_sandbox import m_log
+from tests.wat import write_wasm
 
 CSI = "\u009b"  # a one-character Control Sequence Introducer: U+009B
 HOSTILE = f"cam{CSI}31m\x1b[2J\x07\x00\r\nFAKE edged: forged line\x7f\udcff\tend"
@@ -139,3 +146,20 @@ def test_a_flood_of_identical_exceptions_logs_a_bounded_number_of_lines(
     assert "19995 more like 'accept failed on fd %d' (OSError)" in text
     assert "WARNING edged.flood: camera x\\x9b" in text
     assert len(text.splitlines()) < 60
+
+
+def test_the_daemon_log_escapes_guest_text_and_caps_its_floods(tmp_path: Path) -> None:
+    # A guest writes a warning with terminal escapes (C1 CSI and ESC) on each of 20 calls.
+    module = write_wasm(tmp_path, "noisy", m_log(30, f"cam{CSI}31m \x1b[2J done"))
+    config = write_config(tmp_path / "edged.toml", daemon_config(tmp_path / "state",
+                                                                 functions={"noisy": {"module": module}}))
+    with run_daemon(config) as d:
+        for _ in range(20):
+            request = urllib.request.Request(f"{d.url}/v1/functions/noisy", data=encoded("PNG"))
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                assert resp.status == 200
+    text = d.log
+    assert CSI not in text
+    assert "\x1b" not in text
+    assert text.count("cam\\x9b31m \\x1b[2J done") == 5
+    assert "15 more like '%s' in the last" in text  # reported when the daemon stopped
