@@ -131,10 +131,9 @@ class _Connection(asyncio.Protocol):
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
-    def arm(self, delay: float | None = None) -> None:
+    def arm(self) -> None:
         self.disarm()
-        delay = self._guard.header_timeout if delay is None else delay
-        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._timer = asyncio.get_running_loop().call_later(self._guard.header_timeout, self._expire)
 
     def disarm(self) -> None:
         if self._timer is not None:
@@ -146,7 +145,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.busy or transport is None or transport.is_closing():
             return
-        if self._inner is not None and transport.get_write_buffer_size():
+        if transport.get_write_buffer_size():
             self.arm()  # a response is still flushing to a slow reader: its headers are not late
             return
         self._guard.timed_out(self)
