@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.ingest.http import HttpApi
+from edged.ingest.listener import HANDLER_OPTIONS, ConnectionGuard, ensure_fd_limit
 from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers
 from edged.metrics import Metrics
@@ -64,6 +65,7 @@ class App:
         self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None)
+        self.connections = ConnectionGuard(settings.http, self.metrics)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
 
@@ -91,17 +93,24 @@ class App:
 
     @asynccontextmanager
     async def _serve_http(self) -> AsyncIterator[None]:
-        runner = web.AppRunner(self.http.application(), shutdown_timeout=HTTP_DRAIN_SECONDS,
-                               access_log=None, handle_signals=False)
+        http = self.settings.http
+        app = self.http.application()
+        app.middlewares.insert(0, self.connections.middleware)  # outermost: it sees every request start
+        runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_SECONDS, handle_signals=False, **HANDLER_OPTIONS)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.settings.http.host, self.settings.http.port, reuse_address=True)
-            await site.start()
-            self.http_port = int(runner.addresses[0][1])
-            log.info("listening on http://%s:%s", self.settings.http.host, self.http_port)
-            yield
+            assert runner.server is not None
+            ensure_fd_limit(http)
+            listener = await self.connections.listen(runner.server, http.host, http.port)
+            try:
+                self.http_port = int(listener.sockets[0].getsockname()[1])
+                log.info("listening on http://%s:%s", http.host, self.http_port)
+                yield
+            finally:
+                listener.close()  # no new connections; the runner drains the open ones
         finally:
             await runner.cleanup()
+            self.connections.close()
 
     def background(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The loops to run while the daemon is up, by task name."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edged.errors import EdgedError
+from edged.logs import RepeatFilter, configure
 from edged.secrets import SecretError, read_secret
 from edged.settings import ConfigError, Settings, load_settings
 
@@ -65,10 +66,11 @@ def _file_problems(settings: Settings) -> list[tuple[str, str]]:
     return problems
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() or
+def _setup_logging(level: str) -> logging.Handler:
+    # Control characters escaped and floods of one error capped: see edged.logs.
+    return configure(
+        level,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() or
         not os.environ.get("JOURNAL_STREAM") else "%(levelname)s %(name)s: %(message)s",
     )
 
@@ -90,14 +92,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edged.malloc import pin_mmap_threshold
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level)
+    handler = _setup_logging(settings.log_level)
     problems = _file_problems(settings)
     for key, message in problems:
         logging.getLogger("edged").error("config error: %s: %s", key, message)
     if problems:
         return EXIT_CONFIG
     pin_mmap_threshold()  # flat RSS under a stream of frames: see edged.malloc
-    return asyncio.run(run(settings))
+    try:
+        return asyncio.run(run(settings))
+    finally:
+        for held in handler.filters:
+            if isinstance(held, RepeatFilter):
+                held.flush()  # the counts of what was held back, before the process goes
 
 
 def _cmd_functions(args: argparse.Namespace) -> int:

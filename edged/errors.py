@@ -7,8 +7,11 @@ to; the HTTP layer renders every one of them as ``{"error": code, "detail": text
 from __future__ import annotations
 
 __all__ = [
+    "BadBody",
     "BadImage",
     "BadOutput",
+    "BadRequest",
+    "BodyTimeout",
     "BodyTooLarge",
     "DecodeCancelled",
     "DecodeTimeout",
@@ -24,6 +27,7 @@ __all__ = [
     "Overloaded",
     "TooManyPixels",
     "UnknownFunction",
+    "UnsupportedEncoding",
     "UnsupportedFormat",
 ]
 
@@ -86,6 +90,33 @@ class DecodeCancelled(ImageError):
     code = "shutting_down"
     http_status = 503
     retry_after = 1
+
+
+class BadRequest(EdgedError):
+    """A request edged cannot take as sent: a malformed header, say. Checked before any function runs."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class BadBody(BadRequest):
+    """The body could not be read as sent: it fails its Content-Encoding, or its chunked framing."""
+
+    code = "bad_body"
+
+
+class BodyTimeout(BadRequest):
+    """The client stopped sending the body (``http.body_idle_timeout``)."""
+
+    code = "body_timeout"
+    http_status = 408
+
+
+class UnsupportedEncoding(BadRequest):
+    """A Content-Encoding other than identity, gzip or deflate."""
+
+    code = "unsupported_encoding"
+    http_status = 415
 
 
 class UnknownFunction(EdgedError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from edged.decode_guard import GuardedReader, check_structure, decode_cost, limit_pillow_text
-from edged.errors import BadImage, TooManyPixels, UnsupportedFormat
+from edged.errors import BadImage, ImageError, TooManyPixels, UnsupportedFormat
 
 __all__ = [
     "FORMAT_CODES",
@@ -136,7 +136,7 @@ def _open(data: bytes, reader: GuardedReader, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise BadImage("not an image (JPEG, PNG, GIF, BMP or WebP expected)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooManyPixels(str(exc)) from exc
+        raise _bomb_error(data, exc) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"corrupt image header: {exc}") from exc
     try:
@@ -186,6 +186,23 @@ def _whole_packing_works() -> bool:
 
 #: ``Image._getencoder`` (Pillow internals) packs frames in one piece; else ``tobytes`` does, always.
 PACK_WHOLE = _whole_packing_works()
+
+
+def _bomb_error(data: bytes, exc: Exception) -> ImageError:
+    """What to answer when Pillow's own pixel bound fires in ``Image.open``, before the format is known.
+
+    An image too large in a format edged does not take (an EPS with a vast BoundingBox) is a 415, as any
+    image in that format is; only one in an accepted format is ``too_many_pixels``. Told apart by opening
+    the header again with only the accepted formats allowed.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(FORMAT_CODES)):
+            pass
+    except UnidentifiedImageError:
+        return UnsupportedFormat("this image format is not supported (JPEG, PNG, GIF, BMP, WebP)")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError):
+        pass
+    return TooManyPixels(str(exc))
 
 
 def _rgb_bytes(img: Image.Image) -> bytes:

@@ -27,6 +27,17 @@ class Metrics:
             "edged_overloaded", "Requests refused because the pool was full.", ["source"],
             registry=self.registry,
         )
+        self.http_connections = Gauge(
+            "edged_http_connections", "Open HTTP connections being served.", registry=self.registry,
+        )
+        self.http_refused = Counter(
+            "edged_http_refused_connections", "HTTP connections answered 503 at once: http.max_connections reached.",
+            registry=self.registry,
+        )
+        self.http_timeouts = Counter(
+            "edged_http_timeouts", "HTTP connections or reads cut short by a timeout, by phase (header, body).",
+            ["phase"], registry=self.registry,
+        )
         self.component_up = Gauge(
             "edged_component_up", "1 when a component (mqtt, dapr) is connected.", ["component"],
             registry=self.registry,

@@ -19,7 +19,7 @@ _LEAVES = frozenset()
 ALLOWED: dict[str, frozenset[str]] = {
     # Leaves: the standard library and third-party packages only.
     "errors": _LEAVES, "events": _LEAVES, "retry": _LEAVES, "secrets": _LEAVES, "cgroup_limit": _LEAVES,
-    "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "metrics": _LEAVES,
+    "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "metrics": _LEAVES, "logs": _LEAVES,
     "status": frozenset({"metrics"}),
     # settings reach into wasm for one stdlib-only module, the outbound URL policy (checked below).
     "settings": frozenset({"wasm"}),

@@ -7,12 +7,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edged.errors import BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
+from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
+from edged.ingest.body import body_bound, read_body
+from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.secrets import resolve_secret
@@ -22,13 +25,19 @@ from edged.store import OutboxState
 from edged.sync.status import SyncStatus
 from edged.wasm.pool import FunctionPool
 
-__all__ = ["LEGACY_API_NAMES", "HttpApi", "outbox_document"]
+__all__ = ["LEGACY_API_NAMES", "BodyReservation", "HttpApi", "camera_of", "outbox_document"]
 
 log = logging.getLogger(__name__)
 
 #: The original demo's `api` header values on POST /api/image.
 LEGACY_API_NAMES = {"rs": "grayscale", "go": "classify"}
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
+#: Characters a camera id may not hold: it becomes an MQTT topic level of the results.
+_TOPIC_SPECIALS = frozenset("/+#")
+#: Holds a request body's bytes against the memory budget while the request is served; raises an
+#: EdgedError (a 503 Overloaded, or too_large) when they cannot be had.
+BodyReservation = Callable[[int], AbstractContextManager[object]]
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -74,6 +83,23 @@ def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus
     }
 
 
+def camera_of(request: web.BaseRequest) -> str:
+    """The request's camera id (``X-Camera``, default ``http``); BadRequest unless printable ASCII, 1-128 long."""
+    value = request.headers.get("X-Camera")
+    if value is None:
+        return "http"
+    camera = value.strip()
+    if (not camera or len(camera) > MAX_CAMERA_CHARS or not camera.isascii() or not camera.isprintable()
+            or not _TOPIC_SPECIALS.isdisjoint(camera)):
+        raise BadRequest(f"X-Camera must be 1 to {MAX_CAMERA_CHARS} printable ASCII characters, "
+                         "none of '/', '+' or '#'")
+    return camera
+
+
+def _no_reservation(size: int) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 def _error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
@@ -82,7 +108,8 @@ class HttpApi:
     """Routes and middlewares of the HTTP API; ``application()`` builds the aiohttp app."""
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
-                 pipeline: Pipeline, outbox: OutboxControl | None = None, sync: SyncStatus | None = None) -> None:
+                 pipeline: Pipeline, outbox: OutboxControl | None = None, sync: SyncStatus | None = None,
+                 reserve_body: BodyReservation | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
@@ -91,6 +118,7 @@ class HttpApi:
         self._policy = IngestPolicy.for_http(settings.http)
         self._outbox = outbox
         self._sync = sync
+        self._reserve_body = reserve_body or _no_reservation
         token = resolve_secret("http.token_file", settings.http.token, settings.http.token_file)
         self._token = token.encode() if token is not None else None
         self.accepting = True
@@ -127,7 +155,9 @@ class HttpApi:
             if exc.status < 400:
                 raise
             code = exc.reason.lower().replace(" ", "_")
-            return _error_response(exc.status, code, exc.text or exc.reason, dict(exc.headers))
+            # Its own Content-Type would clash with json_response's; Allow and the like are kept.
+            headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+            return _error_response(exc.status, code, exc.text or exc.reason, headers)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return _error_response(500, "internal", "internal error; see the daemon log")
@@ -137,7 +167,9 @@ class HttpApi:
         if self._token is not None and request.path not in _OPEN_PATHS:
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            # Header bytes that are not UTF-8 arrive as lone surrogates: compare them as the bytes sent.
+            sent = value.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent, self._token):
                 self._metrics.rejected.labels("http", "unauthorized").inc()
                 return _error_response(401, "unauthorized", "missing or wrong bearer token",
                                        {"WWW-Authenticate": 'Bearer realm="edged"'})
@@ -186,13 +218,29 @@ class HttpApi:
         if name not in self._settings.functions:
             self._metrics.rejected.labels("http", UnknownFunction.code).inc()
             raise UnknownFunction(f"no function named {name!r}")
-        limit = self._settings.http.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            self._metrics.rejected.labels("http", BodyTooLarge.code).inc()
-            raise BodyTooLarge(f"request body of {request.content_length} bytes is over {limit}")
-        data = await request.read()
+        try:
+            camera = camera_of(request)
+            bound = body_bound(request, self._settings.http.max_body_bytes)
+        except (BadRequest, BodyTooLarge) as exc:
+            self._metrics.rejected.labels("http", exc.code).inc()
+            raise
+        with self._reserve_body(bound):  # the memory budget, held until the response is built
+            data = await self._read(request)
+            return await self._respond(name, camera, data)
+
+    async def _read(self, request: web.Request) -> bytes:
+        http = self._settings.http
+        try:
+            return await read_body(request, limit=http.max_body_bytes, idle_timeout=http.body_idle_timeout)
+        except BodyTimeout:
+            self._metrics.http_timeouts.labels("body").inc()
+            raise
+        except (BadRequest, BodyTooLarge) as exc:
+            self._metrics.rejected.labels("http", exc.code).inc()
+            raise
+
+    async def _respond(self, name: str, camera: str, data: bytes) -> web.Response:
         started = time.perf_counter()
-        camera = request.headers.get("X-Camera", "http")[:128]
         try:
             outcome = await self._pipeline.process(policy=self._policy, camera=camera, data=data,
                                                    functions=[name])

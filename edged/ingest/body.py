@@ -1,0 +1,60 @@
+"""Reading a request body within its limits: size after decoding, idle time, Content-Encoding.
+
+``body_bound`` is checked before anything is read or reserved: it refuses an encoding edged does not take
+(415) and a declared length over the limit (413), and returns the most bytes the body can take once read,
+the figure a memory budget reserves. ``read_body`` then reads it chunk by chunk, each chunk within
+``idle_timeout`` (408 past it), counting decoded bytes against the limit (413).
+
+gzip and deflate are accepted: aiohttp decodes them as the body is read, a bounded piece at a time under
+flow control, so a gzip bomb costs at most ``limit`` bytes here before it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from edged.errors import BadBody, BodyTimeout, BodyTooLarge, UnsupportedEncoding
+
+__all__ = ["ENCODINGS", "body_bound", "read_body"]
+
+#: Content-Encodings taken; aiohttp decodes all but identity.
+ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+
+
+def _encoding(request: web.BaseRequest) -> str:
+    return request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+
+
+def body_bound(request: web.BaseRequest, limit: int) -> int:
+    """The most bytes the body of ``request`` can take once read; raise UnsupportedEncoding or BodyTooLarge."""
+    encoding = _encoding(request)
+    if encoding not in ENCODINGS:
+        raise UnsupportedEncoding(f"Content-Encoding {encoding[:40]!r} is not taken (identity, gzip or deflate)")
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes is over {limit}")
+    # A compressed body's declared length says nothing of its decoded size.
+    return declared if declared is not None and encoding == "identity" else limit
+
+
+async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float) -> bytes:
+    """The body of ``request``, decoded; raise BodyTooLarge, BodyTimeout or BadBody."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await request.content.readany()
+        except TimeoutError as exc:
+            raise BodyTimeout(f"the body stalled: nothing for {idle_timeout:g} s after {size} bytes") from exc
+        except web.RequestPayloadError as exc:
+            raise BadBody(f"the body could not be read as {_encoding(request)}: {exc}") from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body over {limit} bytes"
+                               + (" once decoded" if _encoding(request) != "identity" else ""))
+        chunks.append(chunk)
