@@ -12,7 +12,8 @@ link-local, private or unspecified address is only reached for an origin in ``pr
 that starts resolving to this device or its LAN (DNS rebinding) reaches neither.
 
 Refusals and failures are logged at WARNING once per call (the rest at DEBUG), so a guest looping over
-refused requests cannot flood the log; ``refusals`` counts them all.
+refused requests cannot flood the log; ``HttpCall.refused`` (in the call's ``extensions[EXTENSION]``)
+counts them all.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from edged.wasm.host.guard import Errnos, Refused, host_function
 from edged.wasm.host.urls import split_url
 from edged.wasm.memory import GuestMemory, u32
 
-__all__ = ["HttpCall", "HttpRequest", "edged_http_request", "parse_request", "refusals"]
+__all__ = ["EXTENSION", "HttpCall", "HttpRequest", "edged_http_request", "parse_request", "screen"]
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,6 @@ class HttpCall:
     """One call's refused or failed requests: the first is logged at WARNING, the rest at DEBUG."""
 
     refused: int = 0
-
-
-def refusals(ctx: CallContext) -> int:
-    """How many of this call's requests were refused or failed."""
-    state = ctx.extensions.get(EXTENSION)
-    return state.refused if isinstance(state, HttpCall) else 0
 
 
 def _complain(ctx: CallContext, message: str, *args: object) -> None:
