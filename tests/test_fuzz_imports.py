@@ -13,7 +13,9 @@ in wasmtime's ``LAST_EXCEPTION``), every call a result or a FunctionError (``bad
 program touched ``edged.output``), and the pool still working afterwards.
 
 ``EDGED_FUZZ_EXAMPLES=N`` runs N programs (in rounds of ``ROUND`` with fresh seeds) instead of the short
-derandomized run; it prints the rate.
+derandomized run, and prints the rate; run it with ``-p no:logging -s``::
+
+    EDGED_FUZZ_EXAMPLES=100000 python -m pytest -p no:logging -s tests/test_fuzz_imports.py
 """
 
 from __future__ import annotations
@@ -200,7 +202,10 @@ class Fuzz:
 
 
 @pytest.fixture(scope="module")
-def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
+def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Fuzz]:
+    if LONG_EXAMPLES and request.config.pluginmanager.has_plugin("logging"):
+        # pytest's capture handler also attaches to non-propagating loggers and keeps every record.
+        pytest.fail("run the long fuzz with -p no:logging (pytest would keep millions of log records)")
     tmp = tmp_path_factory.mktemp("fuzz")
     watch = Watch()
     edged_log = logging.getLogger("edged")
