@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import http.client
-import http.server
-import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +14,15 @@ import pytest
 
 from edged.errors import FunctionTimeout
 from edged.settings import FunctionSettings, PoolSettings, Preopen
-from edged.wasm.host import http as host_http
+from edged.wasm.host import connect as host_connect
 from edged.wasm.pool import FunctionPool
+from tests.outbound import FakeDns, Seen, m_http, reach, serve
 from tests.pools import call_sync
-from tests.wat import OUT_FD, RESP_BUF, RESP_LEN, Wat, raw_frame, write_wasm
+from tests.wat import OUT_FD, Wat, raw_frame, write_wasm
 
 pytestmark = pytest.mark.timeout(120)
 
 FRAME = raw_frame(b"{}")
-#: How long the test server holds a /slow request: far past the 300 ms calls that make one.
-SERVER_HOLD_SECONDS = 30.0
 #: A call bounded by its 300 ms timeout ends well within this, even on a loaded machine.
 CALL_BOUND_SECONDS = 5.0
 O_CREAT, O_TRUNC = 1, 8
@@ -139,88 +134,15 @@ def test_log_grant(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 # -- edged.http_request ------------------------------------------------------------------------------
 
-@dataclass
-class Seen:
-    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-
-    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.server.seen.requests.append((self.command, self.path, dict(self.headers.items()), body))
-        port = self.server.server_address[1]
-        if self.path == "/hello":
-            self._answer(200, b'{"hello":"world"}')
-        elif self.path == "/redirect":
-            self._answer(302, b"", {"Location": f"http://127.0.0.2:{port}/hello"})
-        elif self.path == "/big":
-            self._answer(200, b"x" * 10_000)
-        elif self.path == "/echo":
-            self._answer(200, json.dumps({"body": body.decode(), "method": self.command}).encode())
-        elif self.path == "/slow":
-            self.server.seen.release.wait(SERVER_HOLD_SECONDS)
-            self._answer(200, b'{"late":true}')
-        else:
-            self._answer(404, b"{}")
-
-    do_GET = do_POST = _handle  # noqa: N815
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    seen: Seen
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[str, Seen]]:
-    srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.seen = Seen()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), name="test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.seen
-    finally:
-        srv.seen.release.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(10)
-
-
-def m_http(request: str, body: bytes = b"", cap: int = 4096, *, echo: bool = False) -> str:
-    """Makes the request; reports {"status", "len"}, or with ``echo`` returns a 200's body as the result."""
-    w = Wat()
-    body_args = w.ptr_len(body) if body else "(i32.const 0) (i32.const 0)"
-    report = f"""{w.json(status='(local.get $status)', len=f'(i32.load (i32.const {RESP_LEN}))')}
-    (drop (call $emit))"""
-    if echo:
-        report = f"""(if (i32.eq (local.get $status) (i32.const 200))
-      (then (drop (call $output (i32.const {RESP_BUF}) (i32.load (i32.const {RESP_LEN})) (i32.const 1))))
-      (else {report}))"""
-    return w.frame_module(f"""
-    (local.set $status (call $http {w.ptr_len(request)} {body_args}
-                             (i32.const {RESP_BUF}) (i32.const {cap}) (i32.const {RESP_LEN})))
-    {report}
-    (i32.const 0)""", locals_="(local $status i32)")
+    with serve() as (origin, seen):
+        yield origin, seen
 
 
 def test_allowed_host_works(tmp_path: Path, server: tuple[str, Seen]) -> None:
     origin, seen = server
-    got = call(tmp_path, m_http(f"GET {origin}/hello\nX-Test: yes\n", echo=True), allowed_hosts=(origin,))
+    got = call(tmp_path, m_http(f"GET {origin}/hello\nX-Test: yes\n", echo=True), **reach(origin))
     assert got == {"hello": "world"}
     [(method, path, headers, _)] = seen.requests
     assert (method, path, headers["X-Test"], headers["Host"]) == ("GET", "/hello", "yes", origin[len("http://"):])
@@ -229,7 +151,7 @@ def test_allowed_host_works(tmp_path: Path, server: tuple[str, Seen]) -> None:
 def test_post_body(tmp_path: Path, server: tuple[str, Seen]) -> None:
     origin, _ = server
     got = call(tmp_path, m_http(f"POST {origin}/echo\nContent-Type: text/plain", body=b"ping", echo=True),
-               allowed_hosts=(origin,))
+               **reach(origin))
     assert got == {"body": "ping", "method": "POST"}
 
 
@@ -245,29 +167,29 @@ def test_host_not_allowed_is_denied(tmp_path: Path, server: tuple[str, Seen], al
                                     "Upgrade: websocket", "X-Bad: a\rb"])
 def test_refused_headers(tmp_path: Path, server: tuple[str, Seen], header: str) -> None:
     origin, seen = server
-    assert call(tmp_path, m_http(f"GET {origin}/hello\n{header}"), allowed_hosts=(origin,))["status"] == -1
+    assert call(tmp_path, m_http(f"GET {origin}/hello\n{header}"), **reach(origin))["status"] == -1
     assert seen.requests == []
 
 
 @pytest.mark.parametrize("request_text", ["GARBAGE", "GET", "GET  /hello", "GET ftp://127.0.0.1/x", "\n"])
 def test_malformed_requests(tmp_path: Path, server: tuple[str, Seen], request_text: str) -> None:
     origin, seen = server
-    assert call(tmp_path, m_http(request_text), allowed_hosts=(origin,))["status"] == -1
+    assert call(tmp_path, m_http(request_text), **reach(origin))["status"] == -1
     assert seen.requests == []
 
 
 def test_redirect_is_not_followed(tmp_path: Path, server: tuple[str, Seen]) -> None:
     origin, seen = server
-    got = call(tmp_path, m_http(f"GET {origin}/redirect"), allowed_hosts=(origin, origin.replace(".1:", ".2:")))
+    got = call(tmp_path, m_http(f"GET {origin}/redirect"), **reach(origin, origin.replace(".1:", ".2:")))
     assert got == {"status": 302, "len": 0}
     assert [path for _, path, _, _ in seen.requests] == ["/redirect"]
 
 
 def test_response_over_capacity(tmp_path: Path, server: tuple[str, Seen]) -> None:
     origin, _ = server
-    assert call(tmp_path, m_http(f"GET {origin}/big", cap=100), allowed_hosts=(origin,)) == {
+    assert call(tmp_path, m_http(f"GET {origin}/big", cap=100), **reach(origin)) == {
         "status": -7, "len": 10_000}
-    assert call(tmp_path, m_http(f"GET {origin}/big", cap=10_000), allowed_hosts=(origin,)) == {
+    assert call(tmp_path, m_http(f"GET {origin}/big", cap=10_000), **reach(origin)) == {
         "status": 200, "len": 10_000}
 
 
@@ -276,14 +198,14 @@ def test_connection_failure_is_io_error(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     origin = f"http://127.0.0.1:{port}"
-    assert call(tmp_path, m_http(f"GET {origin}/"), allowed_hosts=(origin,))["status"] == -5
+    assert call(tmp_path, m_http(f"GET {origin}/"), **reach(origin))["status"] == -5
 
 
 def call_within_300_ms(tmp_path: Path, request_text: str, origin: str) -> tuple[Any, float]:
     """The request from a function with a 300 ms timeout: its JSON result (None if it timed out), and how
     long the call took in seconds (pool start-up excluded)."""
     path = write_wasm(tmp_path, "fn", m_http(request_text))
-    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, allowed_hosts=(origin,))}
+    functions = {"fn": FunctionSettings(module=path, timeout_ms=300, **reach(origin))}
     with FunctionPool(functions, PoolSettings(workers=1, queue=0), tmp_path / "cache") as pool:
         started = time.monotonic()
         try:
@@ -303,33 +225,12 @@ def test_request_bounded_by_call_timeout(tmp_path: Path, server: tuple[str, Seen
     assert elapsed < CALL_BOUND_SECONDS
 
 
-class _FakeDns:
-    """socket.getaddrinfo for ``*.test`` names (loopback only); ``hold`` makes the lookup wait for ``go``."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold: bool = False) -> None:
-        self.asked: list[str] = []
-        self.go = threading.Event()
-        self.finished = threading.Event()
-        self._hold = hold
-        self._real = socket.getaddrinfo
-        monkeypatch.setattr(socket, "getaddrinfo", self)
-
-    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if not str(host).endswith(".test"):
-            return self._real(host, port, *args, **kwargs)
-        self.asked.append(str(host))
-        if self._hold:
-            self.go.wait(30)
-        self.finished.set()
-        return self._real("127.0.0.1", port, *args, **kwargs)
-
-
 def test_a_name_is_looked_up_and_kept_in_the_host_header(tmp_path: Path, server: tuple[str, Seen],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    dns = _FakeDns(monkeypatch)
+    dns = FakeDns(monkeypatch)
     port = server[0].rsplit(":", 1)[1]
     origin = f"http://camera-cloud.test:{port}"
-    got = call(tmp_path, m_http(f"GET {origin}/hello", echo=True), allowed_hosts=(origin,))
+    got = call(tmp_path, m_http(f"GET {origin}/hello", echo=True), **reach(origin))
     assert got == {"hello": "world"}
     assert dns.asked == ["camera-cloud.test"]
     [(_, _, headers, _)] = server[1].requests
@@ -339,7 +240,7 @@ def test_a_name_is_looked_up_and_kept_in_the_host_header(tmp_path: Path, server:
 def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, server: tuple[str, Seen],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The resolver has no timeout of its own; the call must not wait for it past its deadline."""
-    dns = _FakeDns(monkeypatch, hold=True)
+    dns = FakeDns(monkeypatch, hold=True)
     origin = f"http://stuck-dns.test:{server[0].rsplit(':', 1)[1]}"
     got, elapsed = call_within_300_ms(tmp_path, f"GET {origin}/hello", origin)
     lookup_was_pending = not dns.finished.is_set()
@@ -354,13 +255,13 @@ def test_a_slow_name_lookup_is_bounded_by_the_call_timeout(tmp_path: Path, serve
 # -- http.client's private connection hook: checked at import, with a fallback ------------------------
 
 def test_http_clients_hook_is_checked_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert host_http.PINNED_BY_HOOK, "the installed Python must still connect through _create_connection"
+    assert host_connect.PINNED_BY_HOOK, "the installed Python must still connect through _create_connection"
 
     def connect(self: http.client.HTTPConnection) -> None:
         self.sock = socket.create_connection((self.host, self.port), self.timeout)
 
     monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
-    assert not host_http._has_connection_hook()  # noqa: SLF001
+    assert not host_connect._has_connection_hook()  # noqa: SLF001
 
 
 def test_without_the_hook_the_host_connects_the_socket_itself(tmp_path: Path, server: tuple[str, Seen],
@@ -369,12 +270,12 @@ def test_without_the_hook_the_host_connects_the_socket_itself(tmp_path: Path, se
     def not_used(self: http.client.HTTPConnection) -> None:
         raise AssertionError("HTTPConnection.connect was used although the hook check failed")
 
-    monkeypatch.setattr(host_http, "PINNED_BY_HOOK", False)
+    monkeypatch.setattr(host_connect, "PINNED_BY_HOOK", False)
     monkeypatch.setattr(http.client.HTTPConnection, "connect", not_used)
-    dns = _FakeDns(monkeypatch)
+    dns = FakeDns(monkeypatch)
     port = server[0].rsplit(":", 1)[1]
     origin = f"http://camera-cloud.test:{port}"
-    got = call(tmp_path, m_http(f"POST {origin}/echo", body=b"ping", echo=True), allowed_hosts=(origin,))
+    got = call(tmp_path, m_http(f"POST {origin}/echo", body=b"ping", echo=True), **reach(origin))
     assert got == {"body": "ping", "method": "POST"}
     assert dns.asked == ["camera-cloud.test"]
     [(_, _, headers, _)] = server[1].requests

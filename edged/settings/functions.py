@@ -49,11 +49,23 @@ class FunctionSettings(Model):
     allowed_hosts: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
         default=(), description="Origins (scheme://host:port) the function may call over HTTP."
     )
+    private_hosts: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+        default=(),
+        description="Those of allowed_hosts that may resolve to a loopback, link-local or private address "
+                    "(a LAN camera, an NVR, a local service); the others never reach one.",
+    )
     models: tuple[str, ...] = Field(default=(), description="Models (from [models]) it may load by name.")
     allow_model_bytes: bool = Field(
         default=False, description="Allow WASI-NN load() of model bytes supplied by the guest."
     )
     log: bool = Field(default=True, description="Grant the edged.log import; stderr is logged either way.")
+
+    @model_validator(mode="after")
+    def _private_hosts_are_allowed(self) -> FunctionSettings:
+        stray = [origin for origin in self.private_hosts if origin not in self.allowed_hosts]
+        if stray:
+            raise ValueError(f"private_hosts {stray} must also be in allowed_hosts")
+        return self
 
     @model_validator(mode="after")
     def _command_takes_raw(self) -> FunctionSettings:

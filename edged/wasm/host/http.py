@@ -7,37 +7,38 @@ followed (http.client does not follow them), and proxy environment variables are
 (http.client ignores them). The whole exchange, name lookup included, is bounded by the call's remaining
 time, because epoch interruption cannot stop host code.
 
-Where the connection goes is set through ``HTTPConnection._create_connection``, http.client's private
-hook (``PINNED_BY_HOOK`` says it is there, checked once at import). Without it the socket is connected
-here and handed to http.client as ``conn.sock`` (wrapped in TLS for https), which does the same with
-public names only.
+The looked-up addresses are screened before the connect (``edged.wasm.host.addresses``): a loopback,
+link-local, private or unspecified address is only reached for an origin in ``private_hosts``, so a name
+that starts resolving to this device or its LAN (DNS rebinding) reaches neither.
+
+Refusals and failures are logged at WARNING once per call (the rest at DEBUG), so a guest looping over
+refused requests cannot flood the log; ``HttpCall.refused`` (in the call's ``extensions[EXTENSION]``)
+counts them all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import ipaddress
 import logging
 import re
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
 import wasmtime
 
 from edged.wasm.abi import Errno
+from edged.wasm.host.addresses import non_public
+from edged.wasm.host.connect import AddrInfo, open_connection, remaining, resolve, ssl_context
 from edged.wasm.host.context import CallContext, current, escape_text
 from edged.wasm.host.guard import Errnos, Refused, host_function
-from edged.wasm.host.urls import normalize_origin
+from edged.wasm.host.urls import split_url
 from edged.wasm.memory import GuestMemory, u32
 
-__all__ = ["PINNED_BY_HOOK", "HttpRequest", "edged_http_request", "parse_request"]
+__all__ = ["EXTENSION", "HttpCall", "HttpRequest", "edged_http_request", "parse_request", "screen"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,8 @@ DENIED = -Errno.DENIED
 IO_ERROR = -Errno.IO_ERROR
 TOO_LARGE = -Errno.TOO_LARGE
 _ERRNOS = Errnos(invalid_argument=INVALID_ARGUMENT, unexpected=IO_ERROR)
-
-
-def _has_connection_hook() -> bool:
-    """Whether http.client still connects through the per-connection ``_create_connection`` attribute."""
-    connect = http.client.HTTPConnection.connect
-    return ("_create_connection" in getattr(getattr(connect, "__code__", None), "co_names", ())
-            and callable(getattr(http.client.HTTPConnection("localhost"), "_create_connection", None)))
-
-
-PINNED_BY_HOOK = _has_connection_hook()
+#: Key of the per-call state in ``CallContext.extensions``.
+EXTENSION = "edged.http"
 
 #: Longest request text (request line and headers) a guest may send.
 MAX_REQUEST_TEXT = 64 * 1024
@@ -64,8 +57,8 @@ _CHUNK = 64 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REFUSED = frozenset({"host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
                       "content-length"})
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_SSL_CONTEXT: ssl.SSLContext | None = None
+# Header values are printable ASCII or tab: http.client would send other text as Latin-1, or raise.
+_BAD_VALUE = re.compile(r"[^\x09\x20-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +72,21 @@ class HttpRequest:
     headers: tuple[tuple[str, str], ...]
 
 
+@dataclass(slots=True)
+class HttpCall:
+    """One call's refused or failed requests: the first is logged at WARNING, the rest at DEBUG."""
+
+    refused: int = 0
+
+
+def _complain(ctx: CallContext, message: str, *args: object) -> None:
+    state = ctx.extensions.setdefault(EXTENSION, HttpCall())
+    assert isinstance(state, HttpCall)
+    state.refused += 1
+    level = logging.WARNING if state.refused == 1 else logging.DEBUG
+    ctx.logger.log(level, message, *args)
+
+
 def parse_request(text: str, allowed: tuple[str, ...]) -> HttpRequest:
     """Parse ``METHOD URL`` plus ``Name: value`` lines; raise Refused (-1 malformed, -2 not allowed)."""
     lines = text.split("\n")
@@ -90,18 +98,12 @@ def parse_request(text: str, allowed: tuple[str, ...]) -> HttpRequest:
     if len(first) != 2 or not _TOKEN.match(first[0]):
         raise Refused(INVALID_ARGUMENT, "the first line must be 'METHOD URL'")
     method, url = first
-    if _BAD_VALUE.search(url) or " " in url:
-        raise Refused(INVALID_ARGUMENT, "control characters in the URL")
     try:
-        origin = normalize_origin(url)
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts = split_url(url)
     except ValueError as exc:
-        raise Refused(INVALID_ARGUMENT, f"bad URL: {exc}") from exc
-    if origin not in allowed:
-        raise Refused(DENIED, f"{origin} is not in allowed_hosts")
-    assert parts.hostname is not None  # normalize_origin refuses URLs without a host
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        raise Refused(INVALID_ARGUMENT, f"bad URL: {escape_text(str(exc))}") from exc
+    if parts.origin not in allowed:
+        raise Refused(DENIED, f"{parts.origin} is not in allowed_hosts")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, sep, value = line.removesuffix("\r").partition(":")
@@ -112,114 +114,38 @@ def parse_request(text: str, allowed: tuple[str, ...]) -> HttpRequest:
             raise Refused(INVALID_ARGUMENT, f"header {name} is refused")
         value = value.strip(" \t")
         if _BAD_VALUE.search(value):
-            raise Refused(INVALID_ARGUMENT, f"control characters in header {name}")
+            raise Refused(INVALID_ARGUMENT, f"header {name}: a value is printable ASCII")
         headers.append((name, value))
-    return HttpRequest(method, parts.scheme, parts.hostname, port, origin, target, tuple(headers))
+    return HttpRequest(method, parts.scheme, parts.host, parts.port, parts.origin, parts.target, tuple(headers))
 
 
-def _ssl_context() -> ssl.SSLContext:
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = ssl.create_default_context()
-    return _SSL_CONTEXT
+def screen(req: HttpRequest, addresses: Sequence[AddrInfo], private: bool) -> list[AddrInfo]:
+    """The addresses the request may connect to; Refused (-2) when the origin may reach none of them."""
+    if private:
+        return list(addresses)
+    kept = [info for info in addresses if non_public(info[4]) is None]
+    if not kept:
+        found = ", ".join(f"{info[4][0]} ({non_public(info[4])})" for info in addresses[:4])
+        raise Refused(DENIED, f"{req.origin} resolved to {found or 'nothing'}; only an origin also listed "
+                              f"in private_hosts may reach such addresses")
+    return kept
 
 
-def _remaining(ctx: CallContext) -> float:
-    left = ctx.remaining()
-    if left <= 0:
-        raise TimeoutError("the call's time is up")
-    return left
-
-
-_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
-
-
-def _resolve(ctx: CallContext, host: str, port: int) -> Sequence[_AddrInfo]:
-    """getaddrinfo within the call's remaining time.
-
-    The resolver takes no timeout (resolv.conf's can add up to tens of seconds), so a name is looked up
-    on a daemon thread: when the call's time is up the call goes on, and the thread ends whenever the
-    resolver does. An IP literal needs no lookup.
-    """
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    done = threading.Event()
-    outcome: list[Sequence[_AddrInfo] | OSError] = []
-
-    def lookup() -> None:
-        try:
-            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            outcome.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=lookup, name="edged-dns", daemon=True).start()
-    if not done.wait(_remaining(ctx)):
-        raise TimeoutError(f"looking up {host} outlasted the call")
-    if isinstance(outcome[0], OSError):
-        raise outcome[0]
-    return outcome[0]
-
-
-def _connect_to(addresses: Sequence[_AddrInfo]) -> Callable[..., socket.socket]:
-    """socket.create_connection's signature, connecting to ``addresses`` whatever the name asked for."""
-    def create_connection(_address: object, timeout: float | None = None,
-                          _source_address: object = None) -> socket.socket:
-        failure: OSError = OSError("the name has no address")
-        for family, kind, proto, _name, sockaddr in addresses:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                failure = exc
-                continue
-            return sock
-        raise failure
-    return create_connection
-
-
-def _open(conn: http.client.HTTPConnection, req: HttpRequest, addresses: Sequence[_AddrInfo]) -> socket.socket:
-    """Connect ``conn`` to ``addresses`` while the Host header and TLS (SNI, certificate name) keep the name."""
-    connect = _connect_to(addresses)
-    if PINNED_BY_HOOK:
-        conn._create_connection = connect  # type: ignore[attr-defined]  # noqa: SLF001 (see the module docstring)
-        conn.connect()
-        sock: socket.socket = conn.sock
-        return sock
-    sock = connect(None, conn.timeout)
-    try:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as HTTPConnection.connect does
-        if req.scheme == "https":
-            sock = _ssl_context().wrap_socket(sock, server_hostname=req.host)
-    except BaseException:
-        sock.close()
-        raise
-    conn.sock = sock
-    return sock
-
-
-def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int) -> tuple[int, bytearray, int]:
+def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int,
+              private: bool) -> tuple[int, bytearray, int]:
     """Send the request; return (status, the body's first ``cap`` bytes, the body's full length)."""
-    addresses = _resolve(ctx, req.host, req.port)
+    addresses = screen(req, resolve(ctx, req.host, req.port), private)
     conn: http.client.HTTPConnection
     if req.scheme == "https":
-        conn = http.client.HTTPSConnection(req.host, req.port, timeout=_remaining(ctx), context=_ssl_context())
+        conn = http.client.HTTPSConnection(req.host, req.port, timeout=remaining(ctx), context=ssl_context())
     else:
-        conn = http.client.HTTPConnection(req.host, req.port, timeout=_remaining(ctx))
+        conn = http.client.HTTPConnection(req.host, req.port, timeout=remaining(ctx))
     watchdog: threading.Timer | None = None
     try:
-        sock = _open(conn, req, addresses)
+        sock = open_connection(conn, req.scheme, req.host, addresses)
         # Socket timeouts bound each recv, not the exchange: a server dripping bytes could outlast the
         # call. At the deadline the watchdog shuts the socket down, which ends any pending recv.
-        watchdog = threading.Timer(_remaining(ctx), _shutdown, (sock,))
+        watchdog = threading.Timer(remaining(ctx), _shutdown, (sock,))
         watchdog.daemon = True
         watchdog.start()
         names = {name.lower() for name, _ in req.headers}
@@ -233,14 +159,16 @@ def _exchange(ctx: CallContext, req: HttpRequest, body: bytes, cap: int) -> tupl
         kept = bytearray()
         total = 0
         while chunk := resp.read1(_CHUNK):
-            _remaining(ctx)
+            remaining(ctx)
             total += len(chunk)
             # Past the guest's buffer the rest is only counted, so the guest learns the size it needs.
             room = cap - len(kept)
             if room > 0:
                 kept += chunk[:room]
-        _remaining(ctx)
+        remaining(ctx)
         return resp.status, kept, total
+    except RuntimeError as exc:  # the watchdog's thread could not start (TasksMax)
+        raise OSError(f"cannot bound the exchange: {exc}") from exc
     finally:
         if watchdog is not None:
             watchdog.cancel()
@@ -277,13 +205,16 @@ def edged_http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int, body
     try:
         req = parse_request(text, ctx.settings.allowed_hosts)
     except Refused as exc:
-        ctx.logger.warning("http_request refused (%d): %s", exc.errno, exc.detail)
+        _complain(ctx, "http_request refused (%d): %s", exc.errno, exc.detail)
         return exc.errno
     started = time.perf_counter()
     try:
-        status, data, total = _exchange(ctx, req, body, resp_cap)
+        status, data, total = _exchange(ctx, req, body, resp_cap, req.origin in ctx.settings.private_hosts)
+    except Refused as exc:
+        _complain(ctx, "http_request refused (%d): %s", exc.errno, exc.detail)
+        return exc.errno
     except (OSError, http.client.HTTPException) as exc:
-        ctx.logger.warning("http_request %s %s%s failed: %s", req.method, req.origin, req.target, exc)
+        _complain(ctx, "http_request %s %s%s failed: %s", req.method, req.origin, req.target, exc)
         return IO_ERROR
     elapsed_ms = (time.perf_counter() - started) * 1000
     log.debug("%s: %s %s%s -> %d, %d bytes in %.1f ms", ctx.function, req.method, req.origin, req.target,

@@ -21,13 +21,13 @@ Policy (docs/ABI.md, "WASI-NN"):
 - ``set_input`` checks the index, rank, dims, type and byte size against the model's input:
   any mismatch (u8 data for a float model, too few bytes, ...) is ``invalid_argument``.
   ``compute`` before every input is set, and ``get_output`` before ``compute``, are ``invalid_argument``.
-- ``get_output`` into a buffer smaller than the tensor is ``too_large`` (as wasmtime answers it).
+- ``get_output`` into a buffer smaller than the tensor is ``too_large`` (as wasmtime answers it). TFLite
+  failing on a guest-supplied model (set_input, invoke, output) is ``runtime_error``, never a traceback.
 - One call holds at most one execution context per graph's model (a second is ``busy``), so N workers
   never need more than N interpreters per model. Per call at most ``MAX_GRAPHS`` graphs and
   ``MAX_CONTEXTS`` contexts (``busy`` beyond).
-- Every pointer and length is bounds-checked against the guest memory (``invalid_argument``); no
-  exported memory is ``missing_memory``. Every import catches everything and returns ``runtime_error``
-  for the unexpected: nothing raises across the Wasm boundary.
+- Every pointer and length is bounds-checked (``invalid_argument``); no exported memory is
+  ``missing_memory``; the unexpected is ``runtime_error``: nothing raises across the Wasm boundary.
 
 ``NnHost`` is the pool's host extension (``edged.wasm.host.link.HostExtension``): ``link`` defines the
 imports on a function's linker, ``check`` refuses an ungranted module at load time, and per-call state
@@ -284,7 +284,8 @@ class NnHost:
         content = bytes(mem.view(data_ptr, data_len, "model bytes"))
         try:
             model = self.registry.load_bytes(content)
-        except ModelError as exc:
+        # TFLite reads a corrupt model's tensor names with UTF-8 (UnicodeDecodeError), past ModelError.
+        except (ModelError, ValueError, RuntimeError) as exc:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"not a usable TFLite model: {exc}") from exc
         call.owned.append(model)
         mem.write_u32(graph_out, self._add_graph(call, model), "graph_out")
@@ -357,7 +358,10 @@ class NnHost:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"input {index} takes {spec.nbytes} bytes, not {data_len}")
         view = mem.view(data_ptr, data_len, "tensor data")
         value = np.frombuffer(memoryview(view), dtype=spec.dtype).reshape(spec.shape)
-        context.lease.set_input(index, value)  # copies into the interpreter
+        try:
+            context.lease.set_input(index, value)  # copies into the interpreter
+        except (ValueError, RuntimeError) as exc:  # a guest-supplied model can disagree with itself
+            raise Refused(NnErrno.RUNTIME_ERROR, f"set_input failed: {exc}") from exc
         context.inputs_set.add(index)
         context.computed = False
         return NnErrno.SUCCESS
@@ -384,7 +388,10 @@ class NnHost:
             raise Refused(NnErrno.INVALID_ARGUMENT, "compute() has not run since the inputs were set")
         mem.view(written_out, 4, "written_out")
         mem.view(out_ptr, out_max, "output buffer")
-        value = context.lease.output(index)
+        try:
+            value = context.lease.output(index)
+        except (ValueError, RuntimeError) as exc:
+            raise Refused(NnErrno.RUNTIME_ERROR, f"get_output failed: {exc}") from exc
         if value.nbytes > out_max:
             raise Refused(NnErrno.TOO_LARGE, f"output {index} is {value.nbytes} bytes; the buffer holds {out_max}")
         mem.write(out_ptr, np.ascontiguousarray(value).data, "output buffer")
