@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.budget import MemoryBudget, budget_origin, detect_work_budget
+from edged.cgroup_limit import detect_memory_limit
 from edged.ingest.http import HttpApi
 from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 #: How long each shutdown stage may take before the next one goes ahead anyway.
 HTTP_DRAIN_SECONDS = 5.0
+MIB = 1024 * 1024
 
 
 class App:
@@ -45,8 +48,11 @@ class App:
         self.metrics = Metrics()
         self.components = Components(self.metrics)
         self.notifier = Notifier()
+        # One budget for all large work (frames, guests, outputs, bodies): made once, from settings.limits.
+        self.budget = MemoryBudget(detect_work_budget(settings.limits))
+        self.metrics.watch_budget(self.budget)
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
-        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call)
+        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call, budget=self.budget)
         self.store = Store(settings.state_dir / "edged.db", settings.device_id, settings.outbox, settings.sync,
                            self.metrics)
         self.sync: DaprSync | None = None
@@ -67,6 +73,9 @@ class App:
 
     async def __aenter__(self) -> App:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        origin = budget_origin(self.settings.limits, cgroup_limit=detect_memory_limit())
+        log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
+                 origin, self.settings.limits.reserve_mb)
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)

@@ -88,10 +88,11 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int) -> Output:
+def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int, *, max_pixels: int = 0) -> Output:
     """Validate and copy out a result handed to ``edged.output``; raise OutputRejected naming the problem.
 
-    A frame's header is checked before its pixels are copied, so a bad header costs 32 bytes, not the frame.
+    A frame's header is checked before its pixels are copied, so a bad header (or one over ``max_pixels``,
+    when that is not 0) costs 32 bytes, not the frame.
     """
     if kind == ResultKind.FRAME:
         if length < HEADER_SIZE:
@@ -103,6 +104,9 @@ def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int) -> Outpu
         if channels not in _CHANNELS or width == 0 or height == 0:
             raise OutputRejected(Errno.INVALID_ARGUMENT,
                                  f"frame result {width}x{height}x{channels}: channels must be 1, 3 or 4")
+        if max_pixels and width * height > max_pixels:
+            raise OutputRejected(Errno.TOO_LARGE, f"frame result {width}x{height} is {width * height} pixels; "
+                                                  f"the limit is {max_pixels}")
         need = width * height * channels
         if data_len != need or length != HEADER_SIZE + data_len:
             raise OutputRejected(
