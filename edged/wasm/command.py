@@ -61,7 +61,7 @@ class CommandRunner(FunctionRunner):
         call_i32(store, start, results=0)  # validate() checked _start: () -> ()
         attempt.status = 0
 
-    def _overflow(self, scratch: Scratch) -> FunctionError | None:
+    def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
         """Past ``max_output_bytes`` the call has failed, even if the guest then ran into its timeout."""
         limit = self.settings.max_output_bytes
         if scratch.stdout_size() > limit:

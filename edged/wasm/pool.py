@@ -363,6 +363,11 @@ class FunctionPool:
     # -- introspection -------------------------------------------------------------------------------
 
     @property
+    def scratch_root(self) -> Path | None:
+        """The directory of the workers' stdio files while the pool runs."""
+        return self._files.root
+
+    @property
     def capacity(self) -> int:
         """Calls and decodes admitted at most (running plus waiting)."""
         return self._capacity

@@ -95,9 +95,10 @@ class FunctionRunner(ABC):
     def _output(self, ctx: CallContext, scratch: Scratch) -> Output:
         """The result of a call that did not fail (raise BadOutput when there is none)."""
 
-    def _overflow(self, scratch: Scratch) -> FunctionError | None:
-        """An error when the guest wrote more than the ABI allows, whatever else happened after."""
-        return None
+    @abstractmethod
+    def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
+        """The error a result the guest offered already earned (over a limit, refused), whatever happened
+        after it (a trap, a timeout, an exit status)."""
 
     @abstractmethod
     def _failure_detail(self, status: int, ctx: CallContext, stderr: str, scratch: Scratch) -> str:
@@ -191,7 +192,7 @@ class FunctionRunner(ABC):
             stderr = scratch.log_stderr(self.logger)
             if memory is not None and memory.refused is not None:
                 raise Overloaded(memory.refused)
-            failure = self._overflow(scratch) or self._failure(attempt, ctx, stderr, scratch)
+            failure = self._refused(ctx, scratch) or self._failure(attempt, ctx, stderr, scratch)
             if failure is not None:
                 raise failure from (attempt.trap or attempt.error)
             output = self._output(ctx, scratch)

@@ -27,6 +27,10 @@ class WorkerFiles:
         self._root: Path | None = None
         self._local = threading.local()
 
+    @property
+    def root(self) -> Path | None:
+        return self._root
+
     def open(self) -> None:
         self._root = make_scratch_root()
 
