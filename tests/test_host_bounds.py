@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from edged.budget import MemoryBudget
 from edged.encode import encode_pixels
-from edged.errors import BadOutput, FunctionTimeout, MemoryLimit, Overloaded, TooManyPixels
+from edged.errors import BadOutput, DecodeCancelled, FunctionTimeout, MemoryLimit, Overloaded, TooManyPixels
 from edged.frames import FORMAT_CODES, FRAME_MAGIC
+from edged.metrics import Metrics
 from edged.settings import FunctionSettings, PoolSettings, load_settings
 from edged.wasm.admission import call_bytes
 from edged.wasm.pool import CallResult, FunctionPool
 from edged.wasm.scratch import ROOT_PREFIX, STDERR_LIMIT, make_scratch_root, remove_scratch_root, remove_stale_roots
 from tests.images import encode, picture
 from tests.pools import call_sync
+from tests.waiting import wait_until
 from tests.wat import Wat, raw_frame, write_wasm
 
 pytestmark = pytest.mark.timeout(180)
@@ -284,3 +287,40 @@ def test_a_4000px_gif_frame_result_answers_within_its_timeout(tmp_path: Path) ->
         assert result.content_type == "image/gif"
     else:
         assert isinstance(result, FunctionTimeout)
+
+
+def test_the_budget_is_exported_as_metrics() -> None:
+    metrics = Metrics()
+    budget = MemoryBudget(10 * MiB)
+    metrics.watch_budget(budget)
+    held = budget.try_reserve(4 * MiB)
+    assert budget.try_reserve(8 * MiB) is None
+    samples = dict(line.split() for line in generate_latest(metrics.registry).decode().splitlines()
+                   if line.startswith("edged_memory_budget"))
+    assert {name: float(value) for name, value in samples.items()} == {
+        "edged_memory_budget_bytes": 10 * MiB, "edged_memory_budget_in_use_bytes": 4 * MiB,
+        "edged_memory_budget_peak_bytes": 4 * MiB, "edged_memory_budget_refused_total": 1}
+    assert held is not None
+    held.release()
+
+
+def test_closing_the_pool_cancels_a_decode_in_progress(tmp_path: Path) -> None:
+    data = encode(picture(6000, 6000), "PNG")  # seconds of zlib and unfiltering
+    outcome: list[BaseException | None] = []
+    with make_pool(tmp_path, {"ok": (m_ok(), {})}, workers=1) as pool:
+        def decode() -> None:
+            try:
+                asyncio.run(pool.decode(data, 10**8))
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 (the test looks at what it was)
+                outcome.append(exc)
+
+        thread = threading.Thread(target=decode, name="decoder")
+        thread.start()
+        wait_until(lambda: pool.running == 1, 30, "the decode to start")
+        closing = time.monotonic()
+    closed = time.monotonic() - closing
+    thread.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], DecodeCancelled), outcome
+    assert closed < 2.0, closed

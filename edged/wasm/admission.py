@@ -18,9 +18,13 @@ from edged.errors import BadOutput, MemoryLimit, Overloaded, TooManyPixels
 from edged.frames import Frame, ImageHeader
 from edged.settings import FunctionSettings
 
-__all__ = ["STDOUT_OVERSHOOT", "CallMemory", "FrameHold", "call_bytes"]
+__all__ = ["DEFAULT_MAX_RESULT_PIXELS", "NO_BUDGET", "STDOUT_OVERSHOOT", "CallMemory", "FrameHold", "call_bytes"]
 
 MiB = 1024 * 1024
+#: Largest frame result (width * height) without settings: the default input limit (http.max_pixels).
+DEFAULT_MAX_RESULT_PIXELS = 40_000_000
+#: The budget of a pool given none (tools, tests): never refuses.
+NO_BUDGET = 1 << 62
 #: What a stdout file may hold past its limit before the ticker cuts it (1.4 GB/s x one 5 ms tick).
 STDOUT_OVERSHOOT = 8 * MiB
 

@@ -27,7 +27,7 @@ from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
-from edged.wasm.admission import CallMemory, FrameHold
+from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
 from edged.wasm.command import CommandRunner
 from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
@@ -37,14 +37,12 @@ from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats, describe_function
 from edged.wasm.ticker import TICK_SECONDS, Ticker, WorkerFiles
 
-__all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool", "OnCall"]
+__all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
+           "OnCall"]
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-#: Largest frame result (width * height) without settings: the default input limit (http.max_pixels).
-DEFAULT_MAX_RESULT_PIXELS = 40_000_000
-_NO_BUDGET = 1 << 62
 
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
 OnCall = Callable[[str, str, float], None]
@@ -70,7 +68,7 @@ class FunctionPool:
         self._cache_dir = cache_dir
         self._extension = extension
         self._on_call = on_call
-        self.budget = budget if budget is not None else MemoryBudget(_NO_BUDGET)
+        self.budget = budget if budget is not None else MemoryBudget(NO_BUDGET)
         self._max_result_pixels = max_result_pixels
         self._capacity = pool.workers + pool.queue
         self._stats = {name: FunctionStats() for name in self._functions}
@@ -247,8 +245,7 @@ class FunctionPool:
                                    names: Sequence[str]) -> tuple[Frame, list[CallResult | FunctionError]]:
         """Decode ``data`` once and run every function in ``names`` on it, at once on several workers.
 
-        The frame's memory stays reserved until its last call is over. Raises like ``decode_and_call``
-        (Overloaded when any call could not be admitted; nothing is returned then).
+        The frame stays reserved until its last call is over. Raises like ``decode_and_call``.
         """
         if len(names) == 1:
             frame, single = await self.decode_and_call(data, max_pixels, names[0])
@@ -274,13 +271,11 @@ class FunctionPool:
         return frame, results
 
     def decode_and_call_sync(self, data: bytes, max_pixels: int, name: str) -> CallResult:
-        """Decode and call on the calling thread, for code that would only wait for a worker (``edged invoke``).
+        """Decode and call on the calling thread (``edged invoke``): no hand-off to a worker and back.
 
-        No hand-off to a worker and back (two thread wake-ups). The job is admitted like any other and
-        holds one of the ``workers`` permits while it runs, so at most ``workers`` jobs run at once
-        however they came in. The thread gets its own linker and scratch files on its first call: meant
-        for a few long-lived threads. Raises ImageError, UnknownFunction, Overloaded or the call's
-        FunctionError.
+        Admitted like any other job and holding one of the ``workers`` permits; the thread gets its own
+        linker and scratch files (meant for a few long-lived threads). Raises ImageError,
+        UnknownFunction, Overloaded or the call's FunctionError.
         """
         runner = self._runner(name)
         self._admit()
@@ -294,10 +289,8 @@ class FunctionPool:
 
     def _decode_now(self, data: bytes, max_pixels: int, timeout_ms: int | None, hold: FrameHold,
                     release: bool) -> tuple[Frame, float]:
-        """Decode within ``timeout_ms`` from now and the budget; return the frame and when the work started.
-
-        ``hold`` keeps the frame's pixels reserved unless ``release``; on an error it is always released.
-        """
+        """Decode within ``timeout_ms`` from now; return the frame and when this started. ``hold`` keeps
+        the pixels reserved unless ``release`` (released on any error)."""
         started = time.monotonic()
         deadline = None if timeout_ms is None else started + timeout_ms / 1000
         try:
@@ -323,11 +316,8 @@ class FunctionPool:
             hold.release()
 
     def _run(self, runner: FunctionRunner, frame: Frame, started: float | None) -> CallResult:
-        """On a worker thread: one call, counted and logged whatever happens to it.
-
-        Its deadline counts from ``started`` (a ``time.monotonic()`` value: when its frame's decode
-        started), else from now. Its guest memory is reserved for its whole duration.
-        """
+        """On a worker thread: one call, counted and logged whatever happens to it. Its deadline counts from
+        ``started`` (``time.monotonic()`` when its frame's decode started), else from now."""
         began = time.perf_counter()
         deadline = (time.monotonic() if started is None else started) + runner.settings.timeout_ms / 1000
         memory = CallMemory(self.budget, runner.name, runner.settings)
@@ -364,8 +354,7 @@ class FunctionPool:
 
     @property
     def scratch_root(self) -> Path | None:
-        """The directory of the workers' stdio files while the pool runs."""
-        return self._files.root
+        return self._files.root  # the workers' stdio files, while the pool runs
 
     @property
     def capacity(self) -> int:
