@@ -134,6 +134,7 @@ def test_stdout_flood_fails_alone_with_bad_output_and_stays_bounded(tmp_path: Pa
         assert time.monotonic() - started < 1.0 + 5.0
         # Unbounded, one second of this guest is ~1.4 GB of tmpfs.
         assert limit < seen[0] <= limit + OVERSHOOT, seen[0]
+        print(f"\nstdout flood: at most {seen[0] / MiB:.1f} MiB on the tmpfs (limit {limit / MiB:.0f} MiB)")  # noqa: T201
         assert all(p.stat().st_size == 0 for p in root.glob("worker-*/std*"))  # nothing outlives the call
         assert call_sync(pool, "ok", raw_frame(b"x")).json == {"ok": 1}
 
@@ -149,6 +150,7 @@ def test_stderr_flood_is_cut_at_its_limit_and_the_call_goes_on(tmp_path: Path,
             result = call_sync(pool, "chatty", raw_frame(b"x"))
         assert result.json == {"ok": 1}
         assert seen[0] <= STDERR_LIMIT + OVERSHOOT, seen[0]
+        print(f"\nstderr flood of {times} MiB: at most {seen[0] / MiB:.1f} MiB on the tmpfs")  # noqa: T201
         assert "stderr was over" in caplog.text
         assert all(p.stat().st_size == 0 for p in root.glob("worker-*/std*"))
         assert call_sync(pool, "ok", raw_frame(b"x")).json == {"ok": 1}
