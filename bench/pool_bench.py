@@ -35,7 +35,8 @@ import wasmtime
 from aiohttp import ClientSession, web
 from PIL import Image
 
-from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame, encode_pixels
+from edged.encode import encode_pixels
+from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame
 from edged.ingest.http import HttpApi
 from edged.malloc import pin_mmap_threshold
 from edged.metrics import Metrics

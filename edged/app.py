@@ -15,6 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.budget import MemoryBudget, budget_origin, detect_work_budget
+from edged.cgroup_limit import detect_memory_limit
+from edged.ingest.body import budget_reservation
 from edged.ingest.http import HttpApi
 from edged.ingest.listener import HANDLER_OPTIONS, ConnectionGuard, ensure_fd_limit
 from edged.ingest.mqtt import MqttIngest
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 #: How long each shutdown stage may take before the next one goes ahead anyway.
 HTTP_DRAIN_SECONDS = 5.0
+MIB = 1024 * 1024
 
 
 class App:
@@ -47,8 +51,11 @@ class App:
         self.metrics = Metrics()
         self.components = Components(self.metrics)
         self.notifier = Notifier()
+        # One budget for all large work (frames, guests, outputs, bodies): made once, from settings.limits.
+        self.budget = MemoryBudget(detect_work_budget(settings.limits))
+        self.metrics.watch_budget(self.budget)
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
-        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call)
+        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call, budget=self.budget)
         cloudevents = CloudEvents(settings.device_id, settings.sync)
         self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
         self.sync: DaprSync | None = None
@@ -64,13 +71,17 @@ class App:
                                            self.components)
         self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
-                            outbox=self.store, sync=self.sync.status if self.sync is not None else None)
+                            outbox=self.store, sync=self.sync.status if self.sync is not None else None,
+                            reserve_body=budget_reservation(self.budget))
         self.connections = ConnectionGuard(settings.http, self.metrics)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> App:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        origin = budget_origin(self.settings.limits, cgroup_limit=detect_memory_limit())
+        log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
+                 origin, self.settings.limits.reserve_mb)
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)

@@ -31,6 +31,7 @@ __all__ = [
     "MemoryBudget",
     "Reservation",
     "detect_memory_limit",
+    "budget_origin",
     "detect_work_budget",
     "work_budget_bytes",
 ]
@@ -55,6 +56,15 @@ def work_budget_bytes(limits: LimitsSettings, *, cgroup_limit: int | None, ram: 
     else:
         total = int((ram or _FALLBACK_TOTAL) * RAM_SHARE)
     return max(total - limits.reserve_mb * MiB, MIN_WORK_BYTES)
+
+
+def budget_origin(limits: LimitsSettings, *, cgroup_limit: int | None) -> str:
+    """Where ``work_budget_bytes`` took the memory edged may use from, for the start-up log."""
+    if limits.memory_mb is not None:
+        return f"[limits] memory_mb = {limits.memory_mb}"
+    if cgroup_limit is not None:
+        return f"the cgroup memory limit ({cgroup_limit // MiB} MiB)"
+    return f"{RAM_SHARE:.0%} of the RAM"
 
 
 def detect_work_budget(limits: LimitsSettings) -> int:

@@ -1,4 +1,4 @@
-"""Decode an ingested image once into a Frame that several functions share; encode image results.
+"""Decode an ingested image once into a Frame that several functions share (results: edged.encode).
 
 Decoding happens in the pool's worker threads (Pillow releases the GIL while decoding), never on the
 event loop. Limits are checked from the header before any pixel is decoded, so a decompression bomb
@@ -27,7 +27,6 @@ __all__ = [
     "Frame",
     "ImageHeader",
     "decode",
-    "encode_pixels",
     "read_header",
     "sniff_image",
 ]
@@ -36,11 +35,9 @@ limit_pillow_text()  # Pillow reads these limits at every PNG text chunk: set be
 
 #: Source formats accepted on ingest and their ABI codes (docs/ABI.md).
 FORMAT_CODES = {"JPEG": 1, "PNG": 2, "GIF": 3, "BMP": 4, "WEBP": 5}
-_FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
 FRAME_MAGIC = 0x31464445  # b"EDF1" little endian
 #: magic, kind, width, height, channels, source format, data length, reserved
 FRAME_HEADER = struct.Struct("<8I")
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _MAGICS = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"GIF87a", "image/gif"),
@@ -221,23 +218,6 @@ def _rgb_bytes(img: Image.Image) -> bytes:
         if data is not None:
             return data
     return img.tobytes()
-
-
-def encode_pixels(width: int, height: int, channels: int, pixels: bytes, source_format: int) -> tuple[str, bytes]:
-    """Encode raw pixels as GIF when the source was GIF, else PNG; return (content type, bytes)."""
-    mode = _MODES.get(channels)
-    if mode is None:
-        raise ValueError(f"channels must be 1, 3 or 4, not {channels}")
-    if width <= 0 or height <= 0 or len(pixels) != width * height * channels:
-        raise ValueError(f"{len(pixels)} bytes do not make a {width}x{height}x{channels} frame")
-    img = Image.frombytes(mode, (width, height), pixels)
-    out = io.BytesIO()
-    if _FORMAT_NAMES.get(source_format) == "GIF":
-        img.save(out, format="GIF")
-        return "image/gif", out.getvalue()
-    # zlib level 1: ~30% less CPU than level 3 for ~3% larger files; CPU is the scarce thing on the device.
-    img.save(out, format="PNG", compress_level=1)
-    return "image/png", out.getvalue()
 
 
 def sniff_image(data: bytes) -> str | None:

@@ -2,9 +2,50 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Protocol
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["BudgetCollector", "Metrics"]
+
+
+class _BudgetStats(Protocol):
+    @property
+    def total(self) -> int: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def peak(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+
+
+class Budget(Protocol):
+    """What the metrics read of the memory budget (edged.budget.MemoryBudget): metrics stay a leaf."""
+
+    def stats(self) -> _BudgetStats: ...
+
+
+class BudgetCollector(Collector):
+    """The memory budget's own counters, read at every scrape (the budget counts; nothing is copied)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._budget.stats()
+        for name, doc, value in (
+            ("edged_memory_budget_bytes", "Bytes of memory work may reserve (frames, guests, outputs).",
+             stats.total),
+            ("edged_memory_budget_in_use_bytes", "Bytes reserved now.", stats.in_use),
+            ("edged_memory_budget_peak_bytes", "Most bytes reserved at once since start.", stats.peak),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("edged_memory_budget_refused", "Reservations refused: the work did not fit "
+                                  "then (503, or an MQTT frame left unacked).", value=stats.refused)
 
 
 class Metrics:
@@ -80,6 +121,10 @@ class Metrics:
             "edged_sync_last_success_timestamp_seconds", "Unix time of the last event the sidecar accepted.",
             registry=self.registry,
         )
+
+    def watch_budget(self, budget: Budget) -> None:
+        """Export ``budget``'s bytes in use, peak and refusals."""
+        self.registry.register(BudgetCollector(budget))
 
     def on_call(self, function: str, outcome: str, seconds: float) -> None:
         self.calls.labels(function, outcome).inc()

@@ -7,7 +7,6 @@ outcome (answer the client, or publish and ack).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from edged.errors import BodyTooLarge, EdgedError, FunctionError, ImageError
+from edged.errors import BodyTooLarge, DecodeCancelled, EdgedError, FunctionError, ImageError, Overloaded
 from edged.events import NewEvent, StoredEvent, rfc3339
 from edged.frames import Frame
 from edged.metrics import Metrics
@@ -119,12 +118,11 @@ class Pipeline:
         try:
             if len(data) > policy.max_bytes:
                 raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
-            if len(functions) == 1:
-                # The common one-function request: decode and call in one worker hand-off.
-                outcome.frame, single = await self._pool.decode_and_call(data, policy.max_pixels, functions[0])
-                settled: list[CallResult | FunctionError] | None = [single]
-            else:
-                outcome.frame, settled = await self._pool.decode(data, policy.max_pixels), None
+            # One function: decode and call in one worker hand-off; more: one decode, calls side by side.
+            outcome.frame, settled = await self._pool.decode_and_call_each(data, policy.max_pixels, functions)
+        except DecodeCancelled as exc:
+            # The image may be fine: edged is stopping. Not an answer about the frame (MQTT must not ack).
+            raise Overloaded(exc.detail) from exc
         except ImageError as exc:
             self._metrics.rejected.labels(transport, exc.code).inc()
             log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
@@ -133,8 +131,6 @@ class Pipeline:
                 event = self._event("", camera, source, started, error=exc)
                 outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
             return outcome
-        if settled is None:
-            settled = list(await asyncio.gather(*(self._call(name, outcome.frame) for name in functions)))
         events: list[NewEvent] = []
         for name, result in zip(functions, settled, strict=True):
             outcome.results[name] = result
@@ -144,12 +140,6 @@ class Pipeline:
                 events.append(self._event(name, camera, source, started, error=result))
         outcome.events = await self._commit(policy, camera, sha256, received, correlation, events)
         return outcome
-
-    async def _call(self, name: str, frame: Frame) -> CallResult | FunctionError:
-        try:
-            return await self._pool.call(name, frame)
-        except FunctionError as exc:
-            return exc
 
     async def _commit(self, policy: IngestPolicy, camera: str, sha256: str, received: float,
                       correlation: bytes | None, events: list[NewEvent]) -> list[StoredEvent]:
@@ -176,4 +166,8 @@ class Pipeline:
             return NewEvent(function, "result", data)
         data["image"] = {"content_type": result.content_type, "bytes": len(result.body),
                          "sha256": hashlib.sha256(result.body).hexdigest()}
+        if len(result.body) > self._settings.outbox.max_image_bytes:
+            # The result stands (the HTTP client still gets it); the store keeps only what it was.
+            data["image"]["dropped"] = "over outbox.max_image_bytes"
+            return NewEvent(function, "result", data)
         return NewEvent(function, "result", data, body=result.body, content_type=result.content_type)

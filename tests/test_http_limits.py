@@ -243,3 +243,25 @@ def test_descriptor_limit_is_raised_for_max_connections(soft: int, hard: int, ra
                          timeout=60, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert f"soft {raised_to}" in out
     assert ("descriptor limit 600 is under 1280" in out) == warns, out
+
+
+def test_bodies_are_reserved_against_the_memory_budget(tmp_path: Path) -> None:
+    """A body that can never fit the budget is a 413 before it is read; one that fits is served, and the
+    budget is all given back after it."""
+    cfg = write_config(tmp_path / "edged.toml", daemon_config(
+        tmp_path / "state", http={"max_body_bytes": 64 * 1024 * 1024},
+        limits={"memory_mb": 200, "reserve_mb": 180},  # 20 MiB for work: a 64 MiB unsized body never fits
+        functions={"grayscale": {"module": GRAY, "memory_mb": 8}}))
+    image = encoded("PNG", (32, 24))
+    with run_daemon(cfg) as d:
+        unsized = urllib.request.Request(d.url + "/v1/functions/grayscale", data=iter([image]),
+                                         headers={"Transfer-Encoding": "chunked"})
+        try:
+            with urllib.request.urlopen(unsized, timeout=30) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        assert status == 413, body
+        assert json.loads(body)["error"] == "too_large"
+        assert call(d, "/v1/functions/grayscale", image)[0] == 200
+        wait_until(lambda: metric(d, "edged_memory_budget_in_use_bytes") == 0, 10, "the budget given back")

@@ -119,3 +119,25 @@ async def test_mqtt_policy_records_errors_marks_them_and_dedupes(tmp_path: Path,
     assert [e.id for e in second.events] == [e.id for e in first.events]
     assert len(store.commits) == 2  # the copy was answered from the store, not committed again
     assert {window for _, _, window in store.lookups} == {60.0}
+
+
+async def test_a_result_image_over_max_image_bytes_is_dropped_from_the_stored_event(tmp_path: Path,
+                                                                                   pool: FunctionPool) -> None:
+    store = RecordingStore()
+    image = png((64, 48))
+    policy = IngestPolicy.for_http(HttpSettings())
+    kept = await Pipeline(Settings(state_dir=tmp_path), pool, store, Metrics()).process(
+        policy=policy, camera="c", data=image, functions=["grayscale"])
+    result = kept.results["grayscale"]
+    assert isinstance(result, CallResult)
+    assert kept.events[0].body == result.body
+    assert "dropped" not in kept.events[0].data["image"]
+    capped = Settings(state_dir=tmp_path, outbox={"max_image_bytes": len(result.body) - 1})
+    dropped = await Pipeline(capped, pool, store, Metrics()).process(
+        policy=policy, camera="c", data=image, functions=["grayscale"])
+    event = dropped.events[0]
+    assert isinstance(dropped.results["grayscale"], CallResult)  # the client still gets the image
+    assert event.body is None
+    assert event.data["image"] == {"content_type": "image/png", "bytes": len(result.body),
+                                   "sha256": kept.events[0].data["image"]["sha256"],
+                                   "dropped": "over outbox.max_image_bytes"}

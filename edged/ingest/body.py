@@ -12,12 +12,15 @@ flow control, so a gzip bomb costs at most ``limit`` bytes here before it is ref
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from aiohttp import web
 
-from edged.errors import BadBody, BodyTimeout, BodyTooLarge, UnsupportedEncoding
+from edged.budget import MemoryBudget
+from edged.errors import BadBody, BodyTimeout, BodyTooLarge, Overloaded, UnsupportedEncoding
 
-__all__ = ["ENCODINGS", "body_bound", "read_body"]
+__all__ = ["ENCODINGS", "body_bound", "budget_reservation", "read_body"]
 
 #: Content-Encodings taken; aiohttp decodes all but identity.
 ENCODINGS = frozenset({"identity", "gzip", "deflate"})
@@ -58,3 +61,22 @@ async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float
             raise BodyTooLarge(f"request body over {limit} bytes"
                                + (" once decoded" if _encoding(request) != "identity" else ""))
         chunks.append(chunk)
+
+
+def budget_reservation(budget: MemoryBudget) -> Callable[[int], AbstractContextManager[object]]:
+    """Reserve a body's bound against ``budget`` while it is read and answered.
+
+    A body that could never fit is 413 (``too_large``); one that does not fit now is 503 with Retry-After
+    (``overloaded``): the client retries, as it would for a busy pool.
+    """
+
+    def reserve(nbytes: int) -> AbstractContextManager[object]:
+        reservation = budget.try_reserve(nbytes)
+        if reservation is not None:
+            return reservation
+        if not budget.fits_ever(nbytes):
+            raise BodyTooLarge(f"a body of up to {nbytes} bytes never fits edged's memory budget "
+                               f"({budget.total} bytes)")
+        raise Overloaded("not enough of edged's memory budget is free to read this body now")
+
+    return reserve

@@ -52,6 +52,11 @@ class OutboxSettings(Model):
     max_bytes: int = Field(default=512 * MiB, ge=4096, description="Disk cap of queued events.")
     max_age: float = Field(default=7 * 86400.0, gt=0, description="Seconds an event may wait.")
     on_full: Literal["drop_oldest", "reject_new"] = Field(default="drop_oldest", description="Overflow policy.")
+    max_image_bytes: int = Field(
+        default=4 * MiB, ge=0,
+        description="Largest result image kept in a stored event; a larger one is dropped from the event, "
+        "which says so (image.dropped), and the rest of the event is kept.",
+    )
 
 
 class SyncSettings(Model):

@@ -7,6 +7,7 @@ serve host imports and the runners alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -88,11 +89,15 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int) -> Output:
+def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int, *, max_pixels: int = 0,
+                 admit: Callable[[int], None] | None = None) -> Output:
     """Validate and copy out a result handed to ``edged.output``; raise OutputRejected naming the problem.
 
-    A frame's header is checked before its pixels are copied, so a bad header costs 32 bytes, not the frame.
+    A frame's header is checked before its pixels are copied, so a bad header (or one over ``max_pixels``,
+    when that is not 0) costs 32 bytes, not the frame. ``admit(nbytes)`` runs right before the copy (it
+    may raise OutputRejected, e.g. when the memory budget refuses).
     """
+    take = admit or (lambda _nbytes: None)
     if kind == ResultKind.FRAME:
         if length < HEADER_SIZE:
             raise OutputRejected(Errno.INVALID_ARGUMENT, f"frame result of {length} bytes has no header")
@@ -103,6 +108,9 @@ def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int) -> Outpu
         if channels not in _CHANNELS or width == 0 or height == 0:
             raise OutputRejected(Errno.INVALID_ARGUMENT,
                                  f"frame result {width}x{height}x{channels}: channels must be 1, 3 or 4")
+        if max_pixels and width * height > max_pixels:
+            raise OutputRejected(Errno.TOO_LARGE, f"frame result {width}x{height} is {width * height} pixels; "
+                                                  f"the limit is {max_pixels}")
         need = width * height * channels
         if data_len != need or length != HEADER_SIZE + data_len:
             raise OutputRejected(
@@ -110,15 +118,18 @@ def parse_output(kind: int, memory: GuestMemory, ptr: int, length: int) -> Outpu
                 f"frame result {width}x{height}x{channels} needs {need} bytes; the header says {data_len} "
                 f"and {length - HEADER_SIZE} were given",
             )
+        take(data_len)
         pixels = memory.read(ptr + HEADER_SIZE, data_len)
         return Output(ResultKind.FRAME, pixels, "", width=width, height=height, channels=channels)
     if kind == ResultKind.JSON:
+        take(length)
         data = memory.read(ptr, length)
         obj = _json_object(data)
         if obj is None:
             raise OutputRejected(Errno.INVALID_ARGUMENT, "JSON result is not a UTF-8 JSON object")
         return Output(ResultKind.JSON, data, "application/json", json=obj)
     if kind == ResultKind.IMAGE:
+        take(length)
         data = memory.read(ptr, length)
         content_type = sniff_image(data)
         if content_type is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from edged.budget import MemoryBudget
 from edged.inference.tflite import ModelRegistry
 from edged.settings import Settings
 from edged.wasm.host.nn import NnHost
@@ -22,15 +23,19 @@ class PoolParts(NamedTuple):
     pool: FunctionPool
 
 
-def build_pool(settings: Settings, *, only: str | None = None, on_call: OnCall | None = None) -> PoolParts:
+def build_pool(settings: Settings, *, only: str | None = None, on_call: OnCall | None = None,
+               budget: MemoryBudget | None = None) -> PoolParts:
     """The registry of declared models and the pool running ``settings.functions`` with WASI-NN linked.
 
     With ``only``, just that function and the models it may load (``edged invoke``); KeyError when
-    there is no such function.
+    there is no such function. ``budget`` is the daemon's memory budget (None: unbounded, for tools).
+    A frame result may have as many pixels as the largest input edged accepts.
     """
     functions = settings.functions if only is None else {only: settings.functions[only]}
     declared = settings.models if only is None else {m: settings.models[m] for m in functions[only].models}
     # One interpreter per worker and model at most: a worker runs one call at a time.
     models = ModelRegistry(declared, backend=settings.nn_backend, max_interpreters=settings.pool.workers)
-    pool = FunctionPool(functions, settings.pool, settings.state_dir / "cache", NnHost(models), on_call=on_call)
+    max_result_pixels = max(settings.http.max_pixels, settings.mqtt.max_pixels)
+    pool = FunctionPool(functions, settings.pool, settings.state_dir / "cache", NnHost(models), on_call=on_call,
+                        budget=budget, max_result_pixels=max_result_pixels)
     return PoolParts(models, pool)

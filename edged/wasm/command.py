@@ -7,7 +7,7 @@ import contextlib
 
 import wasmtime
 
-from edged.errors import BadOutput
+from edged.errors import BadOutput, FunctionError
 from edged.frames import Frame
 from edged.wasm.abi import Output, OutputRejected, classify_stdout
 from edged.wasm.host.context import CallContext
@@ -45,13 +45,14 @@ class CommandRunner(FunctionRunner):
             store.close()
 
     def _stdio(self, wasi: wasmtime.WasiConfig, scratch: Scratch) -> None:
+        scratch.stdout_limit = self.settings.max_output_bytes  # before stdout is opened: the ticker's bound
         wasi.stdin_file = str(scratch.stdin)
         wasi.stdout_file = str(scratch.stdout)
         wasi.stderr_file = str(scratch.stderr)
 
-    def _attempt(self, ctx: CallContext, frame: Frame, scratch: Scratch) -> Attempt:
+    def _attempt(self, ctx: CallContext, frame: Frame, scratch: Scratch, ticks: int) -> Attempt:
         scratch.write_stdin(frame.raw)  # before the WASI context opens it
-        return super()._attempt(ctx, frame, scratch)
+        return super()._attempt(ctx, frame, scratch, ticks)
 
     def _run(self, store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
              frame: Frame, attempt: Attempt) -> None:
@@ -59,6 +60,13 @@ class CommandRunner(FunctionRunner):
         assert isinstance(start, wasmtime.Func)
         call_i32(store, start, results=0)  # validate() checked _start: () -> ()
         attempt.status = 0
+
+    def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
+        """Past ``max_output_bytes`` the call has failed, even if the guest then ran into its timeout."""
+        limit = self.settings.max_output_bytes
+        if scratch.stdout_size() > limit:
+            return BadOutput(f"stdout is over max_output_bytes ({limit})")
+        return None
 
     def _output(self, ctx: CallContext, scratch: Scratch) -> Output:
         limit = self.settings.max_output_bytes

@@ -1,8 +1,12 @@
 """The function pool: loads every module once, then runs calls and decodes on a bounded set of threads.
 
-Admission is bounded: at most ``workers + queue`` calls and decodes are admitted (running or waiting);
-one more raises Overloaded at once, so memory never grows with load. Every call gets a fresh Store with
-its memory limit and an epoch deadline; one ticker thread advances the engine's epoch every 5 ms.
+Admission is bounded twice: at most ``workers + queue`` calls and decodes are admitted (running or
+waiting), and what they hold fits in the memory budget (edged.wasm.admission); past either, Overloaded
+is raised at once, so memory never grows with load. Every call gets a fresh Store with its memory limit
+and an epoch deadline; one ticker thread advances the engine's epoch every 5 ms and keeps the workers'
+stdio files within their limits (edged.wasm.scratch). A frame's decode gets the deadline of the calls it
+feeds (measured from when the work starts; the calls' own deadlines count from the same start), and a
+cancel event set when the pool starts closing, so no decode holds a shutdown.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -19,24 +23,25 @@ from typing import Any, TypeVar
 
 import wasmtime
 
+from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
+from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
 from edged.wasm.command import CommandRunner
 from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
 from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
 from edged.wasm.reactor import FrameRunner
 from edged.wasm.runner import FunctionRunner
-from edged.wasm.scratch import Scratch, make_scratch_root, remove_scratch_root
 from edged.wasm.stats import FunctionStats, describe_function
+from edged.wasm.ticker import TICK_SECONDS, Ticker, WorkerFiles
 
-__all__ = ["TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool", "OnCall"]
+__all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
+           "OnCall"]
 
 log = logging.getLogger(__name__)
 
-#: Epoch tick; a call's timeout is rounded up to whole ticks plus one.
-TICK_SECONDS = 0.005
 MiB = 1024 * 1024
 
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
@@ -46,23 +51,25 @@ _T = TypeVar("_T")
 _RUNNERS: dict[str, type[FunctionRunner]] = {FrameRunner.abi: FrameRunner, CommandRunner.abi: CommandRunner}
 
 
-def _decode(data: bytes, max_pixels: int) -> Frame:
-    return decode(data, max_pixels=max_pixels)
-
-
 class FunctionPool:
     """Runs Wasm functions (docs/ABI.md) in worker threads. Use as ``with pool:`` or ``async with pool:``.
 
     ``extension`` adds imports for some functions (the WASI-NN host) or is None; ``on_call`` feeds metrics.
+    ``budget`` is the process's memory budget (default: none, for tools and tests); ``max_result_pixels``
+    bounds a frame result, as the input limit bounds a frame: encoding one costs ~5-10 bytes a pixel.
     """
 
     def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings, cache_dir: Path,
-                 extension: HostExtension | None = None, *, on_call: OnCall | None = None) -> None:
+                 extension: HostExtension | None = None, *, on_call: OnCall | None = None,
+                 budget: MemoryBudget | None = None,
+                 max_result_pixels: int = DEFAULT_MAX_RESULT_PIXELS) -> None:
         self._functions = dict(functions)
         self._settings = pool
         self._cache_dir = cache_dir
         self._extension = extension
         self._on_call = on_call
+        self.budget = budget if budget is not None else MemoryBudget(NO_BUDGET)
+        self._max_result_pixels = max_result_pixels
         self._capacity = pool.workers + pool.queue
         self._stats = {name: FunctionStats() for name in self._functions}
         self._runners: dict[str, FunctionRunner] = {}
@@ -74,10 +81,10 @@ class FunctionPool:
         self._overloaded = 0
         self._executor: ThreadPoolExecutor | None = None
         self._engine: WasmEngine | None = None
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._scratch_root: Path | None = None
-        self._local = threading.local()
+        #: Set when close() starts: decodes stop at their next read.
+        self._cancel = threading.Event()
+        self._files = WorkerFiles()
+        self._ticker = Ticker(self._files.watch)
         #: Jobs running at once, on the workers or on callers' threads (decode_and_call_sync).
         self._running = threading.BoundedSemaphore(pool.workers)
 
@@ -92,17 +99,16 @@ class FunctionPool:
             raise RuntimeError("the pool is already started")
         engine = WasmEngine(self._cache_dir, self._slots())
         self._engine = engine
-        self._stop.clear()
+        self._cancel.clear()
         # Validation instantiates frame-v1 modules, which needs epochs advancing: start the ticker first.
-        self._ticker = threading.Thread(target=self._tick, name="edged-wasm-epoch", daemon=True)
-        self._ticker.start()
+        self._ticker.start(engine)
         try:
             for name, settings in self._functions.items():
                 self._runners[name] = self._load(engine, name, settings)
-            self._scratch_root = make_scratch_root()
+            self._files.open()
             self._executor = ThreadPoolExecutor(self._settings.workers, thread_name_prefix="edged-wasm")
         except BaseException:
-            self._stop_ticker()
+            self._ticker.stop()
             self._engine = None
             self._runners.clear()
             raise
@@ -129,7 +135,9 @@ class FunctionPool:
         return runner
 
     def close(self) -> None:
-        """Stop admitting, let admitted calls finish (each is bounded by its timeout), stop the ticker."""
+        """Stop admitting, cancel decodes, let admitted calls finish (each is bounded by its timeout), stop
+        the ticker."""
+        self._cancel.set()
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
@@ -138,24 +146,10 @@ class FunctionPool:
         with self._settled:
             # Jobs running on callers' threads (decode_and_call_sync) need the ticker and scratch too.
             self._settled.wait_for(lambda: self._admitted == 0)
-        self._stop_ticker()
-        if self._scratch_root is not None:
-            remove_scratch_root(self._scratch_root)
-            self._scratch_root = None
+        self._ticker.stop()
+        self._files.close()  # after the ticker: it checks the files through their handles
         self._runners.clear()
         self._engine = None
-
-    def _stop_ticker(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
-            self._ticker = None
-
-    def _tick(self) -> None:
-        engine = self._engine
-        assert engine is not None
-        while not self._stop.wait(TICK_SECONDS):
-            engine.increment_epoch()
 
     def __enter__(self) -> FunctionPool:
         self.start()
@@ -228,11 +222,14 @@ class FunctionPool:
 
     async def call(self, name: str, frame: Frame) -> CallResult:
         """Run function ``name`` on ``frame``; raise UnknownFunction, Overloaded or a FunctionError."""
-        return await asyncio.wrap_future(self._submit(self._run, self._runner(name), frame))
+        return await asyncio.wrap_future(self._submit(self._run, self._runner(name), frame, None))
 
-    async def decode(self, data: bytes, max_pixels: int) -> Frame:
-        """``edged.frames.decode`` on a worker; counts against the same bound as calls."""
-        return await asyncio.wrap_future(self._submit(_decode, data, max_pixels))
+    async def decode(self, data: bytes, max_pixels: int, timeout_ms: int | None = None) -> Frame:
+        """``edged.frames.decode`` on a worker, within ``timeout_ms`` (from when it starts) and the memory
+        budget while it runs; counts against the same bound as calls. The frame is the caller's."""
+        job = self._submit(self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True)
+        frame, _started = await asyncio.wrap_future(job)
+        return frame
 
     async def decode_and_call(self, data: bytes, max_pixels: int,
                               name: str) -> tuple[Frame, CallResult | FunctionError]:
@@ -244,14 +241,41 @@ class FunctionPool:
         job = self._submit(self._decode_and_run, self._runner(name), data, max_pixels)
         return await asyncio.wrap_future(job)
 
-    def decode_and_call_sync(self, data: bytes, max_pixels: int, name: str) -> CallResult:
-        """Decode and call on the calling thread, for code that would only wait for a worker (``edged invoke``).
+    async def decode_and_call_each(self, data: bytes, max_pixels: int,
+                                   names: Sequence[str]) -> tuple[Frame, list[CallResult | FunctionError]]:
+        """Decode ``data`` once and run every function in ``names`` on it, at once on several workers.
 
-        No hand-off to a worker and back (two thread wake-ups). The job is admitted like any other and
-        holds one of the ``workers`` permits while it runs, so at most ``workers`` jobs run at once
-        however they came in. The thread gets its own linker and scratch files on its first call: meant
-        for a few long-lived threads. Raises ImageError, UnknownFunction, Overloaded or the call's
-        FunctionError.
+        The frame stays reserved until its last call is over. Raises like ``decode_and_call``.
+        """
+        if len(names) == 1:
+            frame, single = await self.decode_and_call(data, max_pixels, names[0])
+            return frame, [single]
+        runners = [self._runner(name) for name in names]
+        hold = FrameHold(self.budget)
+        timeout_ms = min(r.settings.timeout_ms for r in runners)
+        frame, started = await asyncio.wrap_future(
+            self._submit(self._decode_now, data, max_pixels, timeout_ms, hold, False))
+        try:
+            jobs = [asyncio.wrap_future(self._submit(self._run, r, frame, started)) for r in runners]
+        except BaseException:
+            hold.release()
+            raise
+        settled = await asyncio.gather(*jobs, return_exceptions=True)
+        hold.release()  # every call is over
+        results: list[CallResult | FunctionError] = []
+        for outcome in settled:
+            if isinstance(outcome, CallResult | FunctionError):
+                results.append(outcome)
+            else:
+                raise outcome
+        return frame, results
+
+    def decode_and_call_sync(self, data: bytes, max_pixels: int, name: str) -> CallResult:
+        """Decode and call on the calling thread (``edged invoke``): no hand-off to a worker and back.
+
+        Admitted like any other job and holding one of the ``workers`` permits; the thread gets its own
+        linker and scratch files (meant for a few long-lived threads). Raises ImageError,
+        UnknownFunction, Overloaded or the call's FunctionError.
         """
         runner = self._runner(name)
         self._admit()
@@ -263,36 +287,59 @@ class FunctionPool:
             raise outcome
         return outcome
 
+    def _decode_now(self, data: bytes, max_pixels: int, timeout_ms: int | None, hold: FrameHold,
+                    release: bool) -> tuple[Frame, float]:
+        """Decode within ``timeout_ms`` from now; return the frame and when this started. ``hold`` keeps
+        the pixels reserved unless ``release`` (released on any error)."""
+        started = time.monotonic()
+        deadline = None if timeout_ms is None else started + timeout_ms / 1000
+        try:
+            frame = decode(data, max_pixels=max_pixels, deadline=deadline, cancel=self._cancel, admit=hold.admit)
+        except BaseException:
+            hold.release()
+            raise
+        if release:
+            hold.release()
+        else:
+            hold.decoded(frame)
+        return frame, started
+
     def _decode_and_run(self, runner: FunctionRunner, data: bytes,
                         max_pixels: int) -> tuple[Frame, CallResult | FunctionError]:
-        frame = _decode(data, max_pixels)
+        hold = FrameHold(self.budget)
+        frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False)
         try:
-            return frame, self._run(runner, frame)
+            return frame, self._run(runner, frame, started)
         except FunctionError as exc:
             return frame, exc
+        finally:
+            hold.release()
 
-    def _scratch(self) -> Scratch:
-        scratch: Scratch | None = getattr(self._local, "scratch", None)
-        if scratch is None:
-            assert self._scratch_root is not None
-            scratch = Scratch(self._scratch_root)
-            self._local.scratch = scratch
-        return scratch
-
-    def _run(self, runner: FunctionRunner, frame: Frame) -> CallResult:
-        """On a worker thread: one call, counted and logged whatever happens to it."""
-        started = time.perf_counter()
+    def _run(self, runner: FunctionRunner, frame: Frame, started: float | None) -> CallResult:
+        """On a worker thread: one call, counted and logged whatever happens to it. Its deadline counts from
+        ``started`` (``time.monotonic()`` when its frame's decode started), else from now."""
+        began = time.perf_counter()
+        deadline = (time.monotonic() if started is None else started) + runner.settings.timeout_ms / 1000
+        memory = CallMemory(self.budget, runner.name, runner.settings)
         try:
-            result = runner.call(frame, self._scratch())
+            memory.reserve_guest()
+            result = runner.call(frame, self._files.get(), deadline=deadline, memory=memory,
+                                 max_result_pixels=self._max_result_pixels)
         except FunctionError as exc:
             log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail)
-            self._record(runner.name, exc.code, time.perf_counter() - started)
+            self._record(runner.name, exc.code, time.perf_counter() - began)
+            raise
+        except Overloaded:
+            with self._lock:
+                self._overloaded += 1
             raise
         except Exception:
             log.exception("function %s: internal error", runner.name)
-            self._record(runner.name, "internal", time.perf_counter() - started)
+            self._record(runner.name, "internal", time.perf_counter() - began)
             raise
-        self._record(runner.name, "ok", time.perf_counter() - started)
+        finally:
+            memory.release()
+        self._record(runner.name, "ok", time.perf_counter() - began)
         return result
 
     def _record(self, name: str, outcome: str, seconds: float) -> None:
@@ -304,6 +351,10 @@ class FunctionPool:
                 log.exception("on_call hook failed")
 
     # -- introspection -------------------------------------------------------------------------------
+
+    @property
+    def scratch_root(self) -> Path | None:
+        return self._files.root  # the workers' stdio files, while the pool runs
 
     @property
     def capacity(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import wasmtime
 
-from edged.errors import BadOutput
+from edged.errors import BadOutput, FunctionError
 from edged.frames import Frame
 from edged.settings import FunctionSettings
 from edged.wasm.abi import ABI_VERSION, HEADER_SIZE, KIND_FRAME, KIND_RAW, Output, pack_header
@@ -104,6 +104,10 @@ class FrameRunner(FunctionRunner):
             attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
             return
         attempt.status = call_i32(store, run, ptr, total)
+
+    def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
+        """edged.output refused the result: that is the call's failure, even if the guest then failed."""
+        return BadOutput(ctx.output_error) if ctx.output_error is not None else None
 
     def _output(self, ctx: CallContext, scratch: Scratch) -> Output:
         if ctx.output_error is not None:

@@ -24,10 +24,12 @@ from typing import ClassVar
 
 import wasmtime
 
-from edged.errors import FunctionError, FunctionFailed, FunctionTrap, MemoryLimit
-from edged.frames import Frame, encode_pixels
+from edged.encode import encode_cost, encode_pixels
+from edged.errors import FunctionError, FunctionFailed, FunctionTrap, MemoryLimit, Overloaded
+from edged.frames import Frame
 from edged.settings import FunctionSettings
 from edged.wasm.abi import Output, ResultKind
+from edged.wasm.admission import CallMemory
 from edged.wasm.host.context import CallContext, activate
 from edged.wasm.host.link import HostExtension, link_edged
 from edged.wasm.outcome import Attempt, CallResult, FunctionLoadError, trap_failure, trap_summary
@@ -64,6 +66,7 @@ class FunctionRunner(ABC):
         self.logger = logging.getLogger(f"edged.function.{name}")
         self._extension = extension
         self._memory_limit = settings.memory_mb * MiB
+        self._tick_ms = tick_ms
         self._ticks = math.ceil(settings.timeout_ms / tick_ms) + 1
         self._local = threading.local()
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
@@ -93,6 +96,11 @@ class FunctionRunner(ABC):
         """The result of a call that did not fail (raise BadOutput when there is none)."""
 
     @abstractmethod
+    def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
+        """The error a result the guest offered already earned (over a limit, refused), whatever happened
+        after it (a trap, a timeout, an exit status)."""
+
+    @abstractmethod
     def _failure_detail(self, status: int, ctx: CallContext, stderr: str, scratch: Scratch) -> str:
         """What is known about a call that ended with a non-zero status."""
 
@@ -117,12 +125,13 @@ class FunctionRunner(ABC):
             self._local.pre = pre
         return pre
 
-    def _store(self, scratch: Scratch | None) -> wasmtime.Store:
+    def _store(self, scratch: Scratch | None, ticks: int | None = None) -> wasmtime.Store:
         """A Store with the call's limits and a WASI context that inherits nothing: argv is [name], no
-        environment, preopens as granted, stdio as the ABI needs (none at load time)."""
+        environment, preopens as granted, stdio as the ABI needs (none at load time). ``ticks``: epochs
+        until the guest is interrupted (default: its whole timeout)."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self._memory_limit)
-        store.set_epoch_deadline(self._ticks)
+        store.set_epoch_deadline(self._ticks if ticks is None else ticks)
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self.name]
         for preopen in self.settings.preopens:
@@ -154,23 +163,36 @@ class FunctionRunner(ABC):
 
     # -- calls ---------------------------------------------------------------------------------------
 
-    def call(self, frame: Frame, scratch: Scratch) -> CallResult:
-        """Run one call on this thread; raise a FunctionError subclass when it fails."""
+    def call(self, frame: Frame, scratch: Scratch, *, deadline: float | None = None,
+             memory: CallMemory | None = None, max_result_pixels: int = 0) -> CallResult:
+        """Run one call on this thread; raise a FunctionError subclass when it fails.
+
+        ``deadline`` (``time.monotonic()``; default: its timeout from now) bounds the guest and the encode
+        of its result; ``memory`` holds the call's share of the budget (Overloaded when a result does not
+        fit in it now); ``max_result_pixels`` bounds a frame result (0: no bound).
+        """
         if not self._validated:
             raise RuntimeError(f"function {self.name} was not validated")
         started = time.perf_counter()
-        ctx = CallContext(self.name, self.settings, time.monotonic() + self.settings.timeout_ms / 1000,
-                          self.logger)
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.timeout_ms / 1000
+        ticks = max(1, math.ceil((deadline - time.monotonic()) * 1000 / self._tick_ms) + 1)
+        ctx = CallContext(self.name, self.settings, deadline, self.logger, memory=memory,
+                          max_result_pixels=max_result_pixels)
         try:
-            attempt = self._attempt(ctx, frame, scratch)
+            attempt = self._attempt(ctx, frame, scratch, ticks)
         finally:
             if self._extension is not None:
                 # E.g. WASI-NN gives back the interpreters this call borrowed.
                 self._extension.end_call(ctx)
-        # The store is gone: map what happened, then encode.
+        # The store is gone, and with it the guest's memory: map what happened, then encode.
+        if memory is not None:
+            memory.guest_gone()
         try:
             stderr = scratch.log_stderr(self.logger)
-            failure = self._failure(attempt, ctx, stderr, scratch)
+            if memory is not None and memory.refused is not None:
+                raise Overloaded(memory.refused)
+            failure = self._refused(ctx, scratch) or self._failure(attempt, ctx, stderr, scratch)
             if failure is not None:
                 raise failure from (attempt.trap or attempt.error)
             output = self._output(ctx, scratch)
@@ -179,8 +201,10 @@ class FunctionRunner(ABC):
         encode_started = time.perf_counter()
         content_type, body = output.content_type, output.body
         if output.kind == ResultKind.FRAME:
+            if memory is not None:
+                memory.reserve_encode(encode_cost(output.width, output.height, output.channels))
             content_type, body = encode_pixels(output.width, output.height, output.channels, output.body,
-                                               frame.format_code)
+                                               frame.format_code, deadline)
         finished = time.perf_counter()
         return CallResult(
             function=self.name, content_type=content_type, body=body, json=output.json,
@@ -188,11 +212,11 @@ class FunctionRunner(ABC):
             run_ms=attempt.run_ms, encode_ms=(finished - encode_started) * 1000,
         )
 
-    def _attempt(self, ctx: CallContext, frame: Frame, scratch: Scratch) -> Attempt:
+    def _attempt(self, ctx: CallContext, frame: Frame, scratch: Scratch, ticks: int) -> Attempt:
         """A fresh store and instance; ``_run`` does the ABI's part; traps are gathered, never raised."""
         attempt = Attempt()
         t0 = time.perf_counter()
-        store = self._store(scratch)
+        store = self._store(scratch, ticks)
         memory: wasmtime.Memory | None = None
         run_started: float | None = None
         with activate(ctx):

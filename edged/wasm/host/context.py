@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from edged.settings import FunctionSettings
 from edged.wasm.abi import Output
+from edged.wasm.admission import CallMemory
 
 __all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "escape_text"]
 
@@ -42,6 +43,10 @@ class CallContext:
     output: Output | None = None
     #: The first ABI violation seen by edged.output; the call then fails with bad_output.
     output_error: str | None = None
+    #: The call's share of the memory budget (None: no budget, e.g. in start-up checks).
+    memory: CallMemory | None = None
+    #: Largest frame result (width * height); 0 for no bound.
+    max_result_pixels: int = 0
     log_bytes: int = 0
     #: Per-call state of host extensions (e.g. WASI-NN graphs), keyed by extension name.
     extensions: dict[str, object] = field(default_factory=dict)

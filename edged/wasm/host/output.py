@@ -28,8 +28,16 @@ def edged_output(caller: wasmtime.Caller, ptr: int, length: int, kind: int) -> i
     if memory is None:
         ctx.reject_output("the module exports no memory")
         return Errno.INVALID_ARGUMENT
+    calls = ctx.memory
+
+    def admit(nbytes: int) -> None:
+        # The copy out of the guest's memory is made while that memory is alive: it is reserved first.
+        if calls is not None and not calls.reserve_output(nbytes):
+            raise OutputRejected(Errno.TOO_LARGE, calls.refused or
+                                 f"a result of {nbytes} bytes can never fit in edged's memory budget")
+
     try:
-        ctx.output = parse_output(kind, memory, u32(ptr), length)
+        ctx.output = parse_output(kind, memory, u32(ptr), length, max_pixels=ctx.max_result_pixels, admit=admit)
     except GuestMemoryError as exc:
         ctx.reject_output(f"edged.output: {exc}")
         return Errno.INVALID_ARGUMENT
