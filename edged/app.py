@@ -8,6 +8,7 @@ AsyncExitStack. Background loops (watchdog, cloud sync, MQTT) live in one TaskGr
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,12 +31,16 @@ from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool
 
-__all__ = ["App", "run"]
+__all__ = ["App", "ListenError", "run"]
 
 log = logging.getLogger(__name__)
 
 #: How long each shutdown stage may take before the next one goes ahead anyway.
 HTTP_DRAIN_SECONDS = 5.0
+
+
+class ListenError(Exception):
+    """The HTTP API cannot listen where the config says (one line for the operator)."""
 
 
 class App:
@@ -95,8 +100,13 @@ class App:
                                access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.settings.http.host, self.settings.http.port, reuse_address=True)
-            await site.start()
+            host, port = self.settings.http.host, self.settings.http.port
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+                raise ListenError(f"port {port} {why} (http.host {host}, http.port {port})") from exc
             self.http_port = int(runner.addresses[0][1])
             log.info("listening on http://%s:%s", self.settings.http.host, self.http_port)
             yield

@@ -285,11 +285,12 @@ class FunctionPool:
         try:
             result = runner.call(frame, self._scratch())
         except FunctionError as exc:
-            log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail)
+            log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,
+                        extra={"FUNCTION": runner.name, "ERROR_CODE": exc.code})
             self._record(runner.name, exc.code, time.perf_counter() - started)
             raise
         except Exception:
-            log.exception("function %s: internal error", runner.name)
+            log.exception("function %s: internal error", runner.name, extra={"FUNCTION": runner.name})
             self._record(runner.name, "internal", time.perf_counter() - started)
             raise
         self._record(runner.name, "ok", time.perf_counter() - started)
