@@ -1,35 +1,57 @@
 # edged: `make run` (dev daemon) and `make test` (whole suite). Both set up what they need first.
+# `make install` / `make uninstall` put edged on this machine as a service (cross/install.sh).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/edged.toml
-# Debian packages: the wasm32-wasi Rust toolchain and crates for the functions, mosquitto (and openssl
-# for its TLS test certificates) for the MQTT tests, libsystemd headers for systemd-python, systemd for
-# unit checks, chromium for the dashboard test.
-DEB_PACKAGES := rustc cargo libstd-rust-dev-wasm32 librust-image-dev mosquitto openssl libsystemd-dev \
-	pkg-config gcc python3-dev
+DESTDIR ?=
+# Debian packages, by what needs them. Running: Python's venv, and what builds systemd-python (it has no
+# wheels); the committed .wasm files are all the functions need.
+DEB_RUN := python3-venv libsystemd-dev pkg-config gcc python3-dev
+# Rebuilding the functions: the wasm32-wasi Rust toolchain and crates (~250 MiB).
+DEB_FUNCTIONS := rustc cargo libstd-rust-dev-wasm32 librust-image-dev
+# The tests rebuild the functions, and run mosquitto (openssl makes its TLS test certificates).
+DEB_TEST := $(DEB_RUN) $(DEB_FUNCTIONS) mosquitto openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-STAMP := $(VENV)/.installed
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: setup deb venv run test lint typecheck check functions bench cross-bundle cross-test clean
+.PHONY: setup deb-run deb-functions deb-test run test lint typecheck check functions bench cross-bundle \
+	cross-test install uninstall clean
 
-setup: deb $(STAMP)
-
-deb:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+# apt-get install the packages of $(1) that are missing.
+define deb_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+endef
 
-$(STAMP): pyproject.toml
+deb-run:
+	$(call deb_install,$(DEB_RUN))
+
+deb-functions:
+	$(call deb_install,$(DEB_FUNCTIONS))
+
+deb-test:
+	$(call deb_install,$(DEB_TEST))
+
+# The dev venv: what running needs, then the test and dev tools on top for the targets that use them.
+$(STAMP_RUN): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[litert]'
+	@touch $@
+
+$(STAMP_TEST): $(STAMP_RUN)
 	$(PY) -m pip install -q -e '.[test,dev,litert]'
 	@touch $@
 
-run: setup
+setup: deb-test $(STAMP_TEST)
+
+run: deb-run $(STAMP_RUN)
 	$(VENV)/bin/edged run --config $(CONFIG)
 
 test: setup
@@ -43,7 +65,7 @@ typecheck: setup
 
 check: lint typecheck test
 
-functions: deb
+functions: deb-functions
 	functions/build.sh
 
 bench: setup
@@ -52,11 +74,19 @@ bench: setup
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/outbox_bench.py
 
+# Into /opt/edged, /etc/edged and /etc/systemd/system (under DESTDIR when given); INSTALL_ARGS=--no-venv
+# lays out everything but the venv.
+install:
+	DESTDIR="$(DESTDIR)" $(if $(DESTDIR),,$(SUDO)) cross/install.sh install $(INSTALL_ARGS)
+
+uninstall:
+	DESTDIR="$(DESTDIR)" $(if $(DESTDIR),,$(SUDO)) cross/install.sh uninstall
+
 # aarch64: the install bundle, and the tests run on it in an emulated arm64 Debian (cross/README.md).
-cross-bundle: setup
+cross-bundle: $(STAMP_RUN)
 	cross/bundle.sh
 
-cross-test: setup
+cross-test: $(STAMP_RUN)
 	$(SUDO) cross/emulated_test.sh
 
 clean:

@@ -8,7 +8,8 @@
 #   wheels/      edged's own wheel and the aarch64 wheels of every dependency (cp311), plus the
 #                systemd-python source (it has no wheels; install.sh builds it on the device)
 #   functions/   the committed .wasm modules and the classify model with its labels
-#   config/      the example config; systemd/ the units; install.sh; MANIFEST (sha256 of every file)
+#   config/      the example config; systemd/ the units; README.md; MANIFEST (sha256 of every file)
+#   install.sh   cross/install.sh, the same installer `make install` runs from the source tree
 #
 # The TFLite runtime in the bundle is tflite-runtime 2.14 (with numpy < 2): its aarch64 wheel is the one
 # verified under emulation (cross/emulated_test.sh); ai-edge-litert crashed creating an interpreter there.
@@ -58,6 +59,7 @@ cp "$repo/functions/classify/model/efficientnet_lite0.tflite" "$repo/functions/c
 mkdir -p "$root/config" "$root/systemd"
 cp "$repo/config/edged.example.toml" "$root/config/"
 cp "$repo"/systemd/*.service "$root/systemd/"
+cp "$repo/README.md" "$root/"
 cp "$repo/cross/install.sh" "$root/install.sh"
 (cd "$root" && find . -type f ! -name MANIFEST -print0 | sort -z | xargs -0 sha256sum > MANIFEST)
 

@@ -78,7 +78,7 @@ mount -t proc proc "$rootfs/proc"
 trap 'umount "$rootfs/proc"' EXIT
 chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 /bin/bash -c "
     set -euo pipefail
-    cd /tmp/edged-test/edged-aarch64 && PREFIX=/tmp/edged-test/root ./install.sh
+    cd /tmp/edged-test/edged-aarch64 && DESTDIR=/tmp/edged-test/root ./install.sh
     venv=/tmp/edged-test/root/opt/edged/.venv
     \$venv/bin/pip install -q --isolated --no-index --find-links /tmp/edged-test/testwheels \
         pytest pytest-asyncio pytest-timeout

@@ -8,6 +8,7 @@ AsyncExitStack. Background loops (watchdog, cloud sync, MQTT) live in one TaskGr
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,13 +35,17 @@ from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool
 
-__all__ = ["App", "run"]
+__all__ = ["App", "ListenError", "run"]
 
 log = logging.getLogger(__name__)
 
 #: How long each shutdown stage may take before the next one goes ahead anyway.
 HTTP_DRAIN_SECONDS = 5.0
 MIB = 1024 * 1024
+
+
+class ListenError(Exception):
+    """The HTTP API cannot listen where the config says (one line for the operator)."""
 
 
 class App:
@@ -112,7 +117,11 @@ class App:
         try:
             assert runner.server is not None
             ensure_fd_limit(http)
-            listener = await self.connections.listen(runner.server, http.host, http.port)
+            try:
+                listener = await self.connections.listen(runner.server, http.host, http.port)
+            except OSError as exc:
+                why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+                raise ListenError(f"port {http.port} {why} (http.host {http.host}, http.port {http.port})") from exc
             try:
                 self.http_port = int(listener.sockets[0].getsockname()[1])
                 log.info("listening on http://%s:%s", http.host, self.http_port)

@@ -1,4 +1,10 @@
-"""Command line: ``edged run | check-config | functions | invoke``."""
+"""Command line: ``edged run | check-config | functions | invoke``.
+
+Exit status: 0 ok; 1 a call or the daemon failed (a missing input file, a port in use); 2 a usage error
+(argparse); 75 (EX_TEMPFAIL) another daemon holds the state directory; 78 (EX_CONFIG) the configuration
+is wrong, which the unit's ``RestartPreventExitStatus=78`` does not restart. A user error is one line on
+stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,75 +17,58 @@ import sys
 from pathlib import Path
 
 from edged.errors import EdgedError
+from edged.journal import StructuredJournalHandler, under_journald
 from edged.logs import RepeatFilter, configure
-from edged.secrets import SecretError, read_secret
+from edged.preflight import Problem, file_problems, load_problems
 from edged.settings import ConfigError, Settings, load_settings
+from edged.versions import versions
 
-__all__ = ["main"]
+__all__ = ["EXIT_BUSY", "EXIT_CONFIG", "EXIT_FAILED", "main"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/edged/edged.toml")
-EXIT_CONFIG = 2
-EXIT_CALL_FAILED = 1
+EXIT_FAILED = 1
+EXIT_BUSY = 75
+EXIT_CONFIG = 78
 
 
-def _config_path(arg: str | None) -> Path | None:
+def _config_path(arg: str | None) -> Path:
     if arg:
         return Path(arg)
     env = os.environ.get("EDGED_CONFIG")
     if env:
         return Path(env)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    raise ConfigError([("(file)", f"no config file: no --config, $EDGED_CONFIG is not set, and {DEFAULT_CONFIG} "
+                                  "does not exist")])
 
 
 def _load(arg: str | None) -> Settings:
-    try:
-        return load_settings(_config_path(arg))
-    except ConfigError as exc:
-        for key, message in exc.problems:
-            print(f"config error: {key}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from exc
+    return load_settings(_config_path(arg))
 
 
-def _file_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Checks that need the filesystem: modules, models, preopened directories and secrets exist."""
-    problems: list[tuple[str, str]] = []
-    for name, fn in settings.functions.items():
-        if not fn.module.is_file():
-            problems.append((f"functions.{name}.module", f"no such file: {fn.module}"))
-        for i, pre in enumerate(fn.preopens):
-            if not pre.host.is_dir():
-                problems.append((f"functions.{name}.preopens.{i}.host", f"no such directory: {pre.host}"))
-    for name, model in settings.models.items():
-        if not model.path.is_file():
-            problems.append((f"models.{name}.path", f"no such file: {model.path}"))
-        if model.labels is not None and not model.labels.is_file():
-            problems.append((f"models.{name}.labels", f"no such file: {model.labels}"))
-    secrets = {"http.token_file": settings.http.token_file,
-               "mqtt.password_file": settings.mqtt.password_file if settings.mqtt.enabled else None,
-               "dapr.token_file": settings.dapr.token_file if settings.dapr.enabled else None}
-    for key, path in secrets.items():
-        if path is not None:
-            try:
-                read_secret(key, path)  # read as the daemon will, then forgotten
-            except SecretError as exc:
-                problems.append((key, "; ".join(f"{place}: {why}" for place, why in exc.tried)))
-    return problems
+def _print_problems(problems: list[Problem]) -> None:
+    for key, message in problems:
+        print(f"config error: {key}: {message}", file=sys.stderr)
 
 
 def _setup_logging(level: str) -> logging.Handler:
-    # Control characters escaped and floods of one error capped: see edged.logs.
-    return configure(
-        level,
-        "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() or
-        not os.environ.get("JOURNAL_STREAM") else "%(levelname)s %(name)s: %(message)s",
-    )
+    """Plain text on a terminal or a pipe; journald's native protocol (priorities, fields) under systemd.
+
+    Either way control characters are escaped and floods of one error capped (edged.logs).
+    """
+    if under_journald():
+        return configure(level, "%(name)s: %(message)s", handler=StructuredJournalHandler())
+    return configure(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    problems = _file_problems(settings)
-    for key, message in problems:
-        print(f"config error: {key}: {message}", file=sys.stderr)
+    _setup_logging("WARNING")
+    problems = file_problems(settings) or load_problems(settings)
+    _print_problems(problems)
     if problems:
         return EXIT_CONFIG
     print(f"config ok: {len(settings.functions)} functions, {len(settings.models)} models, "
@@ -88,19 +77,30 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edged.app import run
+    from edged.app import ListenError, run
     from edged.malloc import pin_mmap_threshold
+    from edged.statelock import StateDirBusy, hold_state_dir
 
-    settings = _load(args.config)
-    handler = _setup_logging(settings.log_level)
-    problems = _file_problems(settings)
-    for key, message in problems:
-        logging.getLogger("edged").error("config error: %s: %s", key, message)
-    if problems:
-        return EXIT_CONFIG
-    pin_mmap_threshold()  # flat RSS under a stream of frames: see edged.malloc
+    handler = _setup_logging("INFO")  # before the config is read, so its errors are logged as the daemon's are
     try:
-        return asyncio.run(run(settings))
+        settings = _load(args.config)
+        logging.getLogger().setLevel(settings.log_level)
+        problems = file_problems(settings)
+        if problems:
+            raise ConfigError(problems)
+        with hold_state_dir(settings.state_dir):
+            pin_mmap_threshold()  # flat RSS under a stream of frames: see edged.malloc
+            return asyncio.run(run(settings))
+    except ConfigError as exc:  # also a module or model that does not load (FunctionLoadError)
+        for key, message in exc.problems:
+            log.error("config error: %s: %s", key, message)
+        return EXIT_CONFIG
+    except StateDirBusy as exc:
+        log.error("%s", exc)
+        return EXIT_BUSY
+    except ListenError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
     finally:
         for held in handler.filters:
             if isinstance(held, RepeatFilter):
@@ -118,6 +118,11 @@ def _cmd_functions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(code: str, detail: str) -> int:
+    print(json.dumps({"error": code, "detail": detail}), file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _cmd_invoke(args: argparse.Namespace) -> int:
     from edged.malloc import pin_mmap_threshold
     from edged.wasm.build import build_pool
@@ -126,46 +131,53 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     _setup_logging("WARNING")
     pin_mmap_threshold()  # allocate as the daemon does, so a one-off call costs what the daemon's calls cost
     if args.name not in settings.functions:
-        print(json.dumps({"error": "unknown_function", "detail": f"no function named {args.name!r}"}),
-              file=sys.stderr)
-        return EXIT_CALL_FAILED
-    data = Path(args.file).read_bytes()
+        return _fail("unknown_function", f"no function named {args.name!r}; the functions are: "
+                                         f"{', '.join(sorted(settings.functions)) or '(none configured)'}")
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        return _fail("unreadable_input", f"cannot read {args.file}: {exc.strerror or exc}")
     # Only this function and the models it may load, loaded once as the daemon does.
     models, pool = build_pool(settings, only=args.name)
-    try:
-        with models, pool:
-            try:
-                result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
-            except EdgedError as exc:
-                print(json.dumps(exc.as_dict()), file=sys.stderr)
-                return EXIT_CALL_FAILED
-    except ConfigError as exc:
-        for key, message in exc.problems:
-            print(f"config error: {key}: {message}", file=sys.stderr)
-        return EXIT_CONFIG
+    with models, pool:
+        try:
+            result = pool.decode_and_call_sync(data, settings.http.max_pixels, args.name)
+        except EdgedError as exc:
+            print(json.dumps(exc.as_dict()), file=sys.stderr)
+            return EXIT_FAILED
     if args.output:
-        Path(args.output).write_bytes(result.body)
+        try:
+            Path(args.output).write_bytes(result.body)
+        except OSError as exc:
+            return _fail("unwritable_output", f"cannot write {args.output}: {exc.strerror or exc}")
         print(json.dumps({"function": args.name, "content_type": result.content_type,
                           "bytes": len(result.body), "output": args.output,
                           "duration_ms": round(result.duration_ms, 3)}))
     elif result.json is not None:
         print(json.dumps(result.json))
     else:
-        print(json.dumps({"error": "binary_output",
-                          "detail": f"{result.content_type} result; write it with -o FILE"}), file=sys.stderr)
-        return EXIT_CALL_FAILED
+        return _fail("binary_output", f"{result.content_type} result; write it with -o FILE")
     return 0
+
+
+def _version_text() -> str:
+    v = versions()
+    return f"edged {v['edged']} (wasmtime {v['wasmtime']}, TFLite runtime {v['tflite']})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edged", description="Edge gateway daemon.")
-    parser.add_argument("--config", "-c", help=f"TOML config (default $EDGED_CONFIG or {DEFAULT_CONFIG})")
-    # --config is accepted after the sub-command too ("edged run --config X").
+    config_help = f"TOML config (default: $EDGED_CONFIG, else {DEFAULT_CONFIG})"
+    parser.add_argument("--config", "-c", help=config_help)
+    parser.add_argument("--version", action="version", version=_version_text(),
+                        help="print the versions of edged, wasmtime and the TFLite runtime")
+    # --config is accepted after the sub-command too ("edged run --config X"), and shown in its help.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground").set_defaults(func=_cmd_run)
-    sub.add_parser("check-config", parents=[common], help="validate the configuration").set_defaults(
+    sub.add_parser("check-config", parents=[common],
+                   help="validate the configuration: files, secrets, every module and model loaded").set_defaults(
         func=_cmd_check_config)
     sub.add_parser("functions", parents=[common], help="list functions, limits and grants").set_defaults(
         func=_cmd_functions)
@@ -182,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        # E.g. a module that fails validation when the pool loads it (FunctionLoadError).
-        for key, message in exc.problems:
-            print(f"config error: {key}: {message}", file=sys.stderr)
+        # The config file, or a module that fails validation when the pool loads it (FunctionLoadError).
+        _print_problems(exc.problems)
         return EXIT_CONFIG
     return code
 

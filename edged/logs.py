@@ -150,16 +150,19 @@ def _kind(record: logging.LogRecord) -> _Kind:
     return record.name, template, exc_type
 
 
-def configure(level: str | int, fmt: str, stream: TextIO | None = None) -> logging.Handler:
-    """Send the root logger's records through one SafeFormatter + RepeatFilter handler on ``stream``.
+def configure(level: str | int, fmt: str, stream: TextIO | None = None,
+              handler: logging.Handler | None = None) -> logging.Handler:
+    """Send the root logger's records through one SafeFormatter + RepeatFilter handler.
 
+    The handler writes to ``stream`` (stderr by default) unless one is given (the journald handler).
     Replaces a handler an earlier call installed; returns the new one.
     """
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "edged_handler", False)]:
         root.removeHandler(old)
         old.close()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if handler is None:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.edged_handler = True  # type: ignore[attr-defined]
     handler.setFormatter(SafeFormatter(fmt))
     handler.addFilter(RepeatFilter(report=handler.handle))

@@ -5,9 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from edged.versions import versions
 
 __all__ = ["BudgetCollector", "Metrics"]
 
@@ -51,6 +61,16 @@ class BudgetCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The collectors the default registry has (process_*, python_info, python_gc_*), on ours.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.build_info = Gauge(
+            "edged_build_info", "Always 1; the labels say what runs: edged, wasmtime and the TFLite runtime.",
+            ["version", "wasmtime", "tflite"], registry=self.registry,
+        )
+        built = versions()
+        self.build_info.labels(built["edged"], built["wasmtime"], built["tflite"]).set(1)
         self.calls = Counter(
             "edged_function_calls", "Function calls by outcome (ok or an error code).",
             ["function", "outcome"], registry=self.registry,

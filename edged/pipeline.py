@@ -109,7 +109,8 @@ class Pipeline:
         if policy.dedupe_window > 0 and self._store is not None:
             earlier = await self._store.recent_input(camera, sha256, policy.dedupe_window)
             if earlier is not None:
-                log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera)
+                log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera,
+                         extra={"CAMERA": camera})
                 return Outcome(events=earlier, duplicate=True)
         source = {"transport": transport, "camera": camera, "sha256": sha256,
                   "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
@@ -125,7 +126,8 @@ class Pipeline:
             raise Overloaded(exc.detail) from exc
         except ImageError as exc:
             self._metrics.rejected.labels(transport, exc.code).inc()
-            log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
+            log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail,
+                        extra={"CAMERA": camera, "ERROR_CODE": exc.code})
             outcome.ingest_error = exc
             if policy.record_errors:
                 event = self._event("", camera, source, started, error=exc)

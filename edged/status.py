@@ -23,9 +23,21 @@ class ComponentState:
     since: float = field(default_factory=time.time)
 
 
+_DOWN = frozenset({"disconnected", "error"})
+
+
+def _level(old: State | None, new: State) -> int:
+    if new == "error" and old != "error":
+        return logging.ERROR
+    if new in _DOWN and old not in _DOWN:
+        return logging.WARNING
+    return logging.INFO
+
+
 class Components:
-    """Named component states; every change is logged once (errors at ERROR level) and, given the
-    daemon's metrics, shown as ``edged_component_up`` (1 while connected)."""
+    """Named component states; every change is logged once and, given the daemon's metrics, shown as
+    ``edged_component_up`` (1 while connected). Going down is a WARNING (refused: an ERROR) when it
+    happens; a new reason while still down is INFO, so ``journalctl -p warning`` shows each outage once."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._states: dict[str, ComponentState] = {}
@@ -38,8 +50,8 @@ class Components:
         self._states[name] = ComponentState(state, detail)
         if self._metrics is not None:
             self._metrics.component_up.labels(name).set(1 if state == "connected" else 0)
-        level = logging.ERROR if state == "error" else logging.INFO
-        log.log(level, "%s: %s%s", name, state, f" ({detail})" if detail else "")
+        log.log(_level(old.state if old is not None else None, state), "%s: %s%s", name, state,
+                f" ({detail})" if detail else "", extra={"COMPONENT": name})
 
     def get(self, name: str) -> ComponentState | None:
         return self._states.get(name)

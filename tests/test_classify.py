@@ -195,7 +195,7 @@ def test_function_without_the_grant_cannot_load_the_model(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-m", "edged", "--config", str(cfg), "invoke", "classify",
                           str(DATA / "coffee.jpg")], capture_output=True, text=True, timeout=120, check=False,
                          cwd=REPO)
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == 78, out.stderr  # EX_CONFIG
     assert "imports edged.model_labels, edged.model_name, wasi_ephemeral_nn.compute" in out.stderr
     assert "may load no model: grant one with models = [...] in [functions.classify]" in out.stderr
     assert out.stdout == ""

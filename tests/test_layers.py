@@ -19,7 +19,9 @@ _LEAVES = frozenset()
 ALLOWED: dict[str, frozenset[str]] = {
     # Leaves: the standard library and third-party packages only.
     "errors": _LEAVES, "events": _LEAVES, "retry": _LEAVES, "secrets": _LEAVES, "cgroup_limit": _LEAVES,
-    "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "metrics": _LEAVES, "logs": _LEAVES,
+    "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "journal": _LEAVES, "statelock": _LEAVES,
+    "versions": _LEAVES, "logs": _LEAVES,
+    "metrics": frozenset({"versions"}),
     "status": frozenset({"metrics"}),
     # settings reach into wasm for one stdlib-only module, the outbound URL policy (checked below).
     "settings": frozenset({"wasm"}),
@@ -33,6 +35,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "mqtt": frozenset({"metrics", "retry", "secrets", "settings", "status"}),
     "pipeline": frozenset({"budget", "errors", "events", "frames", "metrics", "settings", "wasm"}),
     "sync": frozenset({"errors", "events", "metrics", "mqtt", "retry", "secrets", "settings", "status", "store"}),
+    # What check-config checks and run refuses to start on: files, secrets, models and modules loaded.
+    "preflight": frozenset({"inference", "secrets", "settings", "wasm"}),
     "ingest": frozenset({"budget", "errors", "events", "frames", "metrics", "mqtt", "pipeline", "retry",
                          "secrets", "settings", "status", "store", "sync", "wasm"}),
 }

@@ -111,7 +111,7 @@ def test_check_config_reports_a_missing_http_token_file(tmp_path: Path, monkeypa
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     config = write_config(tmp_path / "edged.toml", daemon_config(tmp_path / "state",
                                                                  http={"token_file": "http-token"}))
-    assert main(["check-config", "--config", str(config)]) == 2
+    assert main(["check-config", "--config", str(config)]) == 78
     err = capsys.readouterr().err
     assert "config error: http.token_file: " in err
     assert f"{tmp_path / 'http-token'}: no such file" in err
@@ -129,7 +129,7 @@ def test_check_config_reads_each_secret_of_an_enabled_part(tmp_path: Path, monke
     config = write_config(tmp_path / "edged.toml", daemon_config(
         tmp_path / "state", mqtt={"enabled": True, "username": "u", "password_file": "/nowhere/mqtt-password"},
         dapr={"enabled": True, "token_file": "/nowhere/dapr-token"}))
-    assert main(["check-config", "--config", str(config)]) == 2
+    assert main(["check-config", "--config", str(config)]) == 78
     err = capsys.readouterr().err
     assert "mqtt.password_file" not in err  # found in $CREDENTIALS_DIRECTORY
     assert "config error: dapr.token_file: $CREDENTIALS_DIRECTORY/dapr-token" in err

@@ -104,12 +104,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_cli(tmp_path: Path) -> None:
     bad = write(tmp_path, '[http]\nport = "x"\n[functions.g]\nmodule = "missing.wasm"\nbogus = 1\n')
     out = run_cli("check-config", "--config", str(bad))
-    assert out.returncode == 2
+    assert out.returncode == 78
     assert "http.port" in out.stderr
     assert "functions.g.bogus" in out.stderr
     missing = write(tmp_path, '[functions.g]\nmodule = "missing.wasm"\n')
     out = run_cli("--config", str(missing), "check-config")
-    assert out.returncode == 2
+    assert out.returncode == 78
     assert "functions.g.module: no such file" in out.stderr
     repo_config = Path(__file__).parent.parent / "config" / "edged.toml"
     out = run_cli("check-config", "--config", str(repo_config))

@@ -266,7 +266,8 @@ class MqttIngest(ConnectionHandler):
                 self._finish(frame, outcome)
         except Exception:
             # Not acked: the broker redelivers the frame on the next connection.
-            log.exception("frame from %s on %s failed; not acknowledged", frame.camera, frame.msg.topic)
+            log.exception("frame from %s on %s failed; not acknowledged", frame.camera, frame.msg.topic,
+                          extra={"CAMERA": frame.camera})
         finally:
             self._slots.release()
             self._taken(-1)
@@ -288,12 +289,12 @@ class MqttIngest(ConnectionHandler):
                     self._metrics.mqtt_retries.labels(exc.code).inc()
                     delay = backoff_delay(attempt, RETRY_MIN * 20, exc.retry_after)
                     log.warning("outbox full: frame from %s waits unacknowledged (retry in %.1fs)", frame.camera,
-                                delay)
+                                delay, extra={"CAMERA": frame.camera, "ERROR_CODE": exc.code})
                 except EdgedError as exc:  # the store failed (disk full, I/O error): nothing was committed
                     self._metrics.mqtt_retries.labels(exc.code).inc()
                     delay = backoff_delay(attempt, RETRY_MIN * 20, RETRY_MAX * 6)
                     log.error("frame from %s not committed (%s: %s); retrying in %.1fs", frame.camera, exc.code,
-                              exc.detail, delay)
+                              exc.detail, delay, extra={"CAMERA": frame.camera, "ERROR_CODE": exc.code})
                 attempt += 1
                 await asyncio.sleep(delay)
                 if self._stale(frame):

@@ -83,10 +83,10 @@ class CloudEvents:
             if size <= limit:
                 return "with_image"
             log.info("event %s: image of %d bytes left out of the cloud event (sync.max_event_bytes=%d)",
-                     entry.id, len(entry.body), limit)
+                     entry.id, len(entry.body), limit, extra={"EVENT_ID": entry.id})
         size = len(self._head(entry)) + len(entry.data) + 1
         if size > limit:
             log.warning("event %s: cloud event of %d bytes is over sync.max_event_bytes=%d: not synced",
-                        entry.id, size, limit)
+                        entry.id, size, limit, extra={"EVENT_ID": entry.id})
             return "oversize"
         return "without_image"

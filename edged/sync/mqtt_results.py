@@ -116,7 +116,8 @@ class ResultPublisher(ConnectionHandler):
         the originals are published from the store anyway."""
         for event in events:
             if len(self._echoes) >= MAX_ECHOES:
-                log.warning("skipping the repeat of event %s: %d repeats already waiting", event.id, MAX_ECHOES)
+                log.warning("skipping the repeat of event %s: %d repeats already waiting", event.id, MAX_ECHOES,
+                            extra={"EVENT_ID": event.id})
                 continue
             self._echoes.append(event)
         self._wake.set()
@@ -139,7 +140,7 @@ class ResultPublisher(ConnectionHandler):
             delay = self._refused.next()
             self._hold_until = time.monotonic() + delay
             log.error("the broker refused result %s (%s); it stays queued, retrying in %.0fs", event_id, reason,
-                      delay)
+                      delay, extra={"EVENT_ID": event_id})
         self._wake.set()
 
     def on_connected(self, generation: int, session_present: bool) -> None:

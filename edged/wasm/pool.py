@@ -2,11 +2,10 @@
 
 Admission is bounded twice: at most ``workers + queue`` calls and decodes are admitted (running or
 waiting), and what they hold fits in the memory budget (edged.wasm.admission); past either, Overloaded
-is raised at once, so memory never grows with load. Every call gets a fresh Store with its memory limit
-and an epoch deadline; one ticker thread advances the engine's epoch every 5 ms and keeps the workers'
-stdio files within their limits (edged.wasm.scratch). A frame's decode gets the deadline of the calls it
-feeds (measured from when the work starts; the calls' own deadlines count from the same start), and a
-cancel event set when the pool starts closing, so no decode holds a shutdown.
+is raised at once, so memory never grows with load. Every call gets a fresh Store with its memory limit and
+an epoch deadline; a ticker thread advances the epoch every 5 ms and keeps the workers' stdio files within
+their limits (edged.wasm.scratch). A frame's decode gets the deadline of the calls it feeds (counted from
+when the work starts) and a cancel event set when the pool starts closing: no decode holds a shutdown.
 """
 
 from __future__ import annotations
@@ -326,7 +325,8 @@ class FunctionPool:
             result = runner.call(frame, self._files.get(), deadline=deadline, memory=memory,
                                  max_result_pixels=self._max_result_pixels)
         except FunctionError as exc:
-            log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail)
+            log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,
+                        extra={"FUNCTION": runner.name, "ERROR_CODE": exc.code})
             self._record(runner.name, exc.code, time.perf_counter() - began)
             raise
         except Overloaded:
@@ -334,7 +334,7 @@ class FunctionPool:
                 self._overloaded += 1
             raise
         except Exception:
-            log.exception("function %s: internal error", runner.name)
+            log.exception("function %s: internal error", runner.name, extra={"FUNCTION": runner.name})
             self._record(runner.name, "internal", time.perf_counter() - began)
             raise
         finally:

@@ -93,4 +93,5 @@ def host_function(name: str, errnos: Errnos, report: Report | None = None) -> Ca
 def _log_unexpected(name: str) -> None:
     ctx = current()
     with contextlib.suppress(BaseException):  # logging itself failed: the errno still goes back
-        log.exception("host import %s failed in function %s", name, ctx.function if ctx else "?")
+        log.exception("host import %s failed in function %s", name, ctx.function if ctx else "?",
+                      extra={"FUNCTION": ctx.function if ctx else None})

@@ -238,7 +238,8 @@ class NnHost:
                 call.last_error = f"{import_name}: {detail}"
                 if errno in _REFUSALS and not call.warned:
                     call.warned, level = True, logging.WARNING
-            log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, _errno_name(errno), detail)
+            log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, _errno_name(errno), detail,
+                    extra={"FUNCTION": grant.function})
 
         @host_function(f"{MODULE}.{import_name}", _ERRNOS, report)
         def host(caller: wasmtime.Caller, *args: int) -> int:
