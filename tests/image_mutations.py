@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.images import encode, picture
 
-__all__ = ["DIMENSIONS", "Mutation", "Reader", "from_blob", "images", "mutate", "seeds"]
+__all__ = ["DIMENSIONS", "Mutation", "Reader", "from_blob", "images", "mutate", "png_chunk", "seeds"]
 
 T = TypeVar("T")
 Mutation = tuple[str, tuple[int | bytes, ...]]
@@ -71,7 +71,7 @@ def _at(data: bytes, pos: int) -> int:
     return pos % (len(data) + 1)
 
 
-def _png_chunk(kind: bytes, body: bytes, declared: int | None = None) -> bytes:
+def png_chunk(kind: bytes, body: bytes, declared: int | None = None) -> bytes:
     length = len(body) if declared is None else declared
     return struct.pack(">I", length) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -151,7 +151,7 @@ def _apply(data: bytes, op: str, args: tuple[int | bytes, ...]) -> bytes:
         bounds = _png_boundaries(data)
         at = bounds[ints[0] % len(bounds)]
         declared = ints[2] if ints[1] % 2 else None
-        return data[:at] + _png_chunk(blobs[0], blobs[1], declared) + data[at:]
+        return data[:at] + png_chunk(blobs[0], blobs[1], declared) + data[at:]
     if op == "dimensions":
         return _dimensions(data, ints[0], ints[1])
     if op == "scans":

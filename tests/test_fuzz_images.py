@@ -23,7 +23,7 @@ from edged.decode_guard import decode_cost
 from edged.errors import ImageError
 from edged.frames import FORMAT_CODES, Frame, ImageHeader, decode, read_header
 from tests.fuzzing import LONG_EXAMPLES, Tally, explore, peak_rss_growth, reset_peak_rss
-from tests.image_mutations import images, seeds
+from tests.image_mutations import images, png_chunk, seeds
 
 pytestmark = pytest.mark.timeout(7200 if LONG_EXAMPLES else 300)
 
@@ -99,6 +99,19 @@ def test_every_seed_decodes() -> None:
         frame = _decode(data, time.monotonic() + 60)
         assert isinstance(frame, Frame), (name, frame)
         assert (frame.width, frame.height) == (24, 16), name
+
+
+@pytest.mark.parametrize("kind", [b"iCCP", b"zTXt", b"iTXt", b"tEXt"])
+def test_an_empty_text_chunk_after_the_pixels_is_a_bad_image(kind: bytes) -> None:
+    """Found by the fuzzer: Pillow raised IndexError reading an empty iCCP chunk after IDAT (a 500)."""
+    png = seeds()["png-rgb"]
+    end = png.rindex(b"IEND") - 4
+    result = _decode(png[:end] + png_chunk(kind, b"") + png[end:], time.monotonic() + 60)
+    if kind == b"iCCP":  # the others Pillow skips, and the image decodes
+        assert isinstance(result, ImageError), result
+        assert result.code == "bad_image"
+    else:
+        assert isinstance(result, Frame), result
 
 
 def test_decoding_hostile_images_fails_typed_in_time_and_memory() -> None:

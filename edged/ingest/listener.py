@@ -73,8 +73,11 @@ def _handle_error_fits(cls: type) -> bool:
 def _log_exception_fits(cls: type) -> bool:
     """Whether ``cls.log_exception`` takes what JsonErrorHandler's override passes on: (*args, **kw)."""
     try:
-        params = inspect.signature(cls.log_exception).parameters.values()
-    except (AttributeError, TypeError, ValueError):
+        method = getattr(cls, "log_exception", None)
+        if method is None:
+            return False
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
         return False
     return [p.kind for p in params] == [inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL,
                                         inspect.Parameter.VAR_KEYWORD]
