@@ -1,5 +1,6 @@
-# edged: `make run` (dev daemon) and `make test` (whole suite). Both set up what they need first.
-# `make install` / `make uninstall` put edged on this machine as a service (cross/install.sh).
+# edged: `make run` (dev daemon), `make test` (whole suite) and `make fuzz` (the long fuzz run). All set up
+# what they need first. `make install` / `make uninstall` put edged on this machine as a service
+# (cross/install.sh).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: setup deb-run deb-functions deb-test run test lint typecheck check functions bench cross-bundle \
+.PHONY: setup deb-run deb-functions deb-test run test fuzz lint typecheck check functions bench cross-bundle \
 	cross-test install uninstall clean
 
 # apt-get install the packages of $(1) that are missing.
@@ -56,6 +57,16 @@ run: deb-run $(STAMP_RUN)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The long fuzz run: FUZZ_EXAMPLES inputs for each fuzz test (image ingest, HTTP requests, the random guest
+# calling every host import); the default, 340000 x 3, is over 1,000,000 in all. `make test` runs a short,
+# derandomized sample of each. -p no:logging: pytest would keep every log record of the run.
+FUZZ_EXAMPLES ?= 340000
+FUZZ_TESTS := tests/test_fuzz_images.py tests/test_fuzz_http.py tests/test_fuzz_imports.py
+
+fuzz: setup
+	EDGED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -p no:logging -s \
+		$(wildcard $(FUZZ_TESTS)) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check edged tests bench

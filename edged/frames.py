@@ -35,6 +35,9 @@ limit_pillow_text()  # Pillow reads these limits at every PNG text chunk: set be
 
 #: Source formats accepted on ingest and their ABI codes (docs/ABI.md).
 FORMAT_CODES = {"JPEG": 1, "PNG": 2, "GIF": 3, "BMP": 4, "WEBP": 5}
+# What Pillow raises for a corrupt file while decoding: IndexError and struct.error too (Image.open treats
+# them as corrupt as well), e.g. an empty iCCP chunk after the pixels (found by tests/test_fuzz_images.py).
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 FRAME_MAGIC = 0x31464445  # b"EDF1" little endian
 #: magic, kind, width, height, channels, source format, data length, reserved
 FRAME_HEADER = struct.Struct("<8I")
@@ -111,7 +114,7 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
             reader.check()
             # convert() would copy an image that is RGB already (most JPEGs): a frame-sized allocation saved.
             rgb = img if img.mode == "RGB" else img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except _CORRUPT as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
         pixels = _rgb_bytes(rgb)
     return Frame(

@@ -16,7 +16,8 @@ to ``loop.create_server``:
 Requests aiohttp's parser rejects (a bad request line, an oversized header, undecodable framing) never
 reach the app; aiohttp answers them from ``RequestHandler.handle_error`` in text/plain and logs each with
 a traceback at ERROR. ``JsonErrorHandler`` overrides that method to answer in edged's JSON error shape and
-log at DEBUG. The override is checked once at import (``JSON_PARSE_ERRORS``); when aiohttp's method does
+log at DEBUG, and ``log_exception`` to log at DEBUG a body the handler left unread that fails to decode when
+aiohttp drains it. The overrides are checked once at import (``JSON_PARSE_ERRORS``); when aiohttp's methods do
 not look as expected, connections get aiohttp's own handler from ``web.Server`` instead, as a whole.
 Everything else is public: ``web.Server`` as a protocol factory, ``request.transport``, middlewares.
 """
@@ -69,8 +70,21 @@ def _handle_error_fits(cls: type) -> bool:
     return params == ["self", "request", "status", "exc", "message"]
 
 
+def _log_exception_fits(cls: type) -> bool:
+    """Whether ``cls.log_exception`` takes what JsonErrorHandler's override passes on: (*args, **kw)."""
+    try:
+        method = getattr(cls, "log_exception", None)
+        if method is None:
+            return False
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return [p.kind for p in params] == [inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL,
+                                        inspect.Parameter.VAR_KEYWORD]
+
+
 #: Checked once: answer parse errors in JSON (True) or leave them to aiohttp (False).
-JSON_PARSE_ERRORS = _handle_error_fits(web.RequestHandler)
+JSON_PARSE_ERRORS = _handle_error_fits(web.RequestHandler) and _log_exception_fits(web.RequestHandler)
 
 
 class JsonErrorHandler(web.RequestHandler):
@@ -89,6 +103,17 @@ class JsonErrorHandler(web.RequestHandler):
         response = web.json_response({"error": code, "detail": detail}, status=status)
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After a handler that left the body unread (a 401, a 404, GET /healthz), aiohttp reads and drops
+        # the rest; a body that fails its Content-Encoding or chunked framing then raised a traceback at
+        # ERROR per request (found by tests/test_fuzz_http.py). The answer is sent already: the client's
+        # problem, as a malformed request is.
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            log.debug("dropped the unread rest of a request body that could not be read: %s", exc)
+            return
+        super().log_exception(*args, **kw)
 
 
 class _Connection(asyncio.Protocol):
