@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edged import __version__
 from edged.budget import MemoryBudget, budget_origin, detect_work_budget
 from edged.cgroup_limit import detect_memory_limit
 from edged.ingest.body import budget_reservation
@@ -31,6 +32,7 @@ from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
+from edged.sync.homeassistant import Discovery
 from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool
@@ -72,8 +74,11 @@ class App:
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
         self.results: ResultPublisher | None = None
         if settings.mqtt.enabled:
+            discovery = None
+            if settings.mqtt.homeassistant.enabled:
+                discovery = Discovery(settings.mqtt, settings.device_id, __version__)
             self.results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, self.store, self.metrics,
-                                           self.components)
+                                           self.components, discovery)
         self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None,

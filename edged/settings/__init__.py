@@ -10,7 +10,7 @@ from __future__ import annotations
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
-from edged.settings.mqtt import MqttSettings, Subscription, TlsSettings
+from edged.settings.mqtt import HomeAssistantSettings, MqttSettings, Subscription, TlsSettings
 from edged.settings.root import ConfigError, Settings, load_settings
 from edged.settings.sync import DaprSettings, OutboxSettings, SyncSettings
 
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DaprSettings",
     "FunctionSettings",
+    "HomeAssistantSettings",
     "HttpSettings",
     "LimitsSettings",
     "ModelSettings",

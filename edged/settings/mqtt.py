@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from edged.settings.base import ConfigPath, MiB, Model
 
-__all__ = ["MqttSettings", "Subscription", "TlsSettings"]
+__all__ = ["HomeAssistantSettings", "MqttSettings", "Subscription", "TlsSettings"]
+
+_DISCOVERY_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 class TlsSettings(Model):
@@ -41,6 +44,29 @@ class Subscription(Model):
         for i, level in enumerate(levels):
             if ("+" in level and level != "+") or ("#" in level and (level != "#" or i != len(levels) - 1)):
                 raise ValueError(f"{self.topic!r}: '+' must be a whole level and '#' the whole last level")
+        return self
+
+
+class HomeAssistantSettings(Model):
+    enabled: bool = Field(
+        default=False,
+        description="Announce each camera as a Home Assistant device (MQTT discovery) and publish its states "
+        "retained, on the results connection.",
+    )
+    discovery_prefix: str = Field(
+        default="homeassistant",
+        description="Home Assistant's discovery prefix: configs go to {discovery_prefix}/device/{id}/config and "
+        "its birth message is read from {discovery_prefix}/status.",
+    )
+    max_devices: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Cameras announced at most (each becomes a device); later cameras get none, and a warning.",
+    )
+
+    @model_validator(mode="after")
+    def _valid_prefix(self) -> HomeAssistantSettings:
+        if not _DISCOVERY_PREFIX.match(self.discovery_prefix):
+            raise ValueError(f"{self.discovery_prefix!r}: topic levels of letters, digits, '_' and '-'")
         return self
 
 
@@ -89,6 +115,9 @@ class MqttSettings(Model):
         "message_size_limit too, so nothing much bigger reaches edged's memory.",
     )
     max_pixels: int = Field(default=40_000_000, ge=1, description="Largest frame (width*height) processed.")
+    homeassistant: HomeAssistantSettings = Field(
+        default_factory=HomeAssistantSettings, description="Home Assistant MQTT discovery."
+    )
     reconnect_min_delay: float = Field(
         default=0.5, gt=0, le=3600, description="Seconds before the first reconnect; doubles (with jitter) per failure."
     )
@@ -99,7 +128,9 @@ class MqttSettings(Model):
     )
 
     @model_validator(mode="after")
-    def _reconnect_order(self) -> MqttSettings:
+    def _cross_checks(self) -> MqttSettings:
         if self.reconnect_max_delay < self.reconnect_min_delay:
             raise ValueError("reconnect_max_delay must not be below reconnect_min_delay")
+        if self.homeassistant.enabled and not self.enabled:
+            raise ValueError("homeassistant.enabled needs mqtt.enabled")
         return self

@@ -28,6 +28,7 @@ from edged.mqtt import ConnectionHandler, MqttConnection, Received, new_properti
 from edged.retry import Backoff
 from edged.settings import MqttSettings
 from edged.status import Components
+from edged.sync.homeassistant import Discovery
 
 __all__ = ["PublishStore", "Rendered", "ResultPublisher", "render"]
 
@@ -85,11 +86,13 @@ class ResultPublisher(ConnectionHandler):
     """The ``edged.mqtt.publish`` loop: drains ``mqtt_pending`` whenever connected, bounded in flight.
 
     It owns the results connection (client id ``{client_id}-results``). ``async with`` closes it at the
-    end; ``background()`` gives the two loops (the connection's and the publishing one).
+    end; ``background()`` gives the two loops (the connection's and the publishing one). With a
+    ``discovery``, each result published is also reported to it, and its retained Home Assistant
+    configs and states go out on this connection, within the same in-flight limit.
     """
 
     def __init__(self, settings: MqttSettings, client_id: str, store: PublishStore, metrics: Metrics,
-                 components: Components) -> None:
+                 components: Components, discovery: Discovery | None = None) -> None:
         self._settings = settings
         self.conn = MqttConnection(settings, f"{client_id}-results", self, components, ingest=False)
         self._store = store
@@ -101,6 +104,9 @@ class ResultPublisher(ConnectionHandler):
         self._claimed: set[str] = set()
         self._acked: list[str] = []
         self._echoes: deque[StoredEvent] = deque()
+        self._discovery = discovery
+        #: mids of Home Assistant messages in flight (not results: nothing to mark in the store).
+        self._announcing: set[int] = set()
         #: Slows publishing down while the broker refuses results (an ACL problem is not fixed in a hot loop).
         self._refused = Backoff(1.0, 60.0)
         self._hold_until = 0.0
@@ -123,6 +129,13 @@ class ResultPublisher(ConnectionHandler):
         self._wake.set()
 
     def on_published(self, mid: int, ok: bool, reason: str) -> None:
+        if mid in self._announcing:
+            self._announcing.discard(mid)
+            if not ok:
+                # Best effort: published again after the next reconnect or Home Assistant birth message.
+                log.warning("the broker refused a Home Assistant discovery message (%s)", reason)
+            self._wake.set()
+            return
         if mid not in self._by_mid:
             return
         event_id = self._by_mid.pop(mid)
@@ -144,10 +157,16 @@ class ResultPublisher(ConnectionHandler):
         self._wake.set()
 
     def on_connected(self, generation: int, session_present: bool) -> None:
+        if self._discovery is not None:
+            # QoS 0: nothing to acknowledge. A retained birth message just announces everything once more.
+            self.conn.subscribe([(self._discovery.birth_topic, 0)])
+            self._discovery.republish()
         self._wake.set()
 
     def on_message(self, message: Received) -> None:
-        pass  # this connection subscribes to nothing
+        # Only Home Assistant's status is subscribed to on this connection.
+        if self._discovery is not None and self._discovery.birth(message.topic, message.payload):
+            self._wake.set()
 
     def on_disconnected(self) -> None:
         """paho dropped its unacknowledged publishes: those events are picked again after reconnecting."""
@@ -155,6 +174,7 @@ class ResultPublisher(ConnectionHandler):
             if event_id is not None:
                 self._claimed.discard(event_id)
         self._by_mid.clear()
+        self._announcing.clear()  # all of it is announced again on the next connection
 
     async def __aenter__(self) -> ResultPublisher:
         return self
@@ -167,8 +187,10 @@ class ResultPublisher(ConnectionHandler):
 
     # -- the loop ------------------------------------------------------------------------------------------
 
-    def _limit(self) -> int:
-        return min(self._settings.max_publish_inflight, self.conn.server_receive_maximum)
+    def _free(self) -> int:
+        """Publishes the broker may still take unacknowledged (results and announcements share them)."""
+        limit = min(self._settings.max_publish_inflight, self.conn.server_receive_maximum)
+        return limit - len(self._by_mid) - len(self._announcing)
 
     async def run(self) -> None:
         while True:
@@ -180,7 +202,9 @@ class ResultPublisher(ConnectionHandler):
                 if hold > 0:
                     wait = min(wait, hold)
                 else:
+                    self._announce()  # first: configs and coalesced states are few, results may be many
                     await self._fill()
+                    self._announce()  # what these results made due, if slots are left
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -203,7 +227,7 @@ class ResultPublisher(ConnectionHandler):
             self._claimed.difference_update(ids)
 
     async def _fill(self) -> None:
-        free = self._limit() - len(self._by_mid)
+        free = self._free()
         while free > 0 and self._echoes:
             if not self._send(self._echoes[0], None):
                 return
@@ -233,4 +257,15 @@ class ResultPublisher(ConnectionHandler):
         if mid is None:
             return False
         self._by_mid[mid] = event_id
+        if event_id is not None and self._discovery is not None:
+            self._discovery.seen(event, msg.topic)
         return True
+
+    def _announce(self) -> None:
+        if self._discovery is None:
+            return
+        while self._free() > 0 and (message := self._discovery.take()) is not None:
+            mid = self.conn.publish(message.topic, message.payload, qos=1, retain=True)
+            if mid is None:
+                return  # not connected: everything is announced again on the next connection
+            self._announcing.add(mid)
