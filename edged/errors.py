@@ -22,6 +22,7 @@ __all__ = [
     "MemoryLimit",
     "OutboxFull",
     "Overloaded",
+    "Quarantined",
     "TooManyPixels",
     "UnknownFunction",
     "UnsupportedFormat",
@@ -86,6 +87,13 @@ class DecodeCancelled(ImageError):
     code = "shutting_down"
     http_status = 503
     retry_after = 1
+
+
+class Quarantined(ImageError):
+    """An MQTT frame whose processing was cut short by a crash ``mqtt.max_attempts`` times: set aside, not run."""
+
+    code = "quarantined"
+    http_status = 422
 
 
 class UnknownFunction(EdgedError):

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from edged.errors import BodyTooLarge, EdgedError, FunctionError, ImageError
+from edged.errors import BodyTooLarge, DecodeCancelled, EdgedError, FunctionError, ImageError
 from edged.events import NewEvent, StoredEvent, rfc3339
 from edged.frames import Frame
 from edged.metrics import Metrics
 from edged.settings import HttpSettings, MqttSettings, Settings
 from edged.wasm.pool import CallResult, FunctionPool
 
-__all__ = ["EventStore", "IngestPolicy", "Outcome", "Pipeline"]
+__all__ = ["EventStore", "Guard", "IngestPolicy", "Outcome", "Pipeline"]
 
 log = logging.getLogger(__name__)
+
+#: Held while a frame is decoded and its functions run (edged.ingest.poison counts MQTT attempts in it).
+Guard = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
 
 class EventStore(Protocol):
     """The part of the store the pipeline needs (edged.store.Store implements it)."""
@@ -97,12 +102,14 @@ class Pipeline:
 
     async def process(self, *, policy: IngestPolicy, camera: str, data: bytes, functions: Sequence[str],
                       correlation: bytes | None = None, received_at: float | None = None,
-                      sha256: str | None = None) -> Outcome:
+                      sha256: str | None = None, guard: Guard | None = None) -> Outcome:
         """Run ``data`` through ``functions`` and commit the events in one transaction.
 
-        Raises Overloaded (nothing committed: the caller must not ack) and OutboxFull (likewise).
-        Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised: they are in
-        the outcome as error events. ``sha256`` is the payload's hex digest when the caller has it already.
+        Raises Overloaded (nothing committed: the caller must not ack), OutboxFull and DecodeCancelled
+        (likewise). Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised:
+        they are in the outcome as error events. ``sha256`` is the payload's hex digest when the caller
+        has it already. ``guard()`` is entered after the dedupe look-up and held while the frame is
+        decoded and its functions run (MQTT counts attempts there); it may raise an ImageError.
         """
         transport = policy.transport
         received = time.time() if received_at is None else received_at
@@ -116,25 +123,31 @@ class Pipeline:
                   "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
         outcome = Outcome()
         started = time.perf_counter()
-        try:
-            if len(data) > policy.max_bytes:
-                raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
-            if len(functions) == 1:
-                # The common one-function request: decode and call in one worker hand-off.
-                outcome.frame, single = await self._pool.decode_and_call(data, policy.max_pixels, functions[0])
-                settled: list[CallResult | FunctionError] | None = [single]
-            else:
-                outcome.frame, settled = await self._pool.decode(data, policy.max_pixels), None
-        except ImageError as exc:
-            self._metrics.rejected.labels(transport, exc.code).inc()
-            log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
-            outcome.ingest_error = exc
-            if policy.record_errors:
-                event = self._event("", camera, source, started, error=exc)
-                outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
-            return outcome
-        if settled is None:
-            settled = list(await asyncio.gather(*(self._call(name, outcome.frame) for name in functions)))
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                if len(data) > policy.max_bytes:
+                    raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
+                if guard is not None:
+                    await held.enter_async_context(guard())
+                if len(functions) == 1:
+                    # The common one-function request: decode and call in one worker hand-off.
+                    outcome.frame, single = await self._pool.decode_and_call(data, policy.max_pixels, functions[0])
+                    settled: list[CallResult | FunctionError] | None = [single]
+                else:
+                    outcome.frame, settled = await self._pool.decode(data, policy.max_pixels), None
+            except DecodeCancelled:
+                raise  # shutting down: the image may be fine, nothing is recorded
+            except ImageError as exc:
+                await held.aclose()
+                self._metrics.rejected.labels(transport, exc.code).inc()
+                log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail)
+                outcome.ingest_error = exc
+                if policy.record_errors:
+                    event = self._event("", camera, source, started, error=exc)
+                    outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
+                return outcome
+            if settled is None:
+                settled = list(await asyncio.gather(*(self._call(name, outcome.frame) for name in functions)))
         events: list[NewEvent] = []
         for name, result in zip(functions, settled, strict=True):
             outcome.results[name] = result
