@@ -283,14 +283,17 @@ class MqttIngest(ConnectionHandler):
         data = frame.msg.payload
         sha256 = hashlib.sha256(data).hexdigest()
         guard = self._poison.frame(frame.camera, sha256, frame.msg.qos) if self._poison is not None else None
-        async with self._one_at_a_time(frame.camera, sha256):
+        async with self._one_at_a_time(frame.camera, sha256), guard or contextlib.nullcontext():
             attempt = 0
             while True:
                 try:
-                    return await self._pipeline.process(
+                    outcome = await self._pipeline.process(
                         policy=self._policy, camera=frame.camera, data=data, functions=frame.route.functions,
                         correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
                         guard=guard)
+                    if guard is not None:
+                        guard.committed()
+                    return outcome
                 except Overloaded:
                     self._metrics.overloaded.labels("mqtt").inc()
                     delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)

@@ -11,7 +11,8 @@ crashed come back as suspects too; running each alone means every later crash is
 frame that caused it, so the neighbours of a poison frame are not set aside with it.
 
 An attempt is counted once per frame per process: a retry after Overloaded or OutboxFull is not a new
-attempt. QoS 0 frames are not counted: the broker never delivers them again.
+attempt, and a frame that leaves this process uncommitted without a crash (refused, shutdown) takes
+its attempt back. QoS 0 frames are not counted: the broker never delivers them again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from edged.errors import Quarantined
+from edged.errors import EdgedError, Quarantined
 
 __all__ = ["AttemptStore", "FrameAttempt", "PoisonGuard", "RunGate"]
 
@@ -34,7 +35,7 @@ class AttemptStore(Protocol):
 
     def attempts(self, camera: str, sha256: str) -> int: ...
 
-    async def count_attempt(self, camera: str, sha256: str) -> int: ...
+    async def count_attempt(self, camera: str, sha256: str, step: int = 1) -> int: ...
 
 
 class RunGate:
@@ -44,8 +45,19 @@ class RunGate:
     def __init__(self) -> None:
         self._running = 0
         self._alone = False
+        self._waiting = 0
         self._waiting_alone = 0
         self._changed = asyncio.Event()
+
+    @property
+    def waiting(self) -> int:
+        """Frames waiting to run together with others."""
+        return self._waiting
+
+    @property
+    def waiting_alone(self) -> int:
+        """Frames waiting to run alone."""
+        return self._waiting_alone
 
     async def _until(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -54,7 +66,11 @@ class RunGate:
 
     @contextlib.asynccontextmanager
     async def together(self) -> AsyncIterator[None]:
-        await self._until(lambda: not self._alone and not self._waiting_alone)
+        self._waiting += 1
+        try:
+            await self._until(lambda: not self._alone and not self._waiting_alone)
+        finally:
+            self._waiting -= 1
         self._running += 1
         try:
             yield
@@ -79,15 +95,34 @@ class RunGate:
 
 
 class FrameAttempt:
-    """The guard of one frame for as long as this process holds it (retries included); pass it to
-    ``Pipeline.process`` as ``guard``."""
+    """The guard of one frame for as long as this process holds it (retries included): ``async with``
+    it around the frame's stay, pass it to ``Pipeline.process`` as ``guard``, and call ``committed()``
+    once the frame is committed. Leaving it uncommitted takes back the attempt counted here."""
 
     def __init__(self, guard: PoisonGuard, camera: str, sha256: str, *, count: bool) -> None:
         self._guard = guard
         self._camera = camera
         self._sha256 = sha256
         self._counted = not count
+        self._counted_here = False
         self._suspect = False
+
+    async def __aenter__(self) -> FrameAttempt:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._counted_here:
+            return
+        self._counted_here = False
+        try:
+            await self._guard.store.count_attempt(self._camera, self._sha256, -1)
+        except EdgedError as error:  # the next start counts one attempt too many: logged, not fatal
+            log.error("could not take back the attempt of frame %s from %s: %s", self._sha256[:12], self._camera,
+                      error.detail)
+
+    def committed(self) -> None:
+        """The frame is committed (its count deleted with it): nothing to take back."""
+        self._counted_here = False
 
     @contextlib.asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:
@@ -104,7 +139,7 @@ class FrameAttempt:
         async with gate:
             if not self._counted:
                 n = await guard.store.count_attempt(self._camera, self._sha256)
-                self._counted = True
+                self._counted = self._counted_here = True
                 if self._suspect:
                     log.warning("frame %s from %s was cut short by a crash before: running it alone "
                                 "(attempt %d of %d)", self._sha256[:12], self._camera, n, guard.max_attempts)

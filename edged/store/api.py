@@ -114,10 +114,10 @@ class Store:
         """Times this frame started processing without being committed since (kept in memory)."""
         return self._attempts.tried(camera, sha256)
 
-    async def count_attempt(self, camera: str, sha256: str) -> int:
-        """Count one more attempt of this frame, on disk before it returns (frames counted at once share
-        one transaction); the new count. Committing the frame deletes its count."""
-        return await self._attempts.count(camera, sha256)
+    async def count_attempt(self, camera: str, sha256: str, step: int = 1) -> int:
+        """Count one more attempt of this frame (``step`` -1 takes one back), on disk before it returns
+        (frames counted at once share one transaction); the new count. Committing the frame deletes it."""
+        return await self._attempts.count(camera, sha256, step)
 
     @property
     def full(self) -> bool:

@@ -43,7 +43,7 @@ class Attempts:
         #: frame key -> attempts on disk. Replaced or changed on the writer thread, read anywhere.
         self._counts: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._queued: list[tuple[int, Future[int]]] = []
+        self._queued: list[tuple[int, int, Future[int]]] = []
         self._next_prune = 0.0
 
     def load(self, db: sqlite3.Connection) -> None:
@@ -54,16 +54,17 @@ class Attempts:
         """Times this frame started processing and was not committed since (0 for most frames)."""
         return self._counts.get(frame_key(camera, sha256), 0)
 
-    async def count(self, camera: str, sha256: str) -> int:
-        """Count one more attempt of this frame, durably; the new count."""
+    async def count(self, camera: str, sha256: str, step: int = 1) -> int:
+        """Add ``step`` to this frame's attempts, durably (-1 takes back one that ended without a crash);
+        the new count. A count that falls to 0 deletes the row."""
         done: Future[int] = Future()
         with self._lock:
-            self._queued.append((frame_key(camera, sha256), done))
+            self._queued.append((frame_key(camera, sha256), step, done))
         try:
             self._db.submit(self._write_queued)
         except StoreError:
             with self._lock:
-                self._queued = [(k, f) for k, f in self._queued if f is not done]
+                self._queued = [q for q in self._queued if q[2] is not done]
             raise
         return await asyncio.wrap_future(done)
 
@@ -78,29 +79,29 @@ class Attempts:
 
         def body(db: sqlite3.Connection, delta: Delta) -> None:
             nonlocal pruned
-            for key, _ in batch:
-                counts[key] = counts.get(key, self._counts.get(key, 0)) + 1
+            for key, step, _ in batch:
+                counts[key] = max(0, counts.get(key, self._counts.get(key, 0)) + step)
             db.executemany("INSERT INTO attempts (frame, n, at) VALUES (?, ?, ?) ON CONFLICT (frame) "
                            "DO UPDATE SET n = excluded.n, at = excluded.at",
-                           [(key, n, now) for key, n in counts.items()])
+                           [(key, n, now) for key, n in counts.items() if n > 0])
+            db.executemany("DELETE FROM attempts WHERE frame = ?", [(key,) for key, n in counts.items() if n == 0])
             if now >= self._next_prune:
                 pruned = self._prune(db)
 
         try:
             self._db.transaction(body)
-            if pruned is not None:
-                self._counts = pruned
-            else:
-                self._counts.update(counts)
-            for key, done in batch:
+            if pruned is None:
+                pruned = {**self._counts, **counts}
+            self._counts = {key: n for key, n in pruned.items() if n > 0}
+            for key, _, done in batch:
                 done.set_result(counts[key])
         except sqlite3.Error as exc:
             error = StoreError(f"database error in {self._db.path}: {exc}")
             error.__cause__ = exc
-            for _, done in batch:
+            for _, _, done in batch:
                 done.set_exception(error)
         finally:
-            for _, done in batch:  # never leave a caller waiting, whatever went wrong
+            for _, _, done in batch:  # never leave a caller waiting, whatever went wrong
                 if not done.done():
                     done.set_exception(StoreError("counting the attempt failed"))
 
