@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -104,6 +106,33 @@ async def test_attempts_are_on_disk_and_go_with_the_commit(tmp_path: Path) -> No
         for i in range(20):
             assert await store.count_attempt("cam", f"{i:064x}", -1) == 0  # taken back: row gone
     assert attempt_rows(path) == []
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_attempts_queued_behind_a_commit_ride_along_or_survive_its_rollback(tmp_path: Path,
+                                                                                    refused: bool) -> None:
+    path = tmp_path / "edged.db"
+    async with make_store(path, max_bytes=4096 if refused else 10**8, on_full="reject_new") as store:
+        if refused:
+            with contextlib.suppress(OutboxFull):
+                for i in range(100):
+                    await commit(store, f"{i:064x}")
+            assert store.full
+        # Hold the writer thread, so the commit and then the attempts queue up behind it.
+        writer = threading.Event()
+        held = store._db.submit(writer.wait, 10)  # noqa: SLF001 (the store's writer thread)
+        committing = asyncio.create_task(commit(store, SHA_A))
+        counting = [asyncio.create_task(store.count_attempt("cam", f"{i:064x}")) for i in range(200, 208)]
+        await asyncio.sleep(0)  # let every task queue its job
+        writer.set()
+        assert held.result(10)
+        if refused:
+            with pytest.raises(OutboxFull):
+                await committing
+        else:
+            await committing
+        assert await asyncio.gather(*counting) == [1] * 8
+    assert len(attempt_rows(path)) == 8
 
 
 async def test_old_attempts_are_pruned(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ is set aside by the MQTT side (edged.ingest.poison).
 
 The attempts of frames taken at once share one transaction (a group commit): each caller queues its key
 and a writer job; the first job to run writes every queued key and wakes their callers, the later ones
-find nothing left to do. The counts are mirrored in memory (loaded at open, changed only after a
-commit), so ``tried`` costs no trip to the writer thread. Rows of frames that never came back are
-pruned after ``KEEP_SECONDS``, and the table never holds more than ``MAX_ROWS``.
+find nothing left to do. A commit of another frame takes the queued attempts into its transaction too,
+so under load most attempts cost no fsync of their own. The counts are mirrored in memory (loaded at
+open, changed only after a commit), so ``tried`` costs no trip to the writer thread. Rows of frames
+that never came back are pruned after ``KEEP_SECONDS``; the table never holds more than ``MAX_ROWS``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from edged.store.codec import frame_key
 from edged.store.counters import Delta
 from edged.store.db import Database, StoreError
 
-__all__ = ["KEEP_SECONDS", "MAX_ROWS", "Attempts"]
+__all__ = ["KEEP_SECONDS", "MAX_ROWS", "Attempts", "Written"]
 
 #: A frame not seen again for this long will not be redelivered (the default MQTT session expiry).
 KEEP_SECONDS = 86400.0
@@ -32,6 +34,15 @@ KEEP_SECONDS = 86400.0
 MAX_ROWS = 10_000
 #: Pruning runs at most this often (seconds of store time).
 PRUNE_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Attempts written in a transaction, settled once it ended."""
+
+    batch: list[tuple[int, int, Future[int]]]
+    counts: dict[int, int]
+    pruned: dict[int, int] | None
 
 
 class Attempts:
@@ -69,41 +80,57 @@ class Attempts:
         return await asyncio.wrap_future(done)
 
     def _write_queued(self) -> None:
-        with self._lock:
-            batch, self._queued = self._queued, []
-        if not batch:
-            return  # an earlier job wrote these keys already
-        now = self._clock()
-        counts: dict[int, int] = {}
-        pruned: dict[int, int] | None = None
+        """The writer job of ``count``: write what is queued (if a commit did not take it already)."""
+        written: list[Written | None] = [None]
 
         def body(db: sqlite3.Connection, delta: Delta) -> None:
-            nonlocal pruned
-            for key, step, _ in batch:
-                counts[key] = max(0, counts.get(key, self._counts.get(key, 0)) + step)
-            db.executemany("INSERT INTO attempts (frame, n, at) VALUES (?, ?, ?) ON CONFLICT (frame) "
-                           "DO UPDATE SET n = excluded.n, at = excluded.at",
-                           [(key, n, now) for key, n in counts.items() if n > 0])
-            db.executemany("DELETE FROM attempts WHERE frame = ?", [(key,) for key, n in counts.items() if n == 0])
-            if now >= self._next_prune:
-                pruned = self._prune(db)
+            written[0] = self.write_queued_in(db)
 
         try:
             self._db.transaction(body)
-            if pruned is None:
-                pruned = {**self._counts, **counts}
-            self._counts = {key: n for key, n in pruned.items() if n > 0}
-            for key, _, done in batch:
-                done.set_result(counts[key])
         except sqlite3.Error as exc:
             error = StoreError(f"database error in {self._db.path}: {exc}")
             error.__cause__ = exc
-            for _, _, done in batch:
+            self.settle(written[0], error)
+        except BaseException as exc:
+            self.settle(written[0], StoreError(f"counting attempts failed: {exc!r}"))
+            raise
+        else:
+            self.settle(written[0])
+
+    def write_queued_in(self, db: sqlite3.Connection) -> Written | None:
+        """Write the queued attempts inside the caller's transaction (a commit takes them along, saving
+        their own fsync); pass what this returns to ``settle`` once the transaction ended."""
+        with self._lock:
+            batch, self._queued = self._queued, []
+        if not batch:
+            return None
+        now = self._clock()
+        counts: dict[int, int] = {}
+        for key, step, _ in batch:
+            counts[key] = max(0, counts.get(key, self._counts.get(key, 0)) + step)
+        db.executemany("INSERT INTO attempts (frame, n, at) VALUES (?, ?, ?) ON CONFLICT (frame) "
+                       "DO UPDATE SET n = excluded.n, at = excluded.at",
+                       [(key, n, now) for key, n in counts.items() if n > 0])
+        db.executemany("DELETE FROM attempts WHERE frame = ?", [(key,) for key, n in counts.items() if n == 0])
+        return Written(batch, counts, self._prune(db) if now >= self._next_prune else None)
+
+    def settle(self, written: Written | None, error: StoreError | None = None, *, requeue: bool = False) -> None:
+        """After the transaction of ``write_queued_in``: committed (``error`` None), the callers get their
+        counts; else they get ``error``, or with ``requeue`` their attempts wait for their own job."""
+        if written is None:
+            return
+        if error is None:
+            rows = written.pruned if written.pruned is not None else {**self._counts, **written.counts}
+            self._counts = {key: n for key, n in rows.items() if n > 0}
+            for key, _, done in written.batch:
+                done.set_result(written.counts[key])
+        elif requeue:
+            with self._lock:
+                self._queued[:0] = written.batch
+        else:
+            for _, _, done in written.batch:
                 done.set_exception(error)
-        finally:
-            for _, _, done in batch:  # never leave a caller waiting, whatever went wrong
-                if not done.done():
-                    done.set_exception(StoreError("counting the attempt failed"))
 
     def forget_in(self, db: sqlite3.Connection, key: int) -> int | None:
         """Delete the row of frame ``key`` (codec.frame_key) inside the caller's transaction; give what this

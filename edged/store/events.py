@@ -18,10 +18,10 @@ from typing import Any, Literal
 from edged.errors import OutboxFull, Quarantined
 from edged.events import NewEvent, StoredEvent, new_event_id
 from edged.metrics import Metrics
-from edged.store.attempts import Attempts
+from edged.store.attempts import Attempts, Written
 from edged.store.codec import KINDS, ROW_COST, frame_key, id_bytes, id_text, pack, unpack, with_id
 from edged.store.counters import Delta
-from edged.store.db import Database, chunks, marks
+from edged.store.db import Database, StoreError, chunks, marks
 from edged.store.outbox import OutboxEntry
 from edged.store.space import Space
 
@@ -94,9 +94,12 @@ class EventRows:
         prepared = [self._prepare(ev, camera, now) for ev in events]
         key = frame_key(camera, sha256)
         forgotten: int | None = None
+        attempts: Written | None = None
 
         def body(db: sqlite3.Connection, delta: Delta) -> list[StoredEvent]:
-            nonlocal forgotten
+            nonlocal forgotten, attempts
+            # Other frames' attempts waiting to be written ride along: one fsync for both.
+            attempts = self._attempts.write_queued_in(db)
             self._space.expire(db, delta, now)
             self._space.make_room(db, delta, sum(p.size for p in prepared))
             stored: list[StoredEvent] = []
@@ -132,13 +135,17 @@ class EventRows:
 
         try:
             stored = self._db.transaction(body)
-        except OutboxFull:
-            self._db.counters.refused()
-            if self._metrics is not None:
-                self._metrics.outbox_rejected.inc()
+        except BaseException as exc:
+            # Rolled back: the attempts taken along are written by their own jobs, still queued.
+            self._attempts.settle(attempts, StoreError(str(exc)), requeue=True)
+            if isinstance(exc, OutboxFull):
+                self._db.counters.refused()
+                if self._metrics is not None:
+                    self._metrics.outbox_rejected.inc()
             raise
         finally:
             self._space.vacuum()
+        self._attempts.settle(attempts)
         self._attempts.forgotten(forgotten)
         return stored
 
