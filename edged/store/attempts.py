@@ -124,13 +124,15 @@ class Attempts:
             rows = written.pruned if written.pruned is not None else {**self._counts, **written.counts}
             self._counts = {key: n for key, n in rows.items() if n > 0}
             for key, _, done in written.batch:
-                done.set_result(written.counts[key])
+                if done.set_running_or_notify_cancel():  # False: its caller was cancelled (shutdown)
+                    done.set_result(written.counts[key])
         elif requeue:
             with self._lock:
                 self._queued[:0] = written.batch
         else:
             for _, _, done in written.batch:
-                done.set_exception(error)
+                if done.set_running_or_notify_cancel():
+                    done.set_exception(error)
 
     def forget_in(self, db: sqlite3.Connection, key: int) -> int | None:
         """Delete the row of frame ``key`` (codec.frame_key) inside the caller's transaction; give what this
