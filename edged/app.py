@@ -79,7 +79,8 @@ class App:
                 discovery = Discovery(settings.mqtt, settings.device_id, __version__)
             self.results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, self.store, self.metrics,
                                            self.components, discovery)
-        self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components)
+        self.mqtt = MqttIngest(settings, self.pipeline, self.results, self.metrics, self.components,
+                               attempts=self.store)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None,
                             reserve_body=budget_reservation(self.budget))

@@ -25,6 +25,7 @@ __all__ = [
     "MemoryLimit",
     "OutboxFull",
     "Overloaded",
+    "Quarantined",
     "TooManyPixels",
     "UnknownFunction",
     "UnsupportedEncoding",
@@ -117,6 +118,13 @@ class UnsupportedEncoding(BadRequest):
 
     code = "unsupported_encoding"
     http_status = 415
+
+
+class Quarantined(ImageError):
+    """An MQTT frame whose processing was cut short by a crash ``mqtt.max_attempts`` times: set aside, not run."""
+
+    code = "quarantined"
+    http_status = 422
 
 
 class UnknownFunction(EdgedError):

@@ -104,7 +104,8 @@ class Metrics:
             registry=self.registry,
         )
         self.mqtt_frames = Counter(
-            "edged_mqtt_frames", "MQTT frames handled, by outcome (processed, duplicate, rejected, unrouted).",
+            "edged_mqtt_frames",
+            "MQTT frames handled, by outcome (processed, duplicate, rejected, quarantined, unrouted).",
             ["outcome"], registry=self.registry,
         )
         self.mqtt_inflight = Gauge(
@@ -113,6 +114,10 @@ class Metrics:
         self.mqtt_retries = Counter(
             "edged_mqtt_retries", "MQTT frames kept unacknowledged and retried, by reason (outbox_full, store).",
             ["reason"], registry=self.registry,
+        )
+        self.mqtt_quarantined = Counter(
+            "edged_mqtt_quarantined", "MQTT frames set aside (an error event, acked) after mqtt.max_attempts crashes.",
+            registry=self.registry,
         )
         self.mqtt_published = Counter(
             "edged_mqtt_published", "Result messages the broker acknowledged (ok) or refused.", ["outcome"],

@@ -8,10 +8,11 @@ outcome (answer the client, or publish and ack).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -22,9 +23,13 @@ from edged.metrics import Metrics
 from edged.settings import HttpSettings, MqttSettings, Settings
 from edged.wasm.pool import CallResult, FunctionPool
 
-__all__ = ["EventStore", "IngestPolicy", "Outcome", "Pipeline"]
+__all__ = ["EventStore", "Guard", "IngestPolicy", "Outcome", "Pipeline"]
 
 log = logging.getLogger(__name__)
+
+#: Held while a frame is decoded and its functions run (edged.ingest.poison counts MQTT attempts in it).
+Guard = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
 
 class EventStore(Protocol):
     """The part of the store the pipeline needs (edged.store.Store implements it)."""
@@ -96,12 +101,14 @@ class Pipeline:
 
     async def process(self, *, policy: IngestPolicy, camera: str, data: bytes, functions: Sequence[str],
                       correlation: bytes | None = None, received_at: float | None = None,
-                      sha256: str | None = None) -> Outcome:
+                      sha256: str | None = None, guard: Guard | None = None) -> Outcome:
         """Run ``data`` through ``functions`` and commit the events in one transaction.
 
-        Raises Overloaded (nothing committed: the caller must not ack) and OutboxFull (likewise).
-        Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised: they are in
-        the outcome as error events. ``sha256`` is the payload's hex digest when the caller has it already.
+        Raises Overloaded (nothing committed: the caller must not ack), OutboxFull and DecodeCancelled
+        (likewise). Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised:
+        they are in the outcome as error events. ``sha256`` is the payload's hex digest when the caller
+        has it already. ``guard()`` is entered after the dedupe look-up and held while the frame is
+        decoded and its functions run (MQTT counts attempts there); it may raise an ImageError.
         """
         transport = policy.transport
         received = time.time() if received_at is None else received_at
@@ -116,23 +123,27 @@ class Pipeline:
                   "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
         outcome = Outcome()
         started = time.perf_counter()
-        try:
-            if len(data) > policy.max_bytes:
-                raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
-            # One function: decode and call in one worker hand-off; more: one decode, calls side by side.
-            outcome.frame, settled = await self._pool.decode_and_call_each(data, policy.max_pixels, functions)
-        except DecodeCancelled as exc:
-            # The image may be fine: edged is stopping. Not an answer about the frame (MQTT must not ack).
-            raise Overloaded(exc.detail) from exc
-        except ImageError as exc:
-            self._metrics.rejected.labels(transport, exc.code).inc()
-            log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail,
-                        extra={"CAMERA": camera, "ERROR_CODE": exc.code})
-            outcome.ingest_error = exc
-            if policy.record_errors:
-                event = self._event("", camera, source, started, error=exc)
-                outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
-            return outcome
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                if len(data) > policy.max_bytes:
+                    raise BodyTooLarge(f"payload of {len(data)} bytes is over the limit of {policy.max_bytes}")
+                if guard is not None:
+                    await held.enter_async_context(guard())
+                # One function: decode and call in one worker hand-off; more: one decode, calls side by side.
+                outcome.frame, settled = await self._pool.decode_and_call_each(data, policy.max_pixels, functions)
+            except DecodeCancelled as exc:
+                # The image may be fine: edged is stopping. Not an answer about the frame (MQTT must not ack).
+                raise Overloaded(exc.detail) from exc
+            except ImageError as exc:
+                await held.aclose()
+                self._metrics.rejected.labels(transport, exc.code).inc()
+                log.warning("rejected %s payload from %s: %s (%s)", transport, camera, exc.code, exc.detail,
+                            extra={"CAMERA": camera, "ERROR_CODE": exc.code})
+                outcome.ingest_error = exc
+                if policy.record_errors:
+                    event = self._event("", camera, source, started, error=exc)
+                    outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
+                return outcome
         events: list[NewEvent] = []
         for name, result in zip(functions, settled, strict=True):
             outcome.results[name] = result

@@ -1,4 +1,5 @@
-"""A store written by edged before issue 15 (schema 1, tests/data/store_v1.db) opens migrated, losing nothing."""
+"""A store written by edged before issue 15 (schema 1, tests/data/store_v1.db) opens migrated, losing nothing;
+so does a schema-2 store (before poison frames were counted)."""
 
 from __future__ import annotations
 
@@ -64,9 +65,10 @@ async def test_v1_store_is_migrated_in_place_without_losing_a_result(v1_store: P
         assert await store.retry_dead() == len(dead)
         again = await store.outbox_batch(100, now=2e9)
         assert sorted(encode(e) for e in again) == sorted(r[4] for r in before)
-    assert query(v1_store, "PRAGMA user_version") == [(2,)]
+    assert query(v1_store, "PRAGMA user_version") == [(3,)]  # through 2 to 3
     tables = {r[0] for r in query(v1_store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not any(t.startswith("v1_") for t in tables)
+    assert "attempts" in tables
     async with open_store(v1_store) as store:  # opened again: nothing to migrate, same ids
         assert [e.id for e in await store.outbox_batch(100, now=2e9)] == [e.id for e in again]
 
@@ -99,3 +101,23 @@ async def test_a_failed_migration_leaves_the_v1_store_as_it_was(v1_store: Path) 
     after = query(v1_store, "SELECT seq, id, cloudevent FROM outbox ORDER BY seq")
     assert [r[:2] for r in after] == [r[:2] for r in before]
     assert after[1:] == before[1:]
+
+
+async def test_v2_store_gains_the_attempts_table_and_keeps_its_rows(tmp_path: Path) -> None:
+    from test_store import result
+
+    path = tmp_path / "edged.db"
+    async with open_store(path) as store:
+        kept = await store.commit_input(transport="mqtt", camera="cam-a", sha256="ab" * 32, received_at=1.7e9,
+                                        correlation=None, events=[result(camera="cam-a")], publish_mqtt=True)
+    # What edged with schema 2 left: the same tables but attempts.
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE attempts")
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    async with open_store(path) as store:
+        assert [e.id for e in await store.mqtt_pending(10)] == [kept[0].id]
+        assert await store.count_attempt("cam-b", "cd" * 32) == 1
+    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "SELECT n FROM attempts") == [(1,)]

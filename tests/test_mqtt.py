@@ -115,17 +115,18 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline) -> AsyncIterator[Harness]:
+async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline,
+                  pool_cls: type[FunctionPool] = FunctionPool) -> AsyncIterator[Harness]:
     """The MQTT component with a real store and pool, its loops in a TaskGroup (as App.run does)."""
     metrics = Metrics()
     components = Components(metrics)
-    pool = FunctionPool(settings.functions, settings.pool, settings.state_dir / "cache", on_call=metrics.on_call)
+    pool = pool_cls(settings.functions, settings.pool, settings.state_dir / "cache", on_call=metrics.on_call)
     admit = CloudEvents(settings.device_id, settings.sync).admit
     store = Store(settings.state_dir / "edged.db", settings.outbox, admit, metrics)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = pipeline_cls(settings, pool, store, metrics)
     results = ResultPublisher(settings.mqtt, settings.mqtt_client_id, store, metrics, components)
-    ingest = MqttIngest(settings, pipeline, results, metrics, components)
+    ingest = MqttIngest(settings, pipeline, results, metrics, components, attempts=store)
     async with store, pool, results, ingest, asyncio.TaskGroup() as tasks:
         background = {**ingest.background(), **results.background()}
         loops = [tasks.create_task(coro, name=name) for name, coro in background.items()]

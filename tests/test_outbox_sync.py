@@ -369,6 +369,15 @@ def http_json(url: str, method: str = "GET") -> Any:
         return json.loads(resp.read())
 
 
+def readyz(url: str) -> tuple[int, str | None]:
+    """GET /readyz: the status and the reason given when not ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read()).get("reason")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()).get("reason")
+
+
 def sync_daemon(tmp_path: Path, dapr_url: str, **tables: Any) -> Path:
     """A config for one daemon: a frame-v1 function ``size`` (answers {"bytes": input length}), no MQTT."""
     w = Wat()
@@ -477,6 +486,7 @@ def test_daemon_reject_new_answers_503(tmp_path: Path) -> None:
         dapr.go_offline()
         config = sync_daemon(tmp_path, dapr.url, outbox={"max_bytes": 8192, "on_full": "reject_new"})
         with run_daemon(config) as daemon:
+            assert readyz(daemon.url) == (200, None)
             accepted = []
             for i in range(100):
                 try:
@@ -490,5 +500,8 @@ def test_daemon_reject_new_answers_503(tmp_path: Path) -> None:
             assert json.loads(refused.read())["error"] == "outbox_full"
             assert refused.headers["Retry-After"]
             assert http_json(f"{daemon.url}/v1/outbox")["depth"] == len(accepted)
+            # New work would certainly be refused: not ready, until the sidecar takes the backlog.
+            assert readyz(daemon.url) == (503, "outbox_full")
             dapr.go_online()
             dapr.wait(lambda d: set(d.ids()) == set(accepted), what="the accepted events")
+            wait_until(lambda: readyz(daemon.url) == (200, None), what="ready again once the outbox drained")

@@ -46,6 +46,8 @@ class OutboxControl(Protocol):
 
     async def outbox_state(self) -> OutboxState: ...
     async def retry_dead(self) -> int: ...
+    @property
+    def full(self) -> bool: ...
 
 
 def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus | None) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def outbox_document(state: OutboxState, outbox: OutboxSettings, sync: SyncStatus
         "bytes_per_result": per_result,
         "results_per_s": round(state.rate_per_s, 3),
         "hours_left": hours_left,
+        "quarantined": state.quarantined,
     }
 
 
@@ -179,12 +182,18 @@ class HttpApi:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        # Not ready when new work would certainly be refused: shutting down, or the outbox full with
+        # on_full = reject_new (every result would be a 503 outbox_full).
+        refusing = ("shutting_down" if not self.accepting else
+                    "outbox_full" if self._outbox is not None and self._outbox.full else None)
         body: dict[str, Any] = {
-            "ready": self.accepting,
+            "ready": refusing is None,
             "device_id": self._settings.device_id,
             "components": self._components.snapshot(),
         }
-        return web.json_response(body, status=200 if self.accepting else 503)
+        if refusing is not None:
+            body["reason"] = refusing
+        return web.json_response(body, status=200 if refusing is None else 503)
 
     async def _prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)

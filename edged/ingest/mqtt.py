@@ -19,8 +19,13 @@ Overload policy (memory stays bounded, nothing is dropped):
 - Frames run concurrently up to what the function pool admits for them. When the pool is full
   (Overloaded) or the outbox refuses new events (OutboxFull), the frame is not acked and is retried
   with backoff; it keeps its slot, so no further frames are taken meanwhile.
-- A bad payload (not an image, too big, too many pixels) gets an error event, published on
-  ``{prefix}/errors/{camera}``, and is acked: a poison message never comes back.
+- A payload the device can never process (not an image, too big, too many pixels for the limit or
+  the memory budget, too complex, or too slow to decode within the call's timeout: the cost is in the
+  bytes, so a retry would fail the same way) gets an error event, published on
+  ``{prefix}/errors/{camera}``, and is acked. A refusal that may pass later (Overloaded, the outbox
+  full, a decode stopped by shutdown) is not acked.
+- A frame that crashed edged ``mqtt.max_attempts`` times is quarantined (edged.ingest.poison): an
+  error event with code ``quarantined``, acked.
 - A frame redelivered after a crash (same camera, same bytes, within ``mqtt.dedupe_window``) is
   answered from the store: its stored events are published again with their original ids.
 QoS 0 frames are processed the same way but are lost if edged dies before committing them (that is
@@ -41,8 +46,9 @@ from typing import Any, Protocol
 from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.properties import Properties
 
-from edged.errors import EdgedError, OutboxFull, Overloaded
+from edged.errors import DecodeCancelled, EdgedError, OutboxFull, Overloaded, Quarantined
 from edged.events import StoredEvent
+from edged.ingest.poison import AttemptStore, PoisonGuard
 from edged.metrics import Metrics
 from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
 from edged.pipeline import IngestPolicy, Outcome, Pipeline
@@ -131,7 +137,7 @@ class MqttIngest(ConnectionHandler):
     ``results`` (None only when MQTT is disabled) publishes what the frames produced."""
 
     def __init__(self, settings: Settings, pipeline: Pipeline, results: Results | None, metrics: Metrics,
-                 components: Components) -> None:
+                 components: Components, attempts: AttemptStore | None = None) -> None:
         self._settings = settings
         self._mqtt = settings.mqtt
         self._pipeline = pipeline
@@ -139,6 +145,8 @@ class MqttIngest(ConnectionHandler):
             raise ValueError("MQTT ingest needs a result publisher when mqtt.enabled")
         self._results = results
         self._policy = IngestPolicy.for_mqtt(settings.mqtt)
+        # Without a store (tests of the ingest alone) nothing is counted.
+        self._poison = PoisonGuard(attempts, settings.mqtt.max_attempts) if attempts is not None else None
         self._metrics = metrics
         self._components = components
         self._routes = routes(settings.mqtt.subscriptions)
@@ -275,15 +283,23 @@ class MqttIngest(ConnectionHandler):
     async def _process(self, frame: _Frame) -> Outcome | None:
         data = frame.msg.payload
         sha256 = hashlib.sha256(data).hexdigest()
-        async with self._one_at_a_time(frame.camera, sha256):
+        guard = self._poison.frame(frame.camera, sha256, frame.msg.qos) if self._poison is not None else None
+        async with self._one_at_a_time(frame.camera, sha256), guard or contextlib.nullcontext():
             attempt = 0
             while True:
                 try:
-                    return await self._pipeline.process(
+                    outcome = await self._pipeline.process(
                         policy=self._policy, camera=frame.camera, data=data, functions=frame.route.functions,
-                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256)
+                        correlation=frame.correlation, received_at=frame.msg.received_at, sha256=sha256,
+                        guard=guard)
+                    if guard is not None:
+                        guard.committed()
+                    return outcome
                 except Overloaded:
                     self._metrics.overloaded.labels("mqtt").inc()
+                    delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
+                except DecodeCancelled as exc:  # shutting down: this task is cancelled soon, unacked
+                    self._metrics.mqtt_retries.labels(exc.code).inc()
                     delay = backoff_delay(attempt, RETRY_MIN, RETRY_MAX)
                 except OutboxFull as exc:
                     self._metrics.mqtt_retries.labels(exc.code).inc()
@@ -321,7 +337,9 @@ class MqttIngest(ConnectionHandler):
             self._metrics.mqtt_frames.labels("duplicate").inc()
             self._results.echo(outcome.events)
         else:
-            self._metrics.mqtt_frames.labels("rejected" if outcome.ingest_error else "processed").inc()
+            error = outcome.ingest_error
+            label = "quarantined" if isinstance(error, Quarantined) else "rejected" if error else "processed"
+            self._metrics.mqtt_frames.labels(label).inc()
             self._results.wake()
         msg = frame.msg
         if not self._conn.ack(msg.mid, msg.qos, msg.generation):

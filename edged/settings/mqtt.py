@@ -109,6 +109,11 @@ class MqttSettings(Model):
         description="Seconds within which the same bytes from the same camera (a redelivery after a crash) are "
         "answered from the store instead of being processed again; 0 turns this off.",
     )
+    max_attempts: int = Field(
+        default=3, ge=1, le=1000,
+        description="A QoS 1 frame whose processing was cut short by a crash (OOM kill, SIGKILL, power loss) this "
+        "many times is not run again: it becomes an error event with code quarantined and is acked.",
+    )
     max_payload_bytes: int = Field(
         default=20 * MiB, ge=1,
         description="Largest frame processed; a bigger one gets an error result. Set the broker's "

@@ -2,8 +2,9 @@
 
 Rooms: ``db`` (connection, schema, writer thread, transactions), ``migrate`` (older schemas, in place),
 ``codec`` (ids and bodies on disk), ``counters`` (totals, eviction log, commit rate),
-``events`` (commit, dedupe, MQTT marks), ``outbox`` (batches, acks, dead letters), ``space`` (caps,
-expiry), ``api`` (the Store that wraps them). docs/STORE.md is the contract.
+``events`` (commit, dedupe, MQTT marks), ``attempts`` (MQTT frames started, not committed),
+``outbox`` (batches, acks, dead letters), ``space`` (caps, expiry), ``api`` (the Store that wraps them).
+docs/STORE.md is the contract.
 """
 
 from edged.store.api import Store

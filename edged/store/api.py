@@ -1,7 +1,8 @@
 """The Store: the one object the rest of edged uses to keep inputs, events and the cloud outbox.
 
 It owns the database (edged.store.db) and hands each job to its room: events (commit, dedupe, MQTT
-marks), outbox (batches, acks, dead letters) and space (caps, expiry). docs/STORE.md is the contract.
+marks), attempts (MQTT frames started and not committed), outbox (batches, acks, dead letters) and space
+(caps, expiry). docs/STORE.md is the contract.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import TracebackType
 from edged.events import NewEvent, StoredEvent
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings
+from edged.store.attempts import Attempts
 from edged.store.counters import Counters
 from edged.store.db import Database
 from edged.store.events import Admit, EventRows
@@ -37,7 +39,8 @@ class Store:
         self._db = Database(path, Counters(outbox, metrics))
         queued = asyncio.Event()
         space = Space(self._db, clock)
-        self._events = EventRows(self._db, space, admit, queued, metrics, clock)
+        self._attempts = Attempts(self._db, clock)
+        self._events = EventRows(self._db, space, self._attempts, admit, queued, metrics, clock)
         self._outbox = OutboxRows(self._db, space, queued, clock)
         self._queued = queued
 
@@ -46,11 +49,15 @@ class Store:
     async def __aenter__(self) -> Store:
         self._db.start()
         try:
-            await self._db.run(self._db.open)
+            await self._db.run(self._open)
         except BaseException:
             self._db.stop()
             raise
         return self
+
+    def _open(self) -> None:
+        self._db.open()
+        self._attempts.load(self._db.con)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -64,7 +71,7 @@ class Store:
         """Open from plain code (CLI, benchmarks): blocks this thread until the database is open."""
         self._db.start()
         try:
-            self._db.submit(self._db.open).result()
+            self._db.submit(self._open).result()
         except BaseException:
             self._db.stop()
             raise
@@ -100,6 +107,22 @@ class Store:
     async def mqtt_published(self, ids: Sequence[str]) -> None:
         """Clear the "to publish on MQTT" mark of these events."""
         await self._events.mqtt_published(ids)
+
+    # -- attempts of MQTT frames (poison frames) ------------------------------------------------------
+
+    def attempts(self, camera: str, sha256: str) -> int:
+        """Times this frame started processing without being committed since (kept in memory)."""
+        return self._attempts.tried(camera, sha256)
+
+    async def count_attempt(self, camera: str, sha256: str, step: int = 1) -> int:
+        """Count one more attempt of this frame (``step`` -1 takes one back), on disk before it returns
+        (frames counted at once share one transaction); the new count. Committing the frame deletes it."""
+        return await self._attempts.count(camera, sha256, step)
+
+    @property
+    def full(self) -> bool:
+        """New results would certainly be refused (on_full = reject_new and no room): /readyz is 503."""
+        return self._db.counters.full
 
     # -- the cloud outbox ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings
-from edged.store.codec import SIZE_SQL
+from edged.store.codec import ROW_COST, SIZE_SQL
 
 __all__ = ["DEAD", "QUEUED", "Counters", "Delta"]
 
@@ -43,6 +43,9 @@ class Delta:
     committed: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
     evicted_ids: list[str] = field(default_factory=list)
+    quarantined: int = 0
+    #: Rows that bound the space left were deleted or changed (a refused commit may pass now).
+    freed: bool = False
 
     def evict(self, reason: str, n: int, ids: Sequence[str] = ()) -> None:
         if n:
@@ -51,11 +54,13 @@ class Delta:
 
     def event_gone(self, size: int) -> None:
         """One events row of ``size`` bytes was deleted."""
+        self.freed = True
         self.events -= 1
         self.events_bytes -= size
 
     def outbox_gone(self, size: int, state: int) -> None:
         """The outbox row of an event of ``size`` bytes, in ``state``, was deleted."""
+        self.freed = True
         self.outbox_bytes -= size
         if state == QUEUED:
             self.queued -= 1
@@ -76,6 +81,9 @@ class Counters:
         self.events_bytes = 0
         self.evicted_total = 0
         self.evicted_by_reason: dict[str, int] = {}
+        self.quarantined = 0
+        #: The last commit was refused (reject_new) and nothing was freed since.
+        self.rejecting = False
         self._unlogged: dict[str, int] = {}
         self._next_eviction_log = 0.0
         self._started = time.monotonic()
@@ -96,7 +104,22 @@ class Counters:
         self.evicted_by_reason = {key.removeprefix("evicted."): int(value) for key, value in
                                   db.execute("SELECT key, value FROM meta WHERE key LIKE 'evicted.%'")}
         self.evicted_total = sum(self.evicted_by_reason.values())
+        row = db.execute("SELECT value FROM meta WHERE key = 'quarantined'").fetchone()
+        self.quarantined = int(row[0]) if row is not None else 0
+        self.rejecting = False
         self._publish_gauges()
+
+    @property
+    def full(self) -> bool:
+        """A new result would certainly be refused: on_full is reject_new, and the last commit was refused
+        with nothing freed since, or the outbox alone leaves no room for the smallest result."""
+        if self.outbox.on_full != "reject_new":
+            return False
+        return self.rejecting or self.outbox_bytes + ROW_COST >= self.outbox.max_bytes
+
+    def refused(self) -> None:
+        """A commit was refused for space (writer thread)."""
+        self.rejecting = True
 
     @property
     def used(self) -> int:
@@ -126,6 +149,12 @@ class Counters:
         self.flush_eviction_log()
         if delta.committed:
             self._count_commit(delta.committed)
+        if delta.committed or delta.freed:
+            self.rejecting = False
+        if delta.quarantined:
+            self.quarantined += delta.quarantined
+            if self._metrics is not None:
+                self._metrics.mqtt_quarantined.inc(delta.quarantined)
         self.queued += delta.queued
         self.dead += delta.dead
         self.outbox_bytes += delta.outbox_bytes

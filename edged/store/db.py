@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
-from edged.store.migrate import migrate_v1
+from edged.store.migrate import migrate_v1, migrate_v2
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _ID_CHUNK = 500
 
 # Each result is stored once: its events row (id as 16 bytes, body compressed: edged.store.codec); an
@@ -70,6 +70,12 @@ CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox (not_before) WHERE state = 0
 -- outbox_state: the newest dead letters
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (seq) WHERE state = 1;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+-- schema 3: MQTT frames that started processing and were not committed yet (edged.store.attempts)
+CREATE TABLE IF NOT EXISTS attempts (
+    frame INTEGER PRIMARY KEY,        -- codec.frame_key(camera, sha256)
+    n INTEGER NOT NULL,               -- attempts started
+    at REAL NOT NULL                  -- the last one (pruning)
+);
 """
 
 class StoreError(EdgedError):
@@ -160,6 +166,9 @@ class Database:
                     migrate_v1(con, SCHEMA)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise StoreError(f"{self.path}: cannot migrate from schema 1 (left as it was): {exc}") from exc
+                version = 2
+            if version == 2:
+                migrate_v2(con, SCHEMA)
             else:
                 con.executescript(SCHEMA)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -187,9 +196,12 @@ class Database:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = body(db, delta)
-            for reason, n in delta.evicted.items():
+            persisted = [(f"evicted.{reason}", n) for reason, n in delta.evicted.items()]
+            if delta.quarantined:
+                persisted.append(("quarantined", delta.quarantined))
+            for key, n in persisted:
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-                           "SET value = value + excluded.value", (f"evicted.{reason}", n))
+                           "SET value = value + excluded.value", (key, n))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

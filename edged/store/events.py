@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edged.errors import OutboxFull
+from edged.errors import OutboxFull, Quarantined
 from edged.events import NewEvent, StoredEvent, new_event_id
 from edged.metrics import Metrics
+from edged.store.attempts import Attempts, Written
 from edged.store.codec import KINDS, ROW_COST, frame_key, id_bytes, id_text, pack, unpack, with_id
 from edged.store.counters import Delta
-from edged.store.db import Database, chunks, marks
+from edged.store.db import Database, StoreError, chunks, marks
 from edged.store.outbox import OutboxEntry
 from edged.store.space import Space
 
@@ -61,9 +62,10 @@ class _Prepared:
 class EventRows:
     """The ``inputs`` and ``events`` tables; the public coroutines are wrapped by edged.store.Store."""
 
-    def __init__(self, db: Database, space: Space, admit: Admit, queued: asyncio.Event,
+    def __init__(self, db: Database, space: Space, attempts: Attempts, admit: Admit, queued: asyncio.Event,
                  metrics: Metrics | None, clock: Callable[[], float]) -> None:
         self._db = db
+        self._attempts = attempts
         self._space = space
         self._admit = admit
         self._queued = queued
@@ -90,8 +92,14 @@ class EventRows:
                       publish_mqtt: bool) -> list[StoredEvent]:
         now = self._clock()
         prepared = [self._prepare(ev, camera, now) for ev in events]
+        key = frame_key(camera, sha256)
+        forgotten: int | None = None
+        attempts: Written | None = None
 
         def body(db: sqlite3.Connection, delta: Delta) -> list[StoredEvent]:
+            nonlocal forgotten, attempts
+            # Other frames' attempts waiting to be written ride along: one fsync for both.
+            attempts = self._attempts.write_queued_in(db)
             self._space.expire(db, delta, now)
             self._space.make_room(db, delta, sum(p.size for p in prepared))
             stored: list[StoredEvent] = []
@@ -116,19 +124,30 @@ class EventRows:
                     delta.outbox_bytes += p.size
                 stored.append(StoredEvent(p.id, seq, camera, ev.function, ev.kind, {"id": p.id, **ev.data}, ev.body,
                                           ev.content_type, now))
+            delta.quarantined += sum(p.event.kind == "error" and (p.event.data.get("error") or {}).get("code")
+                                     == Quarantined.code for p in prepared)
+            # Committed: its attempts (if it was an MQTT frame that had some) no longer count.
+            forgotten = self._attempts.forget_in(db, key)
             # One transaction by the one writer: an input's events have consecutive seqs.
             db.execute("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)",
-                       (frame_key(camera, sha256), received_at, stored[0].seq if stored else 0, len(stored)))
+                       (key, received_at, stored[0].seq if stored else 0, len(stored)))
             return stored
 
         try:
-            return self._db.transaction(body)
-        except OutboxFull:
-            if self._metrics is not None:
-                self._metrics.outbox_rejected.inc()
+            stored = self._db.transaction(body)
+        except BaseException as exc:
+            # Rolled back: the attempts taken along are written by their own jobs, still queued.
+            self._attempts.settle(attempts, StoreError(str(exc)), requeue=True)
+            if isinstance(exc, OutboxFull):
+                self._db.counters.refused()
+                if self._metrics is not None:
+                    self._metrics.outbox_rejected.inc()
             raise
         finally:
             self._space.vacuum()
+        self._attempts.settle(attempts)
+        self._attempts.forgotten(forgotten)
+        return stored
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
         return await self._db.run(self._recent_input, camera, sha256, window_s)
@@ -160,5 +179,7 @@ class EventRows:
         def body(db: sqlite3.Connection, delta: Delta) -> None:
             for chunk in chunks(ids):
                 db.execute(f"UPDATE events SET mqtt_pending = 0 WHERE id IN ({marks(chunk)})", chunk)  # noqa: S608
+            delta.freed = True  # events out of the outbox may be history now
 
         self._db.transaction(body)
+

@@ -4,6 +4,7 @@ Version 1 (edged before issue 15) kept each result twice: the event's JSON in ``
 CloudEvent in ``outbox``, with text ids. Version 2 keeps the event once and the outbox row points at it.
 An outbox row whose events row v1 had already dropped as history gets its event back from the stored
 CloudEvent, so no pending result is lost, and ids, order, attempts and dead letters stay as they were.
+Version 3 adds the ``attempts`` table (poison frames); a version-1 store goes through 2 to 3.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from edged.store.codec import frame_key, id_bytes, pack, without_id
 
-__all__ = ["migrate_v1"]
+__all__ = ["migrate_v1", "migrate_v2"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def _rows(con: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
     return con.execute(sql).fetchall()
 
 
+def _create(con: sqlite3.Connection, schema: str) -> None:
+    """Run the schema's statements inside the caller's transaction (executescript would commit it)."""
+    for statement in schema.split(";"):
+        if statement.strip():
+            con.execute(statement)
+
+
 def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
     """Rewrite a version-1 store as version 2 (``schema``), in one transaction."""
     con.execute("BEGIN IMMEDIATE")
@@ -50,9 +58,7 @@ def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
             con.execute(f"ALTER TABLE {table} RENAME TO v1_{table}")
         for index in _V1_INDEXES:
             con.execute(f"DROP INDEX IF EXISTS {index}")
-        for statement in schema.split(";"):
-            if statement.strip():
-                con.execute(statement)
+        _create(con, schema)
         spans = {row[0]: (row[1], row[2]) for row in
                  _rows(con, "SELECT input_id, MIN(seq), MAX(seq) - MIN(seq) + 1 FROM v1_events GROUP BY input_id")}
         for input_id, camera, sha256, received_at in _rows(con, "SELECT id, camera, sha256, received_at "
@@ -100,6 +106,20 @@ def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
         raise
     log.info("store migrated from schema 1 to 2: %d events, %d outbox rows (%d events rebuilt from their "
              "CloudEvents)", events, queued, rebuilt)
+
+
+def migrate_v2(con: sqlite3.Connection, schema: str) -> None:
+    """Bring a version-2 store to version 3 (``schema`` only adds tables to it), in one transaction."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        _create(con, schema)
+        con.execute("PRAGMA user_version = 3")
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    log.info("store migrated from schema 2 to 3 (attempts of MQTT frames)")
 
 
 def _rebuild_event(con: sqlite3.Connection, seq: int, event_id: str, camera: str, function: str,

@@ -69,6 +69,7 @@ class OutboxState:
     events: int  # results held (queued, dead, or kept as history)
     disk_bytes: int  # pages in use in the database file
     rate_per_s: float  # results committed per second, recently
+    quarantined: int = 0  # MQTT frames set aside after crashing edged mqtt.max_attempts times (persisted)
 
 
 _BATCH = ("SELECT o.seq, e.id, e.camera, e.function, e.kind, e.created_at, e.data, "
@@ -192,4 +193,5 @@ class OutboxRows:
             dead=counters.dead, dead_letters=dead, evicted_total=counters.evicted_total,
             evicted=dict(sorted(counters.evicted_by_reason.items())), events=counters.events,
             disk_bytes=pages * db.execute("PRAGMA page_size").fetchone()[0], rate_per_s=counters.rate(),
+            quarantined=counters.quarantined,
         )
