@@ -291,16 +291,16 @@ def rss_table(calls: int, tmp: Path) -> None:
     fns = {"gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256)}
     checkpoints: list[tuple[int, float]] = []
     with FunctionPool(fns, PoolSettings(workers=2, queue=64), tmp / "cache") as pool:
-        calls = Calls(pool)
-        frame = calls.decode(jpeg((640, 480)), 50_000_000)
+        runs = Calls(pool)
+        frame = runs.decode(jpeg((640, 480)), 50_000_000)
         with ThreadPoolExecutor(2) as ex:
             # Warm up with the same two threads: each gets its malloc arena, linker and scratch files.
-            list(ex.map(lambda _: calls.call("gray", frame), range(500)))
+            list(ex.map(lambda _: runs.call("gray", frame), range(500)))
             checkpoints.append((0, rss_mb()))
             t0 = time.perf_counter()
             step = max(1, calls // 5)
             for done in range(step, calls + 1, step):
-                list(ex.map(lambda _: calls.call("gray", frame), range(step)))
+                list(ex.map(lambda _: runs.call("gray", frame), range(step)))
                 checkpoints.append((done, rss_mb()))
             elapsed = time.perf_counter() - t0
     print(f"\n## RSS over {calls} grayscale calls (640x480, 2 workers, fresh process, after 500 warm-up calls)\n")
