@@ -5,6 +5,7 @@ can be made. Peak memory per case is printed (run with -s to see it)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -152,3 +153,33 @@ def test_a_scan_bomb_is_answered_in_time_while_a_valid_image_beside_it_gets_200(
         assert status == 200
         print(f"\nscan bomb of {len(bomb)} bytes answered {bomb_status} in {bomb_seconds:.3f} s")  # noqa: T201
         healthy(daemon, cg, "a scan bomb beside a valid JPEG")
+
+
+def test_stdout_and_stderr_floods_fail_alone(tmp_path: Path) -> None:
+    """Guests writing 1 MiB per fd_write to stdout (forever) and stderr (300 MiB): the first fails with
+    bad_output, the second is cut at 64 KiB and succeeds, a call beside them gets 200, nothing is
+    OOM-killed, and nothing they wrote is left on the tmpfs."""
+    from tests.test_host_bounds import m_stderr_flood, m_stdout_flood
+
+    cfg = config(tmp_path, {
+        "outflood": {"module": write_wasm(tmp_path, "outflood", m_stdout_flood()), "abi": "wasi-command",
+                     "input": "raw", "memory_mb": 8, "max_output_bytes": 4 * MiB, "timeout_ms": 3000},
+        "errflood": {"module": write_wasm(tmp_path, "errflood", m_stderr_flood(300)), "memory_mb": 8,
+                     "timeout_ms": 30_000},
+        "ok": {"module": write_wasm(tmp_path, "ok", m_ok()), "memory_mb": 8},
+    }, workers=3)
+    small = encode(picture(8, 8), "PNG")
+    with memory_cgroup(UNIT_MEMORY_MAX) as cg, run_daemon(cfg, prefix=cg.prefix) as daemon:
+        (out_status, out_body, _), (err_status, err_body, _), (ok_status, _, _) = post_all(
+            daemon, [("outflood", small), ("errflood", small), ("ok", small)])
+        assert (out_status, out_body.get("error")) == (500, "bad_output"), out_body
+        assert err_status == 200, err_body
+        assert ok_status == 200
+        # The daemon's own scratch root: the directory its open stdio files live in.
+        fds = Path(f"/proc/{daemon.proc.pid}/fd")
+        opened = [Path(os.readlink(fd)) for fd in fds.iterdir()]
+        roots = {p.parents[1] for p in opened if p.name in ("stdout", "stderr") and "edged-wasm-" in str(p)}
+        assert roots, opened
+        left = sum(f.stat().st_blocks * 512 for root in roots for f in root.glob("worker-*/*") if f.is_file())
+        assert left < 16 * MiB, f"{left} bytes of guest output left on the tmpfs"
+        healthy(daemon, cg, "stdout and stderr floods beside a normal call")
