@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.ingest.body import body_bound, read_body
 from edged.ingest.mqtt import MAX_CAMERA_CHARS
+from edged.ingest.openapi import OPENAPI_PATH, openapi_route
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.secrets import resolve_secret
@@ -137,6 +138,7 @@ class HttpApi:
         app.router.add_get("/v1/functions", self._list_functions)
         app.router.add_post("/v1/functions/{name}", self._call_function)
         app.router.add_post("/api/image", self._legacy_image)
+        app.router.add_get(OPENAPI_PATH, openapi_route(outbox=self._outbox is not None, legacy=LEGACY_API_NAMES))
         if self._outbox is not None:
             app.router.add_get("/v1/outbox", self._outbox_status)
             app.router.add_post("/v1/outbox/dead/retry", self._retry_dead)

@@ -1,0 +1,193 @@
+"""The OpenAPI 3.1 document of the HTTP API (``GET /v1/openapi.json``), a plain dict built once.
+
+Error codes and their statuses are computed from edged.errors, the input media types from the formats
+edged decodes; tests/test_openapi.py checks the documented paths and methods against the aiohttp router,
+both ways. The document is the same on every device (no function names, no settings), so it is served
+behind the bearer token like every other route but the probes: a client that can call the API has it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, get_args
+
+from aiohttp import web
+
+from edged import errors
+from edged.frames import FORMAT_CODES
+from edged.ingest.mqtt import MAX_CAMERA_CHARS
+from edged.status import State
+
+__all__ = ["OPENAPI_PATH", "error_codes", "openapi_document", "openapi_route"]
+
+OPENAPI_PATH = "/v1/openapi.json"
+_ERROR = {"$ref": "#/components/schemas/Error"}
+#: Codes the HTTP layer itself answers with, besides edged.errors: the token check and aiohttp's router.
+_HTTP_CODES = {"unauthorized": 401, "not_found": 404, "method_not_allowed": 405}
+#: What a function's result can be: a JSON object, or an image edged encodes or sniffs (PNG, GIF, JPEG).
+_RESULT_TYPES = ("image/png", "image/gif", "image/jpeg")
+_INPUT_TYPES = tuple(f"image/{fmt.lower()}" for fmt in FORMAT_CODES) + ("application/octet-stream",)
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error_codes() -> dict[str, set[int]]:
+    """Every error code edged raises (edged.errors) and the HTTP statuses it comes with."""
+    codes: dict[str, set[int]] = {}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, errors.EdgedError):
+            codes.setdefault(cls.code, set()).add(cls.http_status)
+    return codes
+
+
+def _error_response(codes: list[str], headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": "the one error shape; error is one of: " + ", ".join(sorted(codes)),
+                              "content": {"application/json": {"schema": _ERROR}}}
+    if headers:
+        answer["headers"] = dict(headers)
+    return answer
+
+
+def _errors_by_status(statuses: set[int] | None = None) -> dict[str, Any]:
+    """An error response per status (all of edged.errors' when ``statuses`` is None), plus 401 and default."""
+    by_status: dict[int, list[str]] = {}
+    for code, codes_statuses in error_codes().items():
+        for status in codes_statuses:
+            if statuses is None or status in statuses:
+                by_status.setdefault(status, []).append(code)
+    by_status.setdefault(401, []).append("unauthorized")
+    answers = {str(status): _error_response(codes, _RETRY_AFTER if status == 503 else None)
+               for status, codes in sorted(by_status.items())}
+    answers["default"] = {"$ref": "#/components/responses/Error"}
+    return answers
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
+def _call(summary: str, headers: list[dict[str, Any]], path_name: bool) -> dict[str, Any]:
+    params = list(headers)
+    if path_name:
+        params.insert(0, {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                          "description": "a function of the daemon's [functions] (GET /v1/functions)"})
+    result_headers = {h: {"schema": {"type": "string"}, "description": d} for h, d in (
+        ("X-Edged-Function", "the function that ran"),
+        ("X-Edged-Duration-Ms", "the function's own run time"),
+        ("X-Edged-Total-Ms", "the whole call, decode and commit included"),
+        ("X-Edged-Event-Id", "the stored result's event id"))}
+    content = {"application/json": {"schema": {"type": "object", "description": "the function's JSON result"}}}
+    content.update({t: {"schema": {"type": "string", "contentMediaType": t}} for t in _RESULT_TYPES})
+    return {
+        "summary": summary,
+        "parameters": params,
+        "requestBody": {"required": True, "description": "the image, as bytes (gzip or deflate Content-Encoding "
+                        "taken)", "content": {t: {"schema": {"type": "string", "contentMediaType": t}}
+                                              for t in _INPUT_TYPES}},
+        "responses": {"200": {"description": "the function's result: a JSON object or an image",
+                              "headers": result_headers, "content": content},
+                      **_errors_by_status()},
+    }
+
+
+def _get(summary: str, ok: dict[str, Any], *, open_path: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors_by_status({500})}}
+    if open_path:
+        operation["security"] = []
+        del operation["responses"]["401"]
+    return operation
+
+
+_CAMERA = {"name": "X-Camera", "in": "header", "required": False, "description":
+           f"the camera id (default http): 1-{MAX_CAMERA_CHARS} printable ASCII characters, none of / + #",
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CAMERA_CHARS, "default": "http"}}
+
+
+def _schemas() -> dict[str, Any]:
+    num, count, text = {"type": ["number", "null"]}, {"type": "integer"}, {"type": ["string", "null"]}
+    component = _obj(state={"enum": list(get_args(State))}, detail={"type": "string"}, since={"type": "number"})
+    dead = _obj(id={"type": "string"}, camera={"type": "string"}, function={"type": "string"},
+                reason={"type": "string"}, attempts=count, created_at={"type": "number"})
+    codes = sorted(set(error_codes()) | set(_HTTP_CODES))
+    return {
+        "Error": {**_obj(error={"type": "string", "examples": codes,
+                                "description": "a stable code: " + ", ".join(codes)},
+                         detail={"type": "string", "description": "what went wrong, for a human"}),
+                  "additionalProperties": False},
+        "Health": _obj(status={"const": "ok"}),
+        "Ready": {"type": "object", "required": ["ready", "device_id", "components"], "properties": {
+            "ready": {"type": "boolean"}, "device_id": {"type": "string"},
+            "components": {"type": "object", "additionalProperties": component},
+            "reason": {"enum": ["shutting_down", "outbox_full"], "description": "why not ready (only then)"}}},
+        "Functions": _obj(functions={"type": "array", "items": {"type": "object", "description":
+                          "name, abi, input, module, limits, grants, calls, errors and latency"}}),
+        "Outbox": _obj(depth=count, bytes=count, store_bytes=count, max_bytes=count, max_age_s={"type": "number"},
+                       on_full={"type": "string"}, oldest_age_s=num, dead=count,
+                       dead_letters={"type": "array", "items": dead}, evicted_total=count,
+                       evicted={"type": "object", "additionalProperties": count}, last_sync_at=num,
+                       last_error=text, last_error_at=num, results=count, disk_bytes=count,
+                       bytes_per_result={"type": ["integer", "null"]}, results_per_s={"type": "number"},
+                       hours_left=num, quarantined=count),
+        "Requeued": _obj(requeued=count),
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """The document; ``outbox`` says whether the outbox routes are served, ``legacy`` maps POST /api/image's
+    ``api`` values to function names."""
+    names = ", ".join(f"{k} = {v}" for k, v in legacy)
+    api = {"name": "api", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1},
+           "description": f"the function to run: a function name, or the old demo's values ({names})"}
+    paths: dict[str, Any] = {
+        "/healthz": {"get": _get("alive", _json(_ref("Health"), "the process serves"), open_path=True)},
+        "/readyz": {"get": _get("ready for work", _json(_ref("Ready"), "ready, with every component's state"),
+                                open_path=True)},
+        "/metrics": {"get": _get("Prometheus metrics", {"description": "Prometheus text exposition",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}})},
+        "/v1/functions": {"get": _get("every function with its limits, grants and stats",
+                                      _json(_ref("Functions"), "the functions"))},
+        "/v1/functions/{name}": {"post": _call("run one function on an image", [_CAMERA], path_name=True)},
+        "/api/image": {"post": _call("the original demo's route: the function named by the api header",
+                                     [api, _CAMERA], path_name=False)},
+        OPENAPI_PATH: {"get": _get("this document", _json({"type": "object"}, "OpenAPI 3.1"))},
+    }
+    # Not ready is 503 with the Ready document (an error shape only from the connection limit).
+    not_ready = _json({"oneOf": [_ref("Ready"), _ERROR]}, "not ready: reason says why")
+    paths["/readyz"]["get"]["responses"]["503"] = not_ready
+    if outbox:
+        paths["/v1/outbox"] = {"get": _get("the outbox: depth, bounds, dead letters, last sync",
+                                           _json(_ref("Outbox"), "the outbox"))}
+        paths["/v1/outbox/dead/retry"] = {"post": _get("queue every dead letter again",
+                                                       _json(_ref("Requeued"), "how many were queued"))}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "edged", "version": "1",
+                 "description": "The local HTTP API of edged. Every error is {\"error\": code, \"detail\": text}."},
+        "paths": paths,
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "http.token / http.token_file, when set"}},
+            "schemas": _schemas(),
+            "responses": {"Error": _error_response(sorted(_HTTP_CODES) + ["overloaded"])},
+        },
+    }
+
+
+def openapi_route(*, outbox: bool, legacy: Mapping[str, str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler answering the document, serialized once."""
+    body = json.dumps(openapi_document(outbox=outbox, legacy=tuple(sorted(legacy.items())))).encode()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return handler
