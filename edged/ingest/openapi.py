@@ -14,7 +14,7 @@ from typing import Any, get_args
 
 from aiohttp import web
 
-from edged import errors
+import edged.errors as errors
 from edged.frames import FORMAT_CODES
 from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.status import State
