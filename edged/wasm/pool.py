@@ -107,6 +107,11 @@ class FunctionPool(PoolState):
         return InstanceSlots(count=self._settings.workers + 2, max_memory_bytes=largest * MiB,
                              keep_resident_bytes=self._settings.keep_resident_mb * MiB)
 
+    @property
+    def extension(self) -> HostExtension | None:
+        """The imports linked for the current table's functions."""
+        return self._extension
+
     def swap(self, functions: Mapping[str, FunctionSettings], extension: HostExtension | None,
              on_idle: Callable[[], None] | None = None) -> None:
         """Load ``functions`` (with ``extension`` linked) on the running engine, then make them the table
