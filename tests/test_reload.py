@@ -1,5 +1,6 @@
 """Reload of the real daemon on SIGHUP: functions added and removed under a stream of calls, an invalid
-config kept out, restart-only settings named, and the RELOADING/READY datagrams on a real notify socket."""
+config kept out, restart-only settings named, the RELOADING/READY datagrams on a real notify socket, and
+MQTT subscriptions changed on a real mosquitto."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
+from tests.mosquitto import Mosquitto, Peer
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -146,3 +148,33 @@ def test_reload_notifies_reloading_with_monotonic_usec_then_ready(tmp_path: Path
     assert before <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     order = [m for m in messages if "RELOADING=1" in m or "READY=1" in m]
     assert ["READY=1" in m for m in order] == [True, False, True]
+
+
+def test_reload_changes_mqtt_subscriptions_on_the_live_connection(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        def with_topic(topic: str) -> dict[str, Any]:
+            return config(tmp_path, "gray", mqtt={
+                "enabled": True, "host": "127.0.0.1", "port": broker.port, "client_id": "edged-reload-test",
+                "reconnect_min_delay": 0.05, "subscriptions": [{"topic": topic, "functions": ["gray"], "qos": 1}]})
+
+        path = write_config(tmp_path / "edged.toml", with_topic("old/+/image"))
+        data = image()
+        with run_daemon(path) as d, Peer(broker, "results", subscribe=("edged/results/#",)) as results, \
+                Peer(broker, "camera") as camera:
+            for component in ("mqtt", "mqtt-results"):
+                d.wait_log(f"{component}: connected")
+
+            def result_for(cam: str) -> bool:
+                return any(m.topic.startswith(f"edged/results/{cam}/") for m in results.received())
+
+            camera.publish("old/cam1/image", data)
+            results.wait_for(lambda _: result_for("cam1"), 60, "a result for a frame on the old topic")
+            write_config(path, with_topic("new/+/image"))
+            reload(d, 0)
+            camera.publish("new/cam2/image", data)
+            results.wait_for(lambda _: result_for("cam2"), 60, "a result for a frame on the new topic")
+            camera.publish("old/cam3/image", data)  # no longer subscribed: the broker drops it
+            camera.publish("new/cam4/image", data)
+            results.wait_for(lambda _: result_for("cam4"), 60, "a result for a later frame on the new topic")
+            assert not result_for("cam3")
+            assert "no subscription matches" not in d.log
