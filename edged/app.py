@@ -12,6 +12,7 @@ import errno
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,14 +20,16 @@ from aiohttp import web
 from edged import __version__
 from edged.budget import MemoryBudget, budget_origin, detect_work_budget
 from edged.cgroup_limit import detect_memory_limit
+from edged.inference.tflite import ModelRegistry
 from edged.ingest.body import budget_reservation
 from edged.ingest.http import HttpApi
 from edged.ingest.listener import HANDLER_OPTIONS, ConnectionGuard, ensure_fd_limit
 from edged.ingest.mqtt import MqttIngest
-from edged.lifecycle import install_signal_handlers
+from edged.lifecycle import install_signal_handlers, reload_on_sighup
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
-from edged.settings import Settings
+from edged.reload import read_checked, reloadable, restart_needed
+from edged.settings import ConfigError, Settings
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
@@ -35,7 +38,8 @@ from edged.sync.dapr import DaprSync
 from edged.sync.homeassistant import Discovery
 from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
-from edged.wasm.build import build_pool
+from edged.wasm.build import build_pool, model_registry
+from edged.wasm.host.nn import NnHost
 
 __all__ = ["App", "ListenError", "run"]
 
@@ -63,6 +67,8 @@ class App:
         self.metrics.watch_budget(self.budget)
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
         self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call, budget=self.budget)
+        #: The registry the current function table uses (a reload with changed models makes a new one).
+        self._models_now: ModelRegistry = self.models
         cloudevents = CloudEvents(settings.device_id, settings.sync)
         self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
         self.sync: DaprSync | None = None
@@ -97,6 +103,7 @@ class App:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)
             await self._stack.enter_async_context(self.models)
+            self._stack.callback(lambda: self._models_now.close())  # the latest, if a reload replaced it
             await self._stack.enter_async_context(self.pool)
             if self.results is not None:
                 await self._stack.enter_async_context(self.results)  # closed after ingest stops
@@ -138,6 +145,42 @@ class App:
             await runner.cleanup()
             self.connections.close()
 
+    async def reload(self, path: Path | None) -> bool:
+        """Apply the config at ``path`` if it passes check-config's checks; otherwise keep the running one.
+
+        Functions and models are swapped whole (calls in flight finish on the old ones), MQTT filters
+        change on the live connection, anything else that differs is logged as needing a restart.
+        """
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(read_checked, path)
+            for line in restart_needed(self.settings, new):
+                log.warning("reload: %s", line)
+            wanted = reloadable(self.settings, new)
+            await self._swap_functions(wanted)
+        except ConfigError as exc:  # also a module that does not load in the running engine
+            log.error("reload refused, the running config stays: %s", exc)
+            return False
+        finally:
+            self.notifier.ready(f"serving on port {self.http_port}; functions: {_names(self.settings)}")
+        self.mqtt.resubscribe(wanted.mqtt.subscriptions)
+        self.settings = wanted
+        log.info("reloaded (functions: %s)", _names(wanted))
+        return True
+
+    async def _swap_functions(self, wanted: Settings) -> None:
+        if wanted.models == self.settings.models:
+            await asyncio.to_thread(self.pool.swap, wanted.functions, self.pool.extension)
+            return
+        models = model_registry(wanted)
+        await asyncio.to_thread(models.load)
+        try:
+            await asyncio.to_thread(self.pool.swap, wanted.functions, NnHost(models), self._models_now.close)
+        except BaseException:
+            models.close()
+            raise
+        self._models_now = models
+
     def background(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The loops to run while the daemon is up, by task name."""
         loops: dict[str, Coroutine[Any, Any, None]] = {}
@@ -152,13 +195,28 @@ class App:
         return loops
 
 
-async def run(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the process exit status."""
+def _names(settings: Settings) -> str:
+    return ", ".join(settings.functions) or "none"
+
+
+async def _reloads(app: App, path: Path | None, requested: asyncio.Event) -> None:
+    """Reload each time SIGHUP sets ``requested`` (waits on the event: no wakeups in between)."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        await app.reload(path)
+
+
+async def run(settings: Settings, config_path: Path | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT, reloading ``config_path`` on SIGHUP; return the exit status."""
     stop = asyncio.Event()
+    reload = asyncio.Event()
     install_signal_handlers(stop)
+    reload_on_sighup(reload)
     async with App(settings) as app, asyncio.TaskGroup() as tasks:
         running = [tasks.create_task(coro, name=name) for name, coro in app.background().items()]
-        names = ", ".join(settings.functions) or "none"
+        running.append(tasks.create_task(_reloads(app, config_path, reload), name="edged.reload"))
+        names = _names(settings)
         app.notifier.ready(f"serving on port {app.http_port}; functions: {names}")
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
         await stop.wait()

@@ -83,14 +83,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     handler = _setup_logging("INFO")  # before the config is read, so its errors are logged as the daemon's are
     try:
-        settings = _load(args.config)
+        path = _config_path(args.config)
+        settings = load_settings(path)
         logging.getLogger().setLevel(settings.log_level)
         problems = file_problems(settings)
         if problems:
             raise ConfigError(problems)
         with hold_state_dir(settings.state_dir):
             pin_mmap_threshold()  # flat RSS under a stream of frames: see edged.malloc
-            return asyncio.run(run(settings))
+            return asyncio.run(run(settings, path))
     except ConfigError as exc:  # also a module or model that does not load (FunctionLoadError)
         for key, message in exc.problems:
             log.error("config error: %s: %s", key, message)

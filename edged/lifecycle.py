@@ -1,4 +1,4 @@
-"""Signals set an event; the composition root runs the staged shutdown when it is set."""
+"""Signals set an event: SIGTERM/SIGINT the staged shutdown the composition root runs, SIGHUP a reload."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-__all__ = ["install_signal_handlers"]
+__all__ = ["install_signal_handlers", "reload_on_sighup"]
 
 log = logging.getLogger(__name__)
 
@@ -24,3 +24,14 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, handle, signum)
+
+
+def reload_on_sighup(reload: asyncio.Event) -> None:
+    """SIGHUP (``systemctl reload``) sets ``reload``; several before it is handled make one reload."""
+    loop = asyncio.get_running_loop()
+
+    def handle() -> None:
+        log.info("SIGHUP received: reloading the config")
+        reload.set()
+
+    loop.add_signal_handler(signal.SIGHUP, handle)

@@ -1,10 +1,11 @@
-"""sd_notify integration: READY, STATUS, WATCHDOG, STOPPING. A no-op when not run by systemd."""
+"""sd_notify integration: READY, RELOADING, STATUS, WATCHDOG, STOPPING. A no-op when not run by systemd."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 
 import systemd.daemon as daemon
 
@@ -33,6 +34,11 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        """RELOADING=1 with the CLOCK_MONOTONIC time systemd needs to match it to its reload request."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
 
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")

@@ -37,6 +37,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sync": frozenset({"errors", "events", "metrics", "mqtt", "retry", "secrets", "settings", "status", "store"}),
     # What check-config checks and run refuses to start on: files, secrets, models and modules loaded.
     "preflight": frozenset({"inference", "secrets", "settings", "wasm"}),
+    # What a reload may change, checked as check-config checks (preflight) before the face swaps it in.
+    "reload": frozenset({"preflight", "settings"}),
     "ingest": frozenset({"budget", "errors", "events", "frames", "metrics", "mqtt", "pipeline", "retry",
                          "secrets", "settings", "status", "store", "sync", "wasm"}),
 }

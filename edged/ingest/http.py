@@ -226,7 +226,7 @@ class HttpApi:
     async def _run(self, request: web.Request, name: str) -> web.Response:
         if not self.accepting:
             raise Overloaded("shutting down")
-        if name not in self._settings.functions:
+        if not self._pool.has(name):
             self._metrics.rejected.labels("http", UnknownFunction.code).inc()
             raise UnknownFunction(f"no function named {name!r}")
         try:

@@ -196,6 +196,18 @@ class MqttIngest(ConnectionHandler):
             "edged.mqtt.ingest": self._ingest(),
         }
 
+    def resubscribe(self, subscriptions: Sequence[Subscription]) -> None:
+        """Route new messages by ``subscriptions`` from now on, and change the live connection's filters."""
+        before = {(r.filter, r.qos) for r in self._routes}
+        self._routes = routes(subscriptions)
+        after = {(r.filter, r.qos) for r in self._routes}
+        if self._conn is None:
+            return
+        kept = {topic for topic, _qos in after}
+        self._conn.unsubscribe(sorted({topic for topic, _qos in before - after} - kept))
+        self._conn.subscribe(sorted(after - before))
+        log.info("MQTT subscriptions now: %s", ", ".join(sorted(kept)) or "none")
+
     # -- ConnectionHandler (loop thread, inside paho's callbacks) -------------------------------------
 
     def on_connected(self, generation: int, session_present: bool) -> None:

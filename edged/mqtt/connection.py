@@ -270,6 +270,10 @@ class MqttConnection:
         else:
             self.client.subscribe(filters)
 
+    def unsubscribe(self, topics: list[str]) -> None:
+        if topics and self.connected:
+            self.client.unsubscribe(topics)
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 properties: Properties | None = None) -> int | None:
         """Publish on the current connection; the mid, or None when not connected."""

@@ -7,15 +7,16 @@ in reverse; ``edged functions`` only lists, so it never loads the models.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from edged.budget import MemoryBudget
 from edged.inference.tflite import ModelRegistry
-from edged.settings import Settings
+from edged.settings import ModelSettings, Settings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool, OnCall
 
-__all__ = ["PoolParts", "build_pool"]
+__all__ = ["PoolParts", "build_pool", "model_registry"]
 
 
 class PoolParts(NamedTuple):
@@ -33,9 +34,15 @@ def build_pool(settings: Settings, *, only: str | None = None, on_call: OnCall |
     """
     functions = settings.functions if only is None else {only: settings.functions[only]}
     declared = settings.models if only is None else {m: settings.models[m] for m in functions[only].models}
-    # One interpreter per worker and model at most: a worker runs one call at a time.
-    models = ModelRegistry(declared, backend=settings.nn_backend, max_interpreters=settings.pool.workers)
+    models = model_registry(settings, declared)
     max_result_pixels = max(settings.http.max_pixels, settings.mqtt.max_pixels)
     pool = FunctionPool(functions, settings.pool, settings.state_dir / "cache", NnHost(models), on_call=on_call,
                         budget=budget, max_result_pixels=max_result_pixels)
     return PoolParts(models, pool)
+
+
+def model_registry(settings: Settings, declared: Mapping[str, ModelSettings] | None = None) -> ModelRegistry:
+    """The registry of ``declared`` (default: every model in ``settings``), not loaded yet."""
+    # One interpreter per worker and model at most: a worker runs one call at a time.
+    return ModelRegistry(settings.models if declared is None else declared, backend=settings.nn_backend,
+                         max_interpreters=settings.pool.workers)

@@ -11,6 +11,7 @@ when the work starts) and a cancel event set when the pool starts closing: no de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -20,21 +21,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import wasmtime
-
 from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
-from edged.wasm.command import CommandRunner
-from edged.wasm.engine import CacheStats, InstanceSlots, WasmEngine
+from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
-from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
-from edged.wasm.reactor import FrameRunner
+from edged.wasm.outcome import CallResult, FunctionLoadError
+from edged.wasm.poolstate import PoolState
 from edged.wasm.runner import FunctionRunner
-from edged.wasm.stats import FunctionStats, describe_function
-from edged.wasm.ticker import TICK_SECONDS, Ticker, WorkerFiles
+from edged.wasm.stats import FunctionStats
+from edged.wasm.table import FunctionTable, load_runners
+from edged.wasm.ticker import TICK_SECONDS
 
 __all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
            "OnCall"]
@@ -46,11 +45,9 @@ MiB = 1024 * 1024
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
 OnCall = Callable[[str, str, float], None]
 _T = TypeVar("_T")
-#: The runner for each ``abi`` setting.
-_RUNNERS: dict[str, type[FunctionRunner]] = {FrameRunner.abi: FrameRunner, CommandRunner.abi: CommandRunner}
 
 
-class FunctionPool:
+class FunctionPool(PoolState):
     """Runs Wasm functions (docs/ABI.md) in worker threads. Use as ``with pool:`` or ``async with pool:``.
 
     ``extension`` adds imports for some functions (the WASI-NN host) or is None; ``on_call`` feeds metrics.
@@ -62,28 +59,16 @@ class FunctionPool:
                  extension: HostExtension | None = None, *, on_call: OnCall | None = None,
                  budget: MemoryBudget | None = None,
                  max_result_pixels: int = DEFAULT_MAX_RESULT_PIXELS) -> None:
-        self._functions = dict(functions)
-        self._settings = pool
+        super().__init__(functions, pool)
         self._cache_dir = cache_dir
         self._extension = extension
         self._on_call = on_call
         self.budget = budget if budget is not None else MemoryBudget(NO_BUDGET)
         self._max_result_pixels = max_result_pixels
-        self._capacity = pool.workers + pool.queue
-        self._stats = {name: FunctionStats() for name in self._functions}
-        self._runners: dict[str, FunctionRunner] = {}
-        self._lock = threading.Lock()
-        #: Notified when the last admitted job is released (close waits for it).
-        self._settled = threading.Condition(self._lock)
-        self._admitted = 0
-        self._executing = 0
-        self._overloaded = 0
+        self._slots_mb = 0
         self._executor: ThreadPoolExecutor | None = None
-        self._engine: WasmEngine | None = None
         #: Set when close() starts: decodes stop at their next read.
         self._cancel = threading.Event()
-        self._files = WorkerFiles()
-        self._ticker = Ticker(self._files.watch)
         #: Jobs running at once, on the workers or on callers' threads (decode_and_call_sync).
         self._running = threading.BoundedSemaphore(pool.workers)
 
@@ -102,36 +87,51 @@ class FunctionPool:
         # Validation instantiates frame-v1 modules, which needs epochs advancing: start the ticker first.
         self._ticker.start(engine)
         try:
-            for name, settings in self._functions.items():
-                self._runners[name] = self._load(engine, name, settings)
+            with self._ticker.busy():
+                runners = load_runners(engine, self._table.functions, TICK_SECONDS * 1000, self._extension)
+            self._table = FunctionTable(self._table.functions, runners)
             self._files.open()
             self._executor = ThreadPoolExecutor(self._settings.workers, thread_name_prefix="edged-wasm")
         except BaseException:
             self._ticker.stop()
             self._engine = None
-            self._runners.clear()
             raise
         log.info("function pool ready: %d functions, %d workers, queue %d, %s instance allocator",
-                 len(self._runners), self._settings.workers, self._settings.queue, self.allocator)
+                 len(runners), self._settings.workers, self._settings.queue, self.allocator)
 
     def _slots(self) -> InstanceSlots:
         """One instance slot per worker (a Store lives only while its call runs), plus one for start-up checks
         and one spare; each as large as the largest memory_mb."""
-        largest = max((fn.memory_mb for fn in self._functions.values()), default=1)
+        largest = max((fn.memory_mb for fn in self._table.functions.values()), default=1)
+        self._slots_mb = largest
         return InstanceSlots(count=self._settings.workers + 2, max_memory_bytes=largest * MiB,
                              keep_resident_bytes=self._settings.keep_resident_mb * MiB)
 
-    def _load(self, engine: WasmEngine, name: str, settings: FunctionSettings) -> FunctionRunner:
-        try:
-            module = engine.load_module(settings.module)
-        except OSError as exc:
-            raise FunctionLoadError(name, f"cannot read {settings.module}: {exc.strerror or exc}") from exc
-        except wasmtime.WasmtimeError as exc:
-            raise FunctionLoadError(name, f"{settings.module} is not a valid module: "
-                                          f"{trap_summary(str(exc))}") from exc
-        runner = _RUNNERS[settings.abi](name, settings, module, engine.engine, TICK_SECONDS * 1000, self._extension)
-        runner.validate()
-        return runner
+    @property
+    def extension(self) -> HostExtension | None:
+        """The imports linked for the current table's functions."""
+        return self._extension
+
+    def swap(self, functions: Mapping[str, FunctionSettings], extension: HostExtension | None,
+             on_idle: Callable[[], None] | None = None) -> None:
+        """Load ``functions`` (with ``extension`` linked) on the running engine, then make them the table
+        new calls use; calls in flight finish on the old one, whose ``on_idle`` runs after its last call.
+
+        Raises FunctionLoadError (nothing is swapped) when a module is unusable or a function needs more
+        memory than the running instance slots hold (that needs a restart)."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("the pool is not running")
+        with self._ticker.busy():
+            runners = load_runners(engine, functions, TICK_SECONDS * 1000, extension,
+                                   self._slots_mb if engine.pooling else None)
+        self._extension = extension
+        with self._lock:
+            old, self._table = self._table, FunctionTable(functions, runners)
+            old.retire(on_idle)
+            for name in functions:
+                self._stats.setdefault(name, FunctionStats())
+        old.idle_if_retired()
 
     def close(self) -> None:
         """Stop admitting, cancel decodes, let admitted calls finish (each is bounded by its timeout), stop
@@ -147,7 +147,7 @@ class FunctionPool:
             self._settled.wait_for(lambda: self._admitted == 0)
         self._ticker.stop()
         self._files.close()  # after the ticker: it checks the files through their handles
-        self._runners.clear()
+        self._table = FunctionTable(self._table.functions, {})
         self._engine = None
 
     def __enter__(self) -> FunctionPool:
@@ -168,8 +168,9 @@ class FunctionPool:
 
     # -- admission -----------------------------------------------------------------------------------
 
-    def _admit(self) -> ThreadPoolExecutor:
-        """Count one more admitted job (raise Overloaded when full); the caller must ``_release`` it."""
+    def _admit(self, table: FunctionTable) -> ThreadPoolExecutor:
+        """Count one more admitted job on ``table`` (raise Overloaded when full); the caller must
+        ``_release`` it."""
         with self._lock:
             executor = self._executor
             if executor is None:
@@ -179,11 +180,12 @@ class FunctionPool:
                 raise Overloaded(f"all {self._settings.workers} workers are busy and {self._settings.queue} "
                                  f"calls are waiting")
             self._admitted += 1
+            table.users += 1
         return executor
 
     def _permitted(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run ``fn`` holding one of the ``workers`` permits (shared with callers that run jobs themselves)."""
-        with self._running:
+        with self._running, self._ticker.busy():
             with self._lock:
                 self._executing += 1
             try:
@@ -192,41 +194,44 @@ class FunctionPool:
                 with self._lock:
                     self._executing -= 1
 
-    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
-        executor = self._admit()
+    def _submit(self, table: FunctionTable, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        executor = self._admit(table)
         try:
             future = executor.submit(self._permitted, fn, *args)
         except RuntimeError as exc:  # shut down between the check and the submit
-            self._release(None)
+            self._release(table, None)
             raise Overloaded("the function pool is shutting down") from exc
         # Runs on completion and on cancellation (a caller gave up before a worker took the call).
-        future.add_done_callback(self._release)
+        future.add_done_callback(functools.partial(self._release, table))
         return future
 
-    def _release(self, _future: Future[Any] | None) -> None:
+    def _release(self, table: FunctionTable, _future: Future[Any] | None) -> None:
         with self._lock:
             self._admitted -= 1
+            table.users -= 1
             if self._admitted == 0:
                 self._settled.notify_all()
+        table.idle_if_retired()
 
     # -- calls ---------------------------------------------------------------------------------------
 
-    def _runner(self, name: str) -> FunctionRunner:
-        runner = self._runners.get(name)
+    def _runner(self, table: FunctionTable, name: str) -> FunctionRunner:
+        runner = table.runners.get(name)
         if runner is None:
-            if name in self._functions:
+            if name in table.functions:
                 raise Overloaded("the function pool is not running")
             raise UnknownFunction(f"no function named {name!r}")
         return runner
 
     async def call(self, name: str, frame: Frame) -> CallResult:
         """Run function ``name`` on ``frame``; raise UnknownFunction, Overloaded or a FunctionError."""
-        return await asyncio.wrap_future(self._submit(self._run, self._runner(name), frame, None))
+        table = self._table
+        return await asyncio.wrap_future(self._submit(table, self._run, self._runner(table, name), frame, None))
 
     async def decode(self, data: bytes, max_pixels: int, timeout_ms: int | None = None) -> Frame:
         """``edged.frames.decode`` on a worker, within ``timeout_ms`` (from when it starts) and the memory
         budget while it runs; counts against the same bound as calls. The frame is the caller's."""
-        job = self._submit(self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True)
+        job = self._submit(self._table, self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True)
         frame, _started = await asyncio.wrap_future(job)
         return frame
 
@@ -237,7 +242,8 @@ class FunctionPool:
         Raises ImageError for an unacceptable image, UnknownFunction or Overloaded; a failed call is
         returned, not raised, since the frame it ran on is wanted either way.
         """
-        job = self._submit(self._decode_and_run, self._runner(name), data, max_pixels)
+        table = self._table
+        job = self._submit(table, self._decode_and_run, self._runner(table, name), data, max_pixels)
         return await asyncio.wrap_future(job)
 
     async def decode_and_call_each(self, data: bytes, max_pixels: int,
@@ -249,13 +255,14 @@ class FunctionPool:
         if len(names) == 1:
             frame, single = await self.decode_and_call(data, max_pixels, names[0])
             return frame, [single]
-        runners = [self._runner(name) for name in names]
+        table = self._table
+        runners = [self._runner(table, name) for name in names]
         hold = FrameHold(self.budget)
         timeout_ms = min(r.settings.timeout_ms for r in runners)
         frame, started = await asyncio.wrap_future(
-            self._submit(self._decode_now, data, max_pixels, timeout_ms, hold, False))
+            self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False))
         try:
-            jobs = [asyncio.wrap_future(self._submit(self._run, r, frame, started)) for r in runners]
+            jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started)) for r in runners]
         except BaseException:
             hold.release()
             raise
@@ -276,12 +283,13 @@ class FunctionPool:
         linker and scratch files (meant for a few long-lived threads). Raises ImageError,
         UnknownFunction, Overloaded or the call's FunctionError.
         """
-        runner = self._runner(name)
-        self._admit()
+        table = self._table
+        runner = self._runner(table, name)
+        self._admit(table)
         try:
             _frame, outcome = self._permitted(self._decode_and_run, runner, data, max_pixels)
         finally:
-            self._release(None)
+            self._release(table, None)
         if isinstance(outcome, FunctionError):
             raise outcome
         return outcome
@@ -349,52 +357,3 @@ class FunctionPool:
                 self._on_call(name, outcome, seconds)
             except Exception:
                 log.exception("on_call hook failed")
-
-    # -- introspection -------------------------------------------------------------------------------
-
-    @property
-    def scratch_root(self) -> Path | None:
-        return self._files.root  # the workers' stdio files, while the pool runs
-
-    @property
-    def capacity(self) -> int:
-        """Calls and decodes admitted at most (running plus waiting)."""
-        return self._capacity
-
-    @property
-    def in_flight(self) -> int:
-        """Jobs admitted and not finished: running plus waiting."""
-        with self._lock:
-            return self._admitted
-
-    @property
-    def running(self) -> int:
-        """Jobs running now (each holds one of the ``workers`` permits)."""
-        with self._lock:
-            return self._executing
-
-    @property
-    def overloaded(self) -> int:
-        """Calls and decodes refused with Overloaded so far."""
-        with self._lock:
-            return self._overloaded
-
-    @property
-    def allocator(self) -> str | None:
-        """"pooling" (instance slots reused, zeroed between calls) or "on-demand"; None before start."""
-        if self._engine is None:
-            return None
-        return "pooling" if self._engine.pooling else "on-demand"
-
-    @property
-    def cache_stats(self) -> CacheStats | None:
-        """How modules were loaded at start (from the compiled cache or compiled), None before start."""
-        return self._engine.stats if self._engine is not None else None
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Per function: calls, errors by code, latency (count, sum, last, p50 and p99 of recent calls)."""
-        return {name: stats.snapshot() for name, stats in self._stats.items()}
-
-    def describe(self) -> list[dict[str, Any]]:
-        """Per function: name, ABI, input, limits, grants, calls, errors and latency."""
-        return [describe_function(name, fn, self._stats[name]) for name, fn in self._functions.items()]

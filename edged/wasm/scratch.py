@@ -154,10 +154,13 @@ class Scratch:
         self.cuts = 0
         self._lock = threading.Lock()
         self._stdio_used = False
+        self._closed = False
 
     def enforce_limits(self) -> None:
         """Cut a stream holding more than its limit back to limit + 1 byte (from the ticker thread)."""
         with self._lock:
+            if self._closed:
+                return
             for fd, limit in ((self._out_fd, self.stdout_limit), (self._err_fd, STDERR_LIMIT)):
                 if os.fstat(fd).st_blocks * 512 > limit + _PAGE:
                     os.ftruncate(fd, limit + 1)
@@ -198,8 +201,12 @@ class Scratch:
                 self._stdio_used = False
 
     def close(self) -> None:
-        os.close(self._out_fd)
-        os.close(self._err_fd)
+        with self._lock:  # not while the ticker holds the descriptors: their numbers may be reused
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._out_fd)
+            os.close(self._err_fd)
 
 
 class StdioWatch:
@@ -212,6 +219,13 @@ class StdioWatch:
     def add(self, scratch: Scratch) -> None:
         with self._lock:
             self._scratches.append(scratch)
+
+    def discard(self, scratch: Scratch) -> None:
+        """Stop watching ``scratch`` and close it (its directory is gone)."""
+        with self._lock:
+            if scratch in self._scratches:
+                self._scratches.remove(scratch)
+        scratch.close()
 
     def check(self) -> None:
         with self._lock:

@@ -1,13 +1,16 @@
 """What runs beside the pool's workers: the epoch ticker, and the workers' scratch files it keeps bounded.
 
-One thread advances the engine's epoch every ``TICK_SECONDS`` (a call's timeout is counted in ticks)
-and, on the same tick, cuts any worker's stdio file back to its limit (``edged.wasm.scratch``). The
+One thread advances the engine's epoch every ``TICK_SECONDS`` while work runs (a call's timeout is counted
+in ticks) and, on the same tick, cuts any worker's stdio file back to its limit (``edged.wasm.scratch``). The
 ticker must outlive every call: it is what interrupts a runaway guest.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edged.wasm.engine import WasmEngine
@@ -18,6 +21,8 @@ __all__ = ["TICK_SECONDS", "Ticker", "WorkerFiles"]
 #: Epoch tick; a call's timeout is rounded up to whole ticks plus one.
 TICK_SECONDS = 0.005
 
+log = logging.getLogger(__name__)
+
 
 class WorkerFiles:
     """A scratch root for the pool (locked for its life) and one Scratch per thread that runs calls."""
@@ -26,6 +31,7 @@ class WorkerFiles:
         self.watch = StdioWatch()
         self._root: Path | None = None
         self._local = threading.local()
+        self._lock = threading.Lock()
 
     @property
     def root(self) -> Path | None:
@@ -35,11 +41,19 @@ class WorkerFiles:
         self._root = make_scratch_root()
 
     def get(self) -> Scratch:
-        """This thread's Scratch, made on its first call."""
+        """This thread's Scratch, made on its first call, and made again (root too) when someone removed it."""
         scratch: Scratch | None = getattr(self._local, "scratch", None)
+        if scratch is not None and not scratch.dir.is_dir():
+            log.warning("scratch directory %s was removed by someone else: making it again", scratch.dir)
+            self.watch.discard(scratch)
+            scratch = None
         if scratch is None:
-            assert self._root is not None, "the pool's scratch root is not open"
-            scratch = Scratch(self._root)
+            with self._lock:
+                assert self._root is not None, "the pool's scratch root is not open"
+                if not self._root.is_dir():
+                    remove_scratch_root(self._root)  # releases the lock file's descriptor
+                    self._root = make_scratch_root()
+                scratch = Scratch(self._root)
             self.watch.add(scratch)
             self._local.scratch = scratch
         return scratch
@@ -54,11 +68,18 @@ class WorkerFiles:
 
 
 class Ticker:
-    """The epoch ticker thread of one engine; ``start`` and ``stop`` may be called again."""
+    """The epoch ticker thread of one engine; ``start`` and ``stop`` may be called again.
+
+    It ticks only while some work holds ``busy()`` (a running call or decode, start-up checks) and parks
+    on an Event with no timeout otherwise: an idle daemon does not wake for it.
+    """
 
     def __init__(self, watch: StdioWatch) -> None:
         self._watch = watch
         self._stop = threading.Event()
+        self._active = threading.Event()
+        self._lock = threading.Lock()
+        self._holders = 0
         self._thread: threading.Thread | None = None
 
     def start(self, engine: WasmEngine) -> None:
@@ -68,11 +89,37 @@ class Ticker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._active.set()  # wake it if parked
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with self._lock:
+            if self._holders == 0:
+                self._active.clear()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Tick while this block runs (and while any other holder's does)."""
+        with self._lock:
+            self._holders += 1
+            self._active.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and not self._stop.is_set():
+                    self._active.clear()
+
+    @property
+    def parked(self) -> bool:
+        """No work holds the ticker: it is waiting, not ticking."""
+        return not self._active.is_set()
 
     def _tick(self, engine: WasmEngine) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        while True:
+            self._active.wait()
+            if self._stop.wait(TICK_SECONDS):
+                return
             engine.increment_epoch()
             self._watch.check()
