@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -25,17 +24,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.events import NewEvent, rfc3339  # noqa: E402
+from edged.events import NewEvent  # noqa: E402
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings  # noqa: E402
 from edged.status import Components  # noqa: E402
 from edged.store import Store  # noqa: E402
 from edged.sync.cloudevents import CloudEvents  # noqa: E402
 from edged.sync.dapr import DaprSync  # noqa: E402
+from tests.samples import classify_result, digest  # noqa: E402
 from tests.waiting import until  # noqa: E402
 
 DEVICE = "bench-gw"
@@ -70,21 +69,8 @@ def emulator() -> Iterator[tuple[str, subprocess.Popen[str]]]:
 
 
 def result_event(camera: str, i: int) -> NewEvent:
-    """A classify result shaped like the real ones (top-5 labels, a real digest, a moving clock), no image."""
-    data: dict[str, Any] = {
-        "device_id": DEVICE, "camera": camera, "function": "classify", "kind": "result",
-        "source": {"transport": "mqtt", "camera": camera, "sha256": digest(i), "correlation": f"req-{i}",
-                   "received_at": rfc3339(1.7e9 + i * 0.125)},
-        "latency_ms": 11.2,
-        "result": {"top": [{"label": f"label {k}", "index": k * 37 + i % 11, "score": round(0.9 / (k + 1), 4)}
-                           for k in range(5)], "model": "efficientnet_lite0"},
-        "image": None, "error": None,
-    }
-    return NewEvent("classify", "result", data)
-
-
-def digest(i: int) -> str:
-    return hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
+    """A classify result shaped like the real ones (tests/samples.py)."""
+    return classify_result(camera, i, DEVICE)
 
 
 async def fill(path: Path, n: int, cameras: int) -> list[float]:

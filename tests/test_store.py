@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import random
@@ -17,12 +16,13 @@ from typing import Any
 import pytest
 
 from edged.errors import EdgedError, OutboxFull
-from edged.events import NewEvent, rfc3339
+from edged.events import NewEvent
 from edged.ingest.http import outbox_document
 from edged.metrics import Metrics
 from edged.settings import OutboxSettings, SyncSettings
 from edged.store import OutboxEntry, OutboxState, Store
 from edged.sync.cloudevents import CloudEvents
+from tests import samples
 
 
 def noise(seed: int, size: int) -> str:
@@ -321,18 +321,8 @@ def cloudevent_bytes(entry: OutboxEntry) -> bytes:
 
 
 def classify_result(camera: str, i: int) -> NewEvent:
-    """bench/outbox_bench.py's classify result: top-5 labels, a real digest, no image."""
-    digest = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
-    data: dict[str, Any] = {
-        "device_id": DEVICE, "camera": camera, "function": "classify", "kind": "result",
-        "source": {"transport": "mqtt", "camera": camera, "sha256": digest, "correlation": f"req-{i}",
-                   "received_at": rfc3339(1.7e9 + i * 0.125)},
-        "latency_ms": 11.2,
-        "result": {"top": [{"label": f"label {k}", "index": k * 37 + i % 11, "score": round(0.9 / (k + 1), 4)}
-                           for k in range(5)], "model": "efficientnet_lite0"},
-        "image": None, "error": None,
-    }
-    return NewEvent("classify", "result", data)
+    """bench/outbox_bench.py's classify result (tests/samples.py): top-5 labels, a real digest, no image."""
+    return samples.classify_result(camera, i, DEVICE)
 
 
 async def test_a_classify_result_costs_at_most_600_bytes_on_disk(make_store: StoreFactory) -> None:
