@@ -13,6 +13,8 @@ import base64
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from edged.store.codec import frame_key, id_bytes, pack, without_id
@@ -50,10 +52,22 @@ def _create(con: sqlite3.Connection, schema: str) -> None:
             con.execute(statement)
 
 
-def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
-    """Rewrite a version-1 store as version 2 (``schema``), in one transaction."""
+@contextmanager
+def _one_transaction(con: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back whole on any failure: a store migrates fully or not at all."""
     con.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
+def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
+    """Rewrite a version-1 store as version 2 (``schema``), in one transaction."""
+    with _one_transaction(con):
         for table in ("inputs", "events", "outbox"):
             con.execute(f"ALTER TABLE {table} RENAME TO v1_{table}")
         for index in _V1_INDEXES:
@@ -99,26 +113,15 @@ def migrate_v1(con: sqlite3.Connection, schema: str) -> None:
             con.execute(f"DROP TABLE v1_{table}")
         con.execute("DELETE FROM sqlite_sequence WHERE name = 'v1_events'")
         con.execute("PRAGMA user_version = 2")
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     log.info("store migrated from schema 1 to 2: %d events, %d outbox rows (%d events rebuilt from their "
              "CloudEvents)", events, queued, rebuilt)
 
 
 def migrate_v2(con: sqlite3.Connection, schema: str) -> None:
     """Bring a version-2 store to version 3 (``schema`` only adds tables to it), in one transaction."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with _one_transaction(con):
         _create(con, schema)
         con.execute("PRAGMA user_version = 3")
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     log.info("store migrated from schema 2 to 3 (attempts of MQTT frames)")
 
 
