@@ -3,7 +3,6 @@ systemd notify datagrams (READY, STATUS, WATCHDOG, STOPPING) on a real datagram 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.daemon import run_daemon
+from tests.notify import NotifySocket
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,29 +101,11 @@ def test_cli_invoke_and_functions(tmp_path: Path) -> None:
 
 
 def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    messages: list[str] = []
-
-    def received(text: str) -> bool:
-        if not any(text in m for m in messages):
-            with contextlib.suppress(TimeoutError):  # bounded by the socket's timeout
-                messages.append(sock.recv(4096).decode())
-        return any(text in m for m in messages)
-
-    def drain(text: str, timeout: float = 30) -> None:
-        wait_until(lambda: received(text), timeout, lambda: f"{text} among {messages}", interval=0)
-
-    env = {**dev_env(tmp_path), "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-    try:
-        with run_daemon(DEV_CONFIG, env) as d:
-            drain("READY=1")
-            ready = next(m for m in messages if "READY=1" in m)
-            assert "STATUS=" in ready
-            drain("WATCHDOG=1")
-            d.stop()
-            drain("STOPPING=1")
-    finally:
-        sock.close()
+    env = {**dev_env(tmp_path), "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
+    with NotifySocket(tmp_path / "notify.sock") as notify, run_daemon(DEV_CONFIG, env) as d:
+        notify.wait_for("READY=1")
+        ready = next(m for m in notify.messages if "READY=1" in m)
+        assert "STATUS=" in ready
+        notify.wait_for("WATCHDOG=1")
+        d.stop()
+        notify.wait_for("STOPPING=1")

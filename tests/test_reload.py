@@ -4,10 +4,8 @@ MQTT subscriptions changed on a real mosquitto."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import signal
-import socket
 import threading
 import time
 import urllib.error
@@ -21,6 +19,7 @@ from PIL import Image
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.mosquitto import Mosquitto, Peer
+from tests.notify import NotifySocket
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -121,26 +120,14 @@ def test_invalid_config_on_reload_keeps_the_running_one_in_one_line(tmp_path: Pa
 
 def test_reload_notifies_reloading_with_monotonic_usec_then_ready(tmp_path: Path) -> None:
     path = write_config(tmp_path / "edged.toml", config(tmp_path, "gray"))
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    messages: list[str] = []
-
-    def received(count: int) -> bool:
-        with contextlib.suppress(TimeoutError):  # bounded by the socket's timeout
-            messages.append(sock.recv(4096).decode())
-        return len([m for m in messages if "READY=1" in m]) >= count
-
-    try:
-        with run_daemon(path, {"NOTIFY_SOCKET": str(sock_path)}) as d:
-            wait_until(lambda: received(1), 30, lambda: f"READY=1 among {messages}", interval=0)
-            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-            write_config(path, config(tmp_path, "gray", "gray2"))
-            reload(d, 0)
-            wait_until(lambda: received(2), 30, lambda: f"a second READY=1 among {messages}", interval=0)
-    finally:
-        sock.close()
+    with NotifySocket(tmp_path / "notify.sock") as notify, \
+            run_daemon(path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}) as d:
+        notify.wait_for("READY=1")
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        write_config(path, config(tmp_path, "gray", "gray2"))
+        reload(d, 0)
+        notify.wait_for("READY=1", times=2)
+    messages = notify.messages
     reloading = [m for m in messages if "RELOADING=1" in m]
     assert len(reloading) == 1
     fields = dict(line.split("=", 1) for line in reloading[0].splitlines())
