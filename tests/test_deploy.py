@@ -19,6 +19,7 @@ import pytest
 import wasmtime
 
 from edged.app import App
+from edged.deploy.client import api_url
 from edged.settings import ConfigError, load_settings
 from tests.test_http import GRAY, daemon, encoded
 from tests.test_openapi import documented, registered
@@ -129,8 +130,8 @@ async def test_grants_beyond_the_ceilings_are_refused(tmp_path: Path) -> None:
         async with session.get(f"{base}/v1/functions/f") as resp:
             assert resp.status == 404  # nothing refused was made
         status, body = await define(session, base, "f", module=module, memory_mb=64, timeout_ms=2000,
-                                    max_output_bytes=1 << 20, preopens=[{"host": str(allowed / "sub"), "guest": "/data"}],
-                                    allowed_hosts=["https://ok.example"])
+                                    max_output_bytes=1 << 20, allowed_hosts=["https://ok.example"],
+                                    preopens=[{"host": str(allowed / "sub"), "guest": "/data"}])
         assert status == 201, body
         assert body["spec"]["preopens"][0]["host"] == str(allowed / "sub")
 
@@ -225,7 +226,8 @@ async def test_a_new_version_whose_first_calls_all_fail_is_rolled_back(tmp_path:
             await until(back_to_v1, 30, "f to be rolled back to version 1")
         assert (await call(session, base, "f"))[:2] == (200, "image/png")
         lines = [r for r in caplog.records if "rolled back" in r.getMessage()]
-        assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+        assert len(lines) == 1
+        assert lines[0].levelno == logging.WARNING
         assert "function f: version 2 rolled back to version 1" in lines[0].getMessage()
         assert await metric(session, base, 'edged_deploy_rollbacks_total{function="f",reason="auto"}') == 1
         assert (await describe(session, base, "g"))["version"] == 2
@@ -257,3 +259,9 @@ def test_deploy_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
     assert load_settings(deploy={"enabled": True}, http={"host": "0.0.0.0", "token": "t"}).deploy.enabled
     assert load_settings(deploy={"enabled": True}, http={"host": "::1"}).deploy.enabled
     assert not load_settings(http={"host": "0.0.0.0"}).deploy.enabled
+
+
+def test_the_cli_reaches_a_wildcard_bound_api_on_loopback() -> None:
+    assert api_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert api_url("::", 9000) == "http://[::1]:9000"
+    assert api_url("192.168.1.7", 80) == "http://192.168.1.7:80"
