@@ -11,7 +11,7 @@ import asyncio
 import errno
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,8 @@ class App:
             for line in restart_needed(self.settings, new):
                 log.warning("reload: %s", line)
             wanted = reloadable(self.settings, new)
-            async with self._swapping:
+            # The deployer's lock first, as a deploy takes it: the registry does not change under the swap.
+            async with self.deployer.lock if self.deployer is not None else nullcontext(), self._swapping:
                 await self._swap_functions(wanted, self._with_deployed(wanted).functions)
         except ConfigError as exc:  # also a module that does not load in the running engine
             log.error("reload refused, the running config stays: %s", exc)

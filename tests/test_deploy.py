@@ -20,6 +20,7 @@ import wasmtime
 
 from edged.app import App
 from edged.deploy.client import api_url
+from edged.deploy.registry import Deployed
 from edged.settings import ConfigError, load_settings
 from tests.test_http import GRAY, daemon, encoded
 from tests.test_openapi import documented, registered
@@ -265,3 +266,15 @@ def test_the_cli_reaches_a_wildcard_bound_api_on_loopback() -> None:
     assert api_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
     assert api_url("::", 9000) == "http://[::1]:9000"
     assert api_url("192.168.1.7", 80) == "http://192.168.1.7:80"
+
+
+def test_old_versions_past_keep_are_forgotten_but_never_the_one_a_rollback_needs() -> None:
+    entry = Deployed(current=0)
+    for n in range(1, 4):
+        entry.add({"module": f"v{n}"}, float(n), keep=2)
+    assert list(entry.versions) == [1, 2, 3]
+    entry.current = 2  # rolled back to version 2
+    entry.add({"module": "v4"}, 4.0, keep=1)
+    assert (entry.current, entry.running.previous, list(entry.versions)) == (4, 2, [2, 4])
+    entry.add({"module": "v5"}, 5.0, keep=2)
+    assert (entry.running.previous, list(entry.versions)) == (4, [2, 4, 5])

@@ -49,13 +49,16 @@ class Deployed:
         return self.versions[self.current]
 
     def add(self, spec: dict[str, Any], now: float, keep: int) -> Version:
-        """A new current version; the oldest earlier ones past ``keep`` are forgotten."""
+        """A new current version; of the earlier ones, the one it replaces (what a rollback goes back to)
+        and the newest others up to ``keep`` in all are kept."""
         number = max(self.versions, default=0) + 1
-        version = Version(number, spec, now, previous=self.current if self.versions else None)
+        previous = self.current if self.versions else None
+        version = Version(number, spec, now, previous=previous)
         self.versions[number] = version
         self.current = number
-        earlier = [n for n in self.versions if n != number]
-        for old in earlier[:max(0, len(earlier) - keep)]:
+        others = [n for n in self.versions if n not in (number, previous)]
+        room = keep - (previous is not None)
+        for old in others[:max(0, len(others) - room)]:
             del self.versions[old]
         return version
 

@@ -76,7 +76,8 @@ class Deployer:
             self._registry = Registry.load(settings.state_dir / "deploy" / "functions.json")
         except ValueError as exc:
             raise ConfigError([("deploy", str(exc))]) from exc
-        self._lock = asyncio.Lock()
+        #: Held while the registry changes; a reload holds it too, so it swaps in a settled registry.
+        self.lock = asyncio.Lock()
         self._reports: asyncio.Queue[Report] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.watch = RollbackWatch(self._ceilings.auto_rollback_after, self._post)
@@ -174,7 +175,7 @@ class Deployer:
             raise _invalid(exc) from exc
         check_grants(name, fn, self._ceilings)
         spec = {**fn.model_dump(mode="json"), "module": ref}
-        async with self._lock:
+        async with self.lock:
             self._loop = asyncio.get_running_loop()
             entry = self._registry.functions.get(name)
             if entry is not None and entry.running.spec == spec:
@@ -194,7 +195,7 @@ class Deployer:
     async def rollback(self, name: str, *, reason: str = "manual", only: int | None = None) -> dict[str, Any]:
         """Put the version that ``name``'s current one replaced back; with ``only``, just if that is current."""
         self._writable(name)
-        async with self._lock:
+        async with self.lock:
             entry = self._registry.functions.get(name)
             if entry is None:
                 raise UnknownFunction(f"no deployed function named {name!r}")
@@ -212,7 +213,7 @@ class Deployer:
 
     async def delete(self, name: str) -> None:
         self._writable(name)
-        async with self._lock:
+        async with self.lock:
             if name not in self._registry.functions:
                 raise UnknownFunction(f"no deployed function named {name!r}")
             candidate = self._registry.copy()
@@ -225,10 +226,13 @@ class Deployer:
         """The config's function or the deployed one by that name; UnknownFunction if neither."""
         fn = self._target.settings.functions.get(name)
         if fn is not None:
-            wasm = await asyncio.to_thread(fn.module.read_bytes)
-            return {"name": name, "origin": "config", "version": None,
-                    "digest": f"sha256:{hashlib.sha256(wasm).hexdigest()}", "spec": fn.model_dump(mode="json"),
-                    "versions": []}
+            try:
+                wasm = await asyncio.to_thread(fn.module.read_bytes)
+                digest: str | None = f"sha256:{hashlib.sha256(wasm).hexdigest()}"
+            except OSError:
+                digest = None  # removed or replaced since it was loaded: the running copy has no file
+            return {"name": name, "origin": "config", "version": None, "digest": digest,
+                    "spec": fn.model_dump(mode="json"), "versions": []}
         if name not in self._registry.functions:
             raise UnknownFunction(f"no function named {name!r}")
         return self.document(name)
@@ -271,7 +275,7 @@ class Deployer:
                         extra={"FUNCTION": report.function})
 
     async def _remember(self, report: Report) -> None:
-        async with self._lock:
+        async with self.lock:
             entry = self._registry.functions.get(report.function)
             if entry is None or entry.current != report.version or entry.running.succeeded:
                 return
