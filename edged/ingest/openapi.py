@@ -199,7 +199,7 @@ def _deployed_schema() -> dict[str, Any]:
                    succeeded={"type": "boolean"})
     return {"type": "object", "required": ["name", "origin", "version", "digest", "spec", "versions"],
             "properties": {"name": {"type": "string"}, "origin": {"enum": ["config", "api"]},
-                           "version": {"type": ["integer", "null"]}, "digest": {"type": "string"},
+                           "version": {"type": ["integer", "null"]}, "digest": {"type": ["string", "null"]},
                            "spec": {"type": "object"}, "created_at": {"type": "number"},
                            "previous": {"type": ["integer", "null"]}, "succeeded": {"type": "boolean"},
                            "versions": {"type": "array", "items": earlier}}}
