@@ -19,9 +19,11 @@ import pytest
 import wasmtime
 
 from edged.app import App
+from edged.cli import EXIT_CONFIG, main
 from edged.deploy.client import api_url
 from edged.deploy.registry import Deployed
 from edged.settings import ConfigError, load_settings
+from tests.configs import daemon_config, write_config
 from tests.test_http import GRAY, daemon, encoded
 from tests.test_openapi import documented, registered
 from tests.test_pool import m_ok, m_trap
@@ -278,3 +280,11 @@ def test_old_versions_past_keep_are_forgotten_but_never_the_one_a_rollback_needs
     assert (entry.current, entry.running.previous, list(entry.versions)) == (4, 2, [2, 4])
     entry.add({"module": "v5"}, 5.0, keep=2)
     assert (entry.running.previous, list(entry.versions)) == (4, [2, 4, 5])
+
+
+def test_check_config_exits_78_for_deploy_beyond_loopback_without_a_token(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "edged.toml", daemon_config(tmp_path / "state", deploy={"enabled": True},
+                                                               http={"host": "0.0.0.0"}))
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    assert "needs http.token" in capsys.readouterr().err

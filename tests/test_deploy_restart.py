@@ -62,6 +62,11 @@ def test_deployed_functions_survive_reload_and_restart(tmp_path: Path) -> None:
     path = write_config(tmp_path / "edged.toml", cfg)
     data = image()
     with run_daemon(path) as d:
+        anonymous = urllib.request.Request(d.url + "/v1/modules/sha256:" + "0" * 64, data=b"x", method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as refused_upload:
+            urllib.request.urlopen(anonymous, timeout=30)
+        assert refused_upload.value.code == 401
+        refused_upload.value.close()
         # The CLI reads the token from the config's http.token_file; with port 0 the URL is given.
         done = cli(path, "deploy", "f", str(GRAYSCALE), "--spec", str(spec), "--url", d.url)
         assert done.returncode == 0, done.stderr
