@@ -193,6 +193,19 @@ def test_idle_cameras_are_forgotten() -> None:
     assert sampler.cameras <= 2 * PRUNE_AT
 
 
+async def test_on_a_loop_the_waiting_frame_runs_when_its_interval_has_elapsed() -> None:
+    ran: list[str] = []
+    clock = Clock()
+    sampler: Sampler[str] = Sampler({CAM[0]: 20.0}, ran.append, pytest.fail, clock=clock)  # the loop's timers
+    sampler.offer(CAM, "a")
+    sampler.done(CAM)
+    sampler.offer(CAM, "b")
+    assert ran == ["a"]
+    clock.now = 0.05  # when the loop's timer fires (after 0.05 s), the interval has elapsed
+    await until(lambda: ran == ["a", "b"], 10, "the waiting frame to run")
+    assert sampler.close() == 0
+
+
 # -- against mosquitto --------------------------------------------------------------------------------------
 
 
