@@ -47,6 +47,19 @@ class Delta:
     #: Rows that bound the space left were deleted or changed (a refused commit may pass now).
     freed: bool = False
 
+    def add(self, other: Delta) -> None:
+        """Sum ``other`` into this one (the jobs of a shared transaction, edged.store.group)."""
+        self.queued += other.queued
+        self.dead += other.dead
+        self.outbox_bytes += other.outbox_bytes
+        self.events += other.events
+        self.events_bytes += other.events_bytes
+        self.committed += other.committed
+        for reason, n in other.evicted.items():
+            self.evict(reason, n)
+        self.quarantined += other.quarantined
+        self.freed = self.freed or other.freed
+
     def evict(self, reason: str, n: int, ids: Sequence[str] = ()) -> None:
         if n:
             self.evicted[reason] = self.evicted.get(reason, 0) + n
@@ -88,6 +101,9 @@ class Counters:
         self._next_eviction_log = 0.0
         self._started = time.monotonic()
         self._commits: deque[list[float]] = deque()  # [bucket start, results]
+        #: Write transactions committed (one fsync each) and the jobs they committed (group commit).
+        self.transactions = 0
+        self.jobs_committed = 0
 
     def load(self, db: sqlite3.Connection) -> None:
         """Read the totals of an opened database."""
@@ -144,6 +160,14 @@ class Counters:
         else:
             self._commits.append([now, n])
             self._forget(now)
+
+    def transaction_committed(self, jobs: int) -> None:
+        """A write transaction committed ``jobs`` jobs (edged.store.group)."""
+        self.transactions += 1
+        self.jobs_committed += jobs
+        if self._metrics is not None:
+            self._metrics.store_transactions.inc()
+            self._metrics.store_commits.inc(jobs)
 
     def apply(self, delta: Delta) -> None:
         self.flush_eviction_log()

@@ -1,8 +1,9 @@
 """The store's database: one SQLite connection (WAL, synchronous=FULL), its schema, and the writer thread.
 
 Every statement runs on one thread (a single-thread executor); the asyncio side awaits
-``asyncio.wrap_future`` of its jobs. ``transaction`` commits a job's rows and, only once they are on
-disk, applies its counter changes (edged.store.counters).
+``asyncio.wrap_future`` of its jobs. ``commit`` queues a write that shares its transaction and fsync with
+the writes queued beside it (edged.store.group); ``transaction`` runs one on the writer thread at once.
+Either way a job's counter changes apply only once its rows are on disk (edged.store.counters).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
+from edged.store.group import Batch, Job, JobQueue, Settle
 from edged.store.migrate import migrate_v1, migrate_v2
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
@@ -104,6 +106,8 @@ class Database:
         self.counters = counters
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
+        self._jobs = JobQueue()
+        self._batch = Batch(counters, self._store_error)
 
     # -- the writer thread -----------------------------------------------------------------------------
 
@@ -130,12 +134,48 @@ class Database:
             try:
                 return fn(*args, **kwargs)
             except sqlite3.Error as exc:
-                raise StoreError(f"database error in {self.path}: {exc}") from exc
+                raise self._store_error(exc) from exc
 
         return self._executor.submit(job)
 
     async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        error = StoreError(f"database error in {self.path}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    # -- group commit ------------------------------------------------------------------------------------
+
+    def queue(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
+              settle: Settle | None = None) -> Future[_T]:
+        """Queue ``body`` to run in a transaction shared with the jobs queued beside it (each in its own
+        savepoint); its future resolves once that transaction is on disk, or with the body's error.
+        ``settle`` runs on the writer thread just before (edged.store.group)."""
+        job = Job(body, size, settle)
+        self._jobs.put(job)
+        try:
+            self.submit(self._drain)
+        except StoreError:
+            self._jobs.remove(job)
+            raise
+        return job.future
+
+    async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
+                     settle: Settle | None = None) -> _T:
+        """``queue``, awaited."""
+        return await asyncio.wrap_future(self.queue(body, size=size, settle=settle))
+
+    def _drain(self) -> None:
+        """The writer job of ``queue``: commit what is queued (if an earlier drain did not take it)."""
+        if batch := self._jobs.take():
+            self._batch.run(self.con, batch)
+
+    @property
+    def staged(self) -> Delta:
+        """Counter changes of the jobs already in the open transaction (their rows count against the caps)."""
+        return self._batch.staged
 
     # -- the connection (writer thread only) ----------------------------------------------------------
 
@@ -190,23 +230,9 @@ class Database:
                 self._con = None
 
     def transaction(self, body: Callable[[sqlite3.Connection, Delta], _T]) -> _T:
-        """Run ``body`` in one IMMEDIATE transaction; its counter changes apply only once it committed."""
-        db = self.con
-        delta = Delta()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body(db, delta)
-            persisted = [(f"evicted.{reason}", n) for reason, n in delta.evicted.items()]
-            if delta.quarantined:
-                persisted.append(("quarantined", delta.quarantined))
-            for key, n in persisted:
-                db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-                           "SET value = value + excluded.value", (key, n))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self.counters.apply(delta)
-        return result
+        """Run ``body`` now, alone in one IMMEDIATE transaction (writer thread); its counter changes apply
+        only once it committed."""
+        job = Job(body)
+        self._batch.run(self.con, [job])
+        return job.future.result()  # resolved by now: the result, or the body's error raised here
 

@@ -1,0 +1,160 @@
+"""Group commit: jobs queued for the writer thread share one transaction and one fsync.
+
+A writer job (a ``body(con, delta)``) is queued with ``JobQueue.put``, and a drain is submitted to the
+writer thread for it. The first drain to run takes every job queued by then (up to ``MAX_JOBS`` and
+``MAX_BYTES``) and runs them in ONE transaction, each inside its own SAVEPOINT: a job that raises
+(OutboxFull, a constraint) is rolled back alone and the others still commit. Later drains find
+nothing left, or the rest. Nothing waits for company: a job alone commits at once, as before.
+
+After the COMMIT returned (synchronous=FULL: on disk), each committed job's counter changes are
+applied, then every job is settled in queue order and its caller's future resolved. While a batch
+runs, ``Batch.staged`` holds the counter changes of the jobs already in it, so each job's space
+accounting sees the rows of the jobs before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from edged.store.counters import Counters, Delta
+
+__all__ = ["MAX_BYTES", "MAX_JOBS", "Batch", "Job", "JobQueue", "Settle"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: At most this many jobs share a transaction (bounded work while the write lock is held).
+MAX_JOBS = 64
+#: ... and at most this many bytes of rows (images); a larger job still runs, alone.
+MAX_BYTES = 16 * 1024 * 1024
+
+#: Called on the writer thread once the job's transaction ended: with None when it committed, else
+#: with the job's error. It must not raise.
+Settle = Callable[[BaseException | None], None]
+
+
+@dataclass(slots=True, eq=False)
+class Job(Generic[_T]):
+    """One caller's writes: its body, its size in bytes (for the bound), its settle hook and its future."""
+
+    body: Callable[[sqlite3.Connection, Delta], _T]
+    size: int = 0
+    settle: Settle | None = None
+    future: Future[_T] = field(default_factory=Future)
+    delta: Delta = field(default_factory=Delta)
+    result: _T | None = None
+    error: BaseException | None = None
+
+
+class JobQueue:
+    """Jobs waiting for the writer, taken in order, a bounded batch at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: deque[Job[Any]] = deque()
+
+    def put(self, job: Job[Any]) -> None:
+        with self._lock:
+            self._jobs.append(job)
+
+    def remove(self, job: Job[Any]) -> None:
+        with self._lock:
+            self._jobs.remove(job)
+
+    def take(self) -> list[Job[Any]]:
+        """The next batch: jobs in queue order whose callers still wait (a cancelled one is dropped)."""
+        batch: list[Job[Any]] = []
+        size = 0
+        with self._lock:
+            while self._jobs and len(batch) < MAX_JOBS:
+                job = self._jobs[0]
+                if batch and size + job.size > MAX_BYTES:
+                    break
+                self._jobs.popleft()
+                if job.future.set_running_or_notify_cancel():
+                    batch.append(job)
+                    size += job.size
+        return batch
+
+
+class Batch:
+    """Runs jobs in one transaction on the writer thread; ``staged`` is read by edged.store.space."""
+
+    def __init__(self, counters: Counters, wrap_error: Callable[[sqlite3.Error], BaseException]) -> None:
+        self._counters = counters
+        self._wrap_error = wrap_error
+        #: The counter changes of the jobs already committed to the open transaction.
+        self.staged = Delta()
+
+    def run(self, con: sqlite3.Connection, jobs: list[Job[Any]]) -> None:
+        """Run ``jobs`` in ONE transaction, each in its own savepoint; every job ends with a result or an
+        error (the shared COMMIT failing is every job's error), and is settled in order."""
+        self.staged = Delta()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                self._one(con, job)
+            self._persist(con)
+            con.execute("COMMIT")
+        except BaseException as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            error = self._wrap_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            for job in jobs:
+                if job.error is None:
+                    job.error = error
+            if not isinstance(exc, Exception):
+                self._settle(jobs)
+                raise
+        else:
+            self._counters.transaction_committed(sum(job.error is None for job in jobs))
+        finally:
+            self.staged = Delta()
+        self._settle(jobs)
+
+    def _one(self, con: sqlite3.Connection, job: Job[Any]) -> None:
+        con.execute("SAVEPOINT job")
+        try:
+            job.result = job.body(con, job.delta)
+        except Exception as exc:
+            job.error = self._wrap_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            if not con.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O error): the batch fails as one.
+                raise
+            con.execute("ROLLBACK TO job")
+            con.execute("RELEASE job")
+            return
+        con.execute("RELEASE job")
+        self.staged.add(job.delta)
+
+    def _persist(self, con: sqlite3.Connection) -> None:
+        """The committed jobs' evictions and quarantines, kept in ``meta`` in the same transaction."""
+        persisted = [(f"evicted.{reason}", n) for reason, n in self.staged.evicted.items()]
+        if self.staged.quarantined:
+            persisted.append(("quarantined", self.staged.quarantined))
+        for key, n in persisted:
+            con.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                        "SET value = value + excluded.value", (key, n))
+
+    def _settle(self, jobs: list[Job[Any]]) -> None:
+        for job in jobs:
+            if job.error is None:
+                self._counters.apply(job.delta)
+            if job.settle is not None:
+                try:
+                    job.settle(job.error)
+                except Exception as exc:  # noqa: BLE001 - a broken hook must not strand the other callers
+                    log.exception("store: settling a job failed")
+                    job.error = job.error or exc
+            if job.error is None:
+                job.future.set_result(job.result)
+            else:
+                job.future.set_exception(job.error)
