@@ -173,6 +173,11 @@ class Database:
             self._batch.run(self.con, batch)
 
     @property
+    def waiting(self) -> int:
+        """Jobs queued for the writer and not taken yet."""
+        return len(self._jobs)
+
+    @property
     def staged(self) -> Delta:
         """Counter changes of the jobs already in the open transaction (their rows count against the caps)."""
         return self._batch.staged

@@ -61,6 +61,9 @@ class JobQueue:
         self._lock = threading.Lock()
         self._jobs: deque[Job[Any]] = deque()
 
+    def __len__(self) -> int:
+        return len(self._jobs)
+
     def put(self, job: Job[Any]) -> None:
         with self._lock:
             self._jobs.append(job)
