@@ -50,9 +50,16 @@ def transactions(metrics: Metrics) -> tuple[float, float]:
 @contextlib.asynccontextmanager
 async def held_writer(store: Store, queued: int) -> AsyncIterator[None]:
     """Hold the writer thread while the body queues writes; once ``queued`` wait, let it go."""
-    release = threading.Event()
-    held: Future[bool] = store._db.submit(release.wait, 30)  # noqa: SLF001 (the store's writer thread)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        holding.set()
+        return release.wait(30)
+
+    held: Future[bool] = store._db.submit(hold)  # noqa: SLF001 (the store's writer thread)
     try:
+        # Writer jobs submitted before (drains that found nothing left) are done by then.
+        await until(holding.is_set, 30, "the writer thread to be held")
         yield
         await until(lambda: store._db.waiting >= queued, 30, f"{queued} writes to queue")  # noqa: SLF001
     finally:
@@ -135,7 +142,7 @@ async def test_a_failing_write_in_a_batch_is_rolled_back_alone(tmp_path: Path) -
     async with make_store(path) as store:
         async with held_writer(store, 3):
             first = asyncio.ensure_future(commit(store, 1))
-            broken = asyncio.wrap_future(store._db.queue(duplicate))  # noqa: SLF001 (a write that must fail)
+            broken = asyncio.ensure_future(store._db.commit(duplicate))  # noqa: SLF001 (a write that fails)
             last = asyncio.ensure_future(commit(store, 2))
         with pytest.raises(StoreError, match="UNIQUE constraint failed") as failed:
             await broken
@@ -174,6 +181,11 @@ async def test_attempts_of_one_frame_in_one_batch_add_up(tmp_path: Path) -> None
         assert await back[0] == 4
         await back[1]
         assert store.attempts("cam1", sha) == 0  # the commit in the same batch deleted the row
+        async with held_writer(store, 2):
+            fresh = tasks(store.count_attempt("cam1", digest(9)), commit(store, 9))
+        assert await fresh[0] == 1
+        await fresh[1]
+        assert store.attempts("cam1", digest(9)) == 0  # counted and committed in one transaction: gone
     assert rows(path, "SELECT n FROM attempts") == []
 
 

@@ -39,6 +39,8 @@ class Attempts:
         self._clock = clock
         #: frame key -> attempts on disk. Replaced or changed on the writer thread, read anywhere.
         self._counts: dict[int, int] = {}
+        #: Keys written by counts whose transaction has not ended yet (not mirrored yet; writer thread).
+        self._unsettled: set[int] = set()
         self._next_prune = 0.0
 
     def load(self, db: sqlite3.Connection) -> None:
@@ -58,6 +60,7 @@ class Attempts:
 
         def body(db: sqlite3.Connection, delta: Delta) -> int:
             nonlocal written, pruned
+            self._unsettled.add(key)
             now = self._clock()
             # Read from the table, not the mirror: a job before this one in the batch may have changed it.
             row = db.execute("SELECT n FROM attempts WHERE frame = ?", (key,)).fetchone()
@@ -73,6 +76,7 @@ class Attempts:
 
         def settle(error: BaseException | None) -> None:
             # Jobs settle in the order they ran, so the mirror ends as the table does.
+            self._unsettled.discard(key)
             if error is not None:
                 return
             if pruned is not None:
@@ -87,8 +91,10 @@ class Attempts:
     def forget_in(self, db: sqlite3.Connection, key: int) -> int | None:
         """Delete the row of frame ``key`` (codec.frame_key) inside the caller's transaction; give what this
         returns to ``forgotten`` once that transaction committed."""
-        # The table, not the mirror: an attempt earlier in the same batch is not mirrored yet.
-        return key if db.execute("DELETE FROM attempts WHERE frame = ?", (key,)).rowcount else None
+        if key not in self._counts and key not in self._unsettled:
+            return None  # most frames: no row, and no statement spent finding that out
+        db.execute("DELETE FROM attempts WHERE frame = ?", (key,))
+        return key
 
     def forgotten(self, key: int | None) -> None:
         if key is not None:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
@@ -148,27 +148,23 @@ class Database:
 
     # -- group commit ------------------------------------------------------------------------------------
 
-    def queue(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
-              settle: Settle | None = None) -> Future[_T]:
-        """Queue ``body`` to run in a transaction shared with the jobs queued beside it (each in its own
-        savepoint); its future resolves once that transaction is on disk, or with the body's error.
-        ``settle`` runs on the writer thread just before (edged.store.group)."""
-        job = Job(body, size, settle)
+    async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
+                     settle: Settle | None = None) -> _T:
+        """Run ``body`` in a transaction shared with the jobs queued beside it, each in its own savepoint
+        (edged.store.group); return once that transaction is on disk, or raise the body's error.
+        ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written."""
+        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        job = Job(body, size, settle, waiter)
         self._jobs.put(job)
         try:
             self.submit(self._drain)
         except StoreError:
             self._jobs.remove(job)
             raise
-        return job.future
-
-    async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
-                     settle: Settle | None = None) -> _T:
-        """``queue``, awaited."""
-        return await asyncio.wrap_future(self.queue(body, size=size, settle=settle))
+        return await waiter
 
     def _drain(self) -> None:
-        """The writer job of ``queue``: commit what is queued (if an earlier drain did not take it)."""
+        """The writer job of ``commit``: commit what is queued (if an earlier drain did not take it)."""
         if batch := self._jobs.take():
             self._batch.run(self.con, batch)
 
@@ -239,5 +235,7 @@ class Database:
         only once it committed."""
         job = Job(body)
         self._batch.run(self.con, [job])
-        return job.future.result()  # resolved by now: the result, or the body's error raised here
+        if job.error is not None:
+            raise job.error
+        return cast(_T, job.result)  # set by the body, which succeeded
 

@@ -1,25 +1,28 @@
 """Group commit: jobs queued for the writer thread share one transaction and one fsync.
 
 A writer job (a ``body(con, delta)``) is queued with ``JobQueue.put``, and a drain is submitted to the
-writer thread for it. The first drain to run takes every job queued by then (up to ``MAX_JOBS`` and
-``MAX_BYTES``) and runs them in ONE transaction, each inside its own SAVEPOINT: a job that raises
-(OutboxFull, a constraint) is rolled back alone and the others still commit. Later drains find
-nothing left, or the rest. Nothing waits for company: a job alone commits at once, as before.
+writer thread for it (edged.store.db ``Database.commit``). The first drain to run takes every job queued
+by then (up to ``MAX_JOBS`` and ``MAX_BYTES``) and runs them in ONE transaction, each inside its own
+SAVEPOINT: a job that raises (OutboxFull, a constraint) is rolled back alone and the others still commit.
+Later drains find nothing left, or the rest. Nothing waits for company: a job alone commits at once, as
+before, and without a savepoint (its failure rolls back a transaction holding nothing else).
 
-After the COMMIT returned (synchronous=FULL: on disk), each committed job's counter changes are
-applied, then every job is settled in queue order and its caller's future resolved. While a batch
-runs, ``Batch.staged`` holds the counter changes of the jobs already in it, so each job's space
-accounting sees the rows of the jobs before it.
+After the COMMIT returned (synchronous=FULL: on disk), each committed job's counter changes are applied,
+every job is settled in queue order, and then the callers' futures are resolved with ONE wake-up of their
+event loop (not one per job: each wake-up hands the GIL to the loop). While a batch runs,
+``Batch.staged`` holds the counter changes of the jobs already in it, so each job's space accounting
+sees the rows of the jobs before it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -43,12 +46,13 @@ Settle = Callable[[BaseException | None], None]
 
 @dataclass(slots=True, eq=False)
 class Job(Generic[_T]):
-    """One caller's writes: its body, its size in bytes (for the bound), its settle hook and its future."""
+    """One caller's writes: its body, its size in bytes (for the bound), its settle hook and the future its
+    caller awaits on its loop (None: run directly, ``Database.transaction``)."""
 
     body: Callable[[sqlite3.Connection, Delta], _T]
     size: int = 0
     settle: Settle | None = None
-    future: Future[_T] = field(default_factory=Future)
+    waiter: asyncio.Future[_T] | None = None
     delta: Delta = field(default_factory=Delta)
     result: _T | None = None
     error: BaseException | None = None
@@ -82,7 +86,8 @@ class JobQueue:
                 if batch and size + job.size > MAX_BYTES:
                     break
                 self._jobs.popleft()
-                if job.future.set_running_or_notify_cancel():
+                # A caller cancelled before its job started wants nothing written (as an executor's would).
+                if job.waiter is None or not job.waiter.cancelled():
                     batch.append(job)
                     size += job.size
         return batch
@@ -104,7 +109,7 @@ class Batch:
         con.execute("BEGIN IMMEDIATE")
         try:
             for job in jobs:
-                self._one(con, job)
+                self._one(con, job, savepoint=len(jobs) > 1)
             self._persist(con)
             con.execute("COMMIT")
         except BaseException as exc:
@@ -123,19 +128,21 @@ class Batch:
             self.staged = Delta()
         self._settle(jobs)
 
-    def _one(self, con: sqlite3.Connection, job: Job[Any]) -> None:
-        con.execute("SAVEPOINT job")
+    def _one(self, con: sqlite3.Connection, job: Job[Any], *, savepoint: bool) -> None:
+        if savepoint:
+            con.execute("SAVEPOINT job")
         try:
             job.result = job.body(con, job.delta)
         except Exception as exc:
             job.error = self._wrap_error(exc) if isinstance(exc, sqlite3.Error) else exc
-            if not con.in_transaction:
-                # SQLite rolled the whole transaction back (disk full, I/O error): the batch fails as one.
+            if not savepoint or not con.in_transaction:
+                # Alone, or SQLite rolled the whole transaction back (disk full, I/O error): all of it goes.
                 raise
             con.execute("ROLLBACK TO job")
             con.execute("RELEASE job")
             return
-        con.execute("RELEASE job")
+        if savepoint:
+            con.execute("RELEASE job")
         self.staged.add(job.delta)
 
     def _persist(self, con: sqlite3.Connection) -> None:
@@ -148,6 +155,7 @@ class Batch:
                         "SET value = value + excluded.value", (key, n))
 
     def _settle(self, jobs: list[Job[Any]]) -> None:
+        woken: dict[asyncio.AbstractEventLoop, list[Job[Any]]] = {}
         for job in jobs:
             if job.error is None:
                 self._counters.apply(job.delta)
@@ -157,7 +165,20 @@ class Batch:
                 except Exception as exc:  # noqa: BLE001 - a broken hook must not strand the other callers
                     log.exception("store: settling a job failed")
                     job.error = job.error or exc
-            if job.error is None:
-                job.future.set_result(job.result)
-            else:
-                job.future.set_exception(job.error)
+            if job.waiter is not None:
+                woken.setdefault(job.waiter.get_loop(), []).append(job)
+        for loop, waiting in woken.items():
+            # A closed loop: its callers are gone, nobody waits for an answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, waiting)
+
+
+def _resolve(jobs: list[Job[Any]]) -> None:
+    """On the callers' loop: hand each its result or error (unless it stopped waiting)."""
+    for job in jobs:
+        if job.waiter is None or job.waiter.done():
+            continue
+        if job.error is None:
+            job.waiter.set_result(job.result)
+        else:
+            job.waiter.set_exception(job.error)
