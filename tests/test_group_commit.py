@@ -23,6 +23,7 @@ from edged.metrics import Metrics
 from edged.settings import OutboxSettings, SyncSettings
 from edged.store import Store, StoreError
 from edged.store.counters import Delta
+from edged.store.group import MAX_JOBS
 from edged.sync.cloudevents import CloudEvents
 from tests.samples import classify_result, digest
 from tests.waiting import until
@@ -58,7 +59,7 @@ async def held_writer(store: Store, queued: int) -> AsyncIterator[None]:
 
     held: Future[bool] = store._db.submit(hold)  # noqa: SLF001 (the store's writer thread)
     try:
-        # Writer jobs submitted before (drains that found nothing left) are done by then.
+        # Writer jobs submitted before are done by then: what queues now waits for the next drain.
         await until(holding.is_set, 30, "the writer thread to be held")
         yield
         await until(lambda: store._db.waiting >= queued, 30, f"{queued} writes to queue")  # noqa: SLF001
@@ -101,6 +102,21 @@ async def test_concurrent_commits_share_one_transaction_and_all_are_durable(tmp_
         assert sorted(e.id for e in await store.outbox_batch(100, now=2e9)) == sorted(ids)
     # Each input's row points at its own event.
     assert rows(path, "SELECT COUNT(*) FROM inputs i JOIN events e ON e.seq = i.first_seq") == [(24,)]
+
+
+async def test_a_batch_is_bounded_and_the_rest_follows_in_the_next(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with make_store(tmp_path / "edged.db", metrics) as store:
+        before = transactions(metrics)
+        n = MAX_JOBS + 6
+        async with held_writer(store, n):
+            running = tasks(*(commit(store, i) for i in range(n)))
+        assert len(await asyncio.gather(*running)) == n
+        after = transactions(metrics)
+        assert (after[0] - before[0], after[1] - before[1]) == (2, n)
+        assert (await store.outbox_state()).depth == n
+    with pytest.raises(StoreError, match="not open"):
+        await commit(store, n)  # closed: refused at once, nothing waits for a writer that is gone
 
 
 async def test_a_write_alone_is_its_own_transaction(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
-from edged.store.group import Batch, Job, JobQueue, Settle
+from edged.store.group import Batch, Job, JobQueue, Settle, fail
 from edged.store.migrate import migrate_v1, migrate_v2
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
@@ -154,19 +154,30 @@ class Database:
         (edged.store.group); return once that transaction is on disk, or raise the body's error.
         ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written."""
         waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        job = Job(body, size, settle, waiter)
-        self._jobs.put(job)
-        try:
-            self.submit(self._drain)
-        except StoreError:
-            self._jobs.remove(job)
-            raise
+        if self._jobs.put(Job(body, size, settle, waiter)):
+            self._submit_drain()
         return await waiter
 
+    def _submit_drain(self) -> None:
+        try:
+            self.submit(self._drain)
+        except (StoreError, RuntimeError) as exc:  # closed, or the executor shutting down
+            fail(self._jobs.abandon(), exc if isinstance(exc, StoreError) else StoreError(f"store closing: {exc}"))
+
     def _drain(self) -> None:
-        """The writer job of ``commit``: commit what is queued (if an earlier drain did not take it)."""
-        if batch := self._jobs.take():
-            self._batch.run(self.con, batch)
+        """The writer job of ``commit``: commit a batch of what is queued, and leave a drain due for the rest."""
+        batch, more = self._jobs.take()
+        try:
+            if batch:
+                try:
+                    con = self.con
+                except StoreError as exc:
+                    fail(batch, exc)
+                else:
+                    self._batch.run(con, batch)
+        finally:
+            if more:
+                self._submit_drain()
 
     @property
     def waiting(self) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from edged.store.counters import Counters, Delta
 
-__all__ = ["MAX_BYTES", "MAX_JOBS", "Batch", "Job", "JobQueue", "Settle"]
+__all__ = ["MAX_BYTES", "MAX_JOBS", "Batch", "Job", "JobQueue", "Settle", "fail"]
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +59,32 @@ class Job(Generic[_T]):
 
 
 class JobQueue:
-    """Jobs waiting for the writer, taken in order, a bounded batch at a time."""
+    """Jobs waiting for the writer, taken in order, a bounded batch at a time.
+
+    One drain at most is due (submitted, not started) at a time: the callers queued behind it need none
+    of their own, so a batch of n costs one trip through the executor, not n.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: deque[Job[Any]] = deque()
+        self._drain_due = False
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def put(self, job: Job[Any]) -> None:
+    def put(self, job: Job[Any]) -> bool:
+        """Queue ``job``; True when the caller must submit a drain (none is due)."""
         with self._lock:
             self._jobs.append(job)
+            if self._drain_due:
+                return False
+            self._drain_due = True
+            return True
 
-    def remove(self, job: Job[Any]) -> None:
-        with self._lock:
-            self._jobs.remove(job)
-
-    def take(self) -> list[Job[Any]]:
-        """The next batch: jobs in queue order whose callers still wait (a cancelled one is dropped)."""
+    def take(self) -> tuple[list[Job[Any]], bool]:
+        """The next batch (jobs in queue order whose callers still wait: a cancelled one is dropped), and
+        whether jobs are left, for which the caller must submit the next drain."""
         batch: list[Job[Any]] = []
         size = 0
         with self._lock:
@@ -90,7 +97,16 @@ class JobQueue:
                 if job.waiter is None or not job.waiter.cancelled():
                     batch.append(job)
                     size += job.size
-        return batch
+            self._drain_due = bool(self._jobs)
+            return batch, self._drain_due
+
+    def abandon(self) -> list[Job[Any]]:
+        """Every queued job, taken out (no drain can run any more)."""
+        with self._lock:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            self._drain_due = False
+            return jobs
 
 
 class Batch:
@@ -155,7 +171,6 @@ class Batch:
                         "SET value = value + excluded.value", (key, n))
 
     def _settle(self, jobs: list[Job[Any]]) -> None:
-        woken: dict[asyncio.AbstractEventLoop, list[Job[Any]]] = {}
         for job in jobs:
             if job.error is None:
                 self._counters.apply(job.delta)
@@ -165,12 +180,26 @@ class Batch:
                 except Exception as exc:  # noqa: BLE001 - a broken hook must not strand the other callers
                     log.exception("store: settling a job failed")
                     job.error = job.error or exc
-            if job.waiter is not None:
-                woken.setdefault(job.waiter.get_loop(), []).append(job)
-        for loop, waiting in woken.items():
-            # A closed loop: its callers are gone, nobody waits for an answer.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, waiting)
+        _wake(jobs)
+
+
+def fail(jobs: list[Job[Any]], error: BaseException) -> None:
+    """End jobs that never ran with ``error``."""
+    for job in jobs:
+        job.error = error
+    _wake(jobs)
+
+
+def _wake(jobs: list[Job[Any]]) -> None:
+    """Hand ended jobs their outcome: one call into each callers' loop, however many jobs."""
+    woken: dict[asyncio.AbstractEventLoop, list[Job[Any]]] = {}
+    for job in jobs:
+        if job.waiter is not None:
+            woken.setdefault(job.waiter.get_loop(), []).append(job)
+    for loop, waiting in woken.items():
+        # A closed loop: its callers are gone, nobody waits for an answer.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, waiting)
 
 
 def _resolve(jobs: list[Job[Any]]) -> None:
