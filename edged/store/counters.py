@@ -123,7 +123,7 @@ class Counters:
         row = db.execute("SELECT value FROM meta WHERE key = 'quarantined'").fetchone()
         self.quarantined = int(row[0]) if row is not None else 0
         self.rejecting = False
-        self._publish_gauges()
+        self.publish_gauges()
 
     @property
     def full(self) -> bool:
@@ -170,6 +170,8 @@ class Counters:
             self._metrics.store_commits.inc(jobs)
 
     def apply(self, delta: Delta) -> None:
+        """Count a committed job's changes. The gauges are left to ``publish_gauges``, called once for all
+        the jobs of a transaction (each gauge update takes a lock)."""
         self.flush_eviction_log()
         if delta.committed:
             self._count_commit(delta.committed)
@@ -192,7 +194,6 @@ class Counters:
                 self._metrics.outbox_evicted.labels(reason).inc(n)
         if delta.evicted:
             self.flush_eviction_log(first_ids=delta.evicted_ids)
-        self._publish_gauges()
 
     def flush_eviction_log(self, first_ids: Sequence[str] = (), force: bool = False) -> None:
         now = time.monotonic()
@@ -206,7 +207,7 @@ class Counters:
         self._unlogged.clear()
         self._next_eviction_log = now + EVICTION_LOG_EVERY
 
-    def _publish_gauges(self) -> None:
+    def publish_gauges(self) -> None:
         if self._metrics is None:
             return
         self._metrics.outbox_events.labels("queued").set(self.queued)

@@ -180,6 +180,7 @@ class Batch:
                 except Exception as exc:  # noqa: BLE001 - a broken hook must not strand the other callers
                     log.exception("store: settling a job failed")
                     job.error = job.error or exc
+        self._counters.publish_gauges()
         _wake(jobs)
 
 
