@@ -144,6 +144,14 @@ class Metrics:
             "edged_outbox_rejected", "Inputs refused because the outbox was full (on_full = reject_new).",
             registry=self.registry,
         )
+        self.store_transactions = Counter(
+            "edged_store_transactions", "Write transactions the store committed, one fsync each.",
+            registry=self.registry,
+        )
+        self.store_commits = Counter(
+            "edged_store_commits", "Writes the store committed (inputs, attempts, acks); under load several "
+            "share a transaction (group commit).", registry=self.registry,
+        )
         self.sync_events = Counter(
             "edged_sync_events", "Outbox events handled by the cloud sync, by outcome (published, retry, dead).",
             ["outcome"], registry=self.registry,

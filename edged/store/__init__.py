@@ -1,6 +1,7 @@
 """The local store: SQLite (WAL, synchronous=FULL) holding inputs, events and the cloud outbox.
 
-Rooms: ``db`` (connection, schema, writer thread, transactions), ``migrate`` (older schemas, in place),
+Rooms: ``db`` (connection, schema, writer thread, transactions), ``group`` (group commit: writes
+queued together share a transaction and its fsync), ``migrate`` (older schemas, in place),
 ``codec`` (ids and bodies on disk), ``counters`` (totals, eviction log, commit rate),
 ``events`` (commit, dedupe, MQTT marks), ``attempts`` (MQTT frames started, not committed),
 ``outbox`` (batches, acks, dead letters), ``space`` (caps, expiry), ``api`` (the Store that wraps them).

@@ -5,28 +5,23 @@ returns only once it is on disk (synchronous=FULL), before the frame's functions
 that commits the frame deletes it (``forget_in``). A frame whose row says it was cut short too often
 is set aside by the MQTT side (edged.ingest.poison).
 
-The attempts of frames taken at once share one transaction (a group commit): each caller queues its key
-and a writer job; the first job to run writes every queued key and wakes their callers, the later ones
-find nothing left to do. A commit of another frame takes the queued attempts into its transaction too,
-so under load most attempts cost no fsync of their own. The counts are mirrored in memory (loaded at
-open, changed only after a commit), so ``tried`` costs no trip to the writer thread. Rows of frames
-that never came back are pruned after ``KEEP_SECONDS``; the table never holds more than ``MAX_ROWS``.
+Counts are writer jobs of the group commit (edged.store.group): the attempts of frames taken at once,
+and the commits of other frames queued beside them, share one transaction, so under load most attempts
+cost no fsync of their own. The counts are mirrored in memory (loaded at open, changed only after a
+commit), so ``tried`` costs no trip to the writer thread. Rows of frames that never came back are pruned
+after ``KEEP_SECONDS``; the table never holds more than ``MAX_ROWS``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
 
 from edged.store.codec import frame_key
 from edged.store.counters import Delta
-from edged.store.db import Database, StoreError
+from edged.store.db import Database
 
-__all__ = ["KEEP_SECONDS", "MAX_ROWS", "Attempts", "Written"]
+__all__ = ["KEEP_SECONDS", "MAX_ROWS", "Attempts"]
 
 #: A frame not seen again for this long will not be redelivered (the default MQTT session expiry).
 KEEP_SECONDS = 86400.0
@@ -34,15 +29,6 @@ KEEP_SECONDS = 86400.0
 MAX_ROWS = 10_000
 #: Pruning runs at most this often (seconds of store time).
 PRUNE_EVERY = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """Attempts written in a transaction, settled once it ended."""
-
-    batch: list[tuple[int, int, Future[int]]]
-    counts: dict[int, int]
-    pruned: dict[int, int] | None
 
 
 class Attempts:
@@ -53,8 +39,8 @@ class Attempts:
         self._clock = clock
         #: frame key -> attempts on disk. Replaced or changed on the writer thread, read anywhere.
         self._counts: dict[int, int] = {}
-        self._lock = threading.Lock()
-        self._queued: list[tuple[int, int, Future[int]]] = []
+        #: Keys written by counts whose transaction has not ended yet (not mirrored yet; writer thread).
+        self._unsettled: set[int] = set()
         self._next_prune = 0.0
 
     def load(self, db: sqlite3.Connection) -> None:
@@ -68,77 +54,45 @@ class Attempts:
     async def count(self, camera: str, sha256: str, step: int = 1) -> int:
         """Add ``step`` to this frame's attempts, durably (-1 takes back one that ended without a crash);
         the new count. A count that falls to 0 deletes the row."""
-        done: Future[int] = Future()
-        with self._lock:
-            self._queued.append((frame_key(camera, sha256), step, done))
-        try:
-            self._db.submit(self._write_queued)
-        except StoreError:
-            with self._lock:
-                self._queued = [q for q in self._queued if q[2] is not done]
-            raise
-        return await asyncio.wrap_future(done)
+        key = frame_key(camera, sha256)
+        written = 0
+        pruned: dict[int, int] | None = None
 
-    def _write_queued(self) -> None:
-        """The writer job of ``count``: write what is queued (if a commit did not take it already)."""
-        written: list[Written | None] = [None]
+        def body(db: sqlite3.Connection, delta: Delta) -> int:
+            nonlocal written, pruned
+            self._unsettled.add(key)
+            now = self._clock()
+            # Read from the table, not the mirror: a job before this one in the batch may have changed it.
+            row = db.execute("SELECT n FROM attempts WHERE frame = ?", (key,)).fetchone()
+            written = max(0, (row[0] if row is not None else 0) + step)
+            if written:
+                db.execute("INSERT INTO attempts (frame, n, at) VALUES (?, ?, ?) ON CONFLICT (frame) "
+                           "DO UPDATE SET n = excluded.n, at = excluded.at", (key, written, now))
+            elif row is not None:
+                db.execute("DELETE FROM attempts WHERE frame = ?", (key,))
+            if now >= self._next_prune:
+                pruned = self._prune(db)
+            return written
 
-        def body(db: sqlite3.Connection, delta: Delta) -> None:
-            written[0] = self.write_queued_in(db)
+        def settle(error: BaseException | None) -> None:
+            # Jobs settle in the order they ran, so the mirror ends as the table does.
+            self._unsettled.discard(key)
+            if error is not None:
+                return
+            if pruned is not None:
+                self._counts = pruned  # the rows as this job left them, its own included
+            elif written:
+                self._counts[key] = written
+            else:
+                self._counts.pop(key, None)
 
-        try:
-            self._db.transaction(body)
-        except sqlite3.Error as exc:
-            error = StoreError(f"database error in {self._db.path}: {exc}")
-            error.__cause__ = exc
-            self.settle(written[0], error)
-        except BaseException as exc:
-            self.settle(written[0], StoreError(f"counting attempts failed: {exc!r}"))
-            raise
-        else:
-            self.settle(written[0])
-
-    def write_queued_in(self, db: sqlite3.Connection) -> Written | None:
-        """Write the queued attempts inside the caller's transaction (a commit takes them along, saving
-        their own fsync); pass what this returns to ``settle`` once the transaction ended."""
-        with self._lock:
-            batch, self._queued = self._queued, []
-        if not batch:
-            return None
-        now = self._clock()
-        counts: dict[int, int] = {}
-        for key, step, _ in batch:
-            counts[key] = max(0, counts.get(key, self._counts.get(key, 0)) + step)
-        db.executemany("INSERT INTO attempts (frame, n, at) VALUES (?, ?, ?) ON CONFLICT (frame) "
-                       "DO UPDATE SET n = excluded.n, at = excluded.at",
-                       [(key, n, now) for key, n in counts.items() if n > 0])
-        db.executemany("DELETE FROM attempts WHERE frame = ?", [(key,) for key, n in counts.items() if n == 0])
-        return Written(batch, counts, self._prune(db) if now >= self._next_prune else None)
-
-    def settle(self, written: Written | None, error: StoreError | None = None, *, requeue: bool = False) -> None:
-        """After the transaction of ``write_queued_in``: committed (``error`` None), the callers get their
-        counts; else they get ``error``, or with ``requeue`` their attempts wait for their own job."""
-        if written is None:
-            return
-        if error is None:
-            rows = written.pruned if written.pruned is not None else {**self._counts, **written.counts}
-            self._counts = {key: n for key, n in rows.items() if n > 0}
-            for key, _, done in written.batch:
-                if done.set_running_or_notify_cancel():  # False: its caller was cancelled (shutdown)
-                    done.set_result(written.counts[key])
-        elif requeue:
-            with self._lock:
-                self._queued[:0] = written.batch
-        else:
-            for _, _, done in written.batch:
-                if done.set_running_or_notify_cancel():
-                    done.set_exception(error)
+        return await self._db.commit(body, settle=settle)
 
     def forget_in(self, db: sqlite3.Connection, key: int) -> int | None:
         """Delete the row of frame ``key`` (codec.frame_key) inside the caller's transaction; give what this
         returns to ``forgotten`` once that transaction committed."""
-        if key not in self._counts:
-            return None
+        if key not in self._counts and key not in self._unsettled:
+            return None  # most frames: no row, and no statement spent finding that out
         db.execute("DELETE FROM attempts WHERE frame = ?", (key,))
         return key
 

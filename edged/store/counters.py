@@ -47,6 +47,19 @@ class Delta:
     #: Rows that bound the space left were deleted or changed (a refused commit may pass now).
     freed: bool = False
 
+    def add(self, other: Delta) -> None:
+        """Sum ``other`` into this one (the jobs of a shared transaction, edged.store.group)."""
+        self.queued += other.queued
+        self.dead += other.dead
+        self.outbox_bytes += other.outbox_bytes
+        self.events += other.events
+        self.events_bytes += other.events_bytes
+        self.committed += other.committed
+        for reason, n in other.evicted.items():
+            self.evict(reason, n)
+        self.quarantined += other.quarantined
+        self.freed = self.freed or other.freed
+
     def evict(self, reason: str, n: int, ids: Sequence[str] = ()) -> None:
         if n:
             self.evicted[reason] = self.evicted.get(reason, 0) + n
@@ -88,6 +101,9 @@ class Counters:
         self._next_eviction_log = 0.0
         self._started = time.monotonic()
         self._commits: deque[list[float]] = deque()  # [bucket start, results]
+        #: Write transactions committed (one fsync each) and the jobs they committed (group commit).
+        self.transactions = 0
+        self.jobs_committed = 0
 
     def load(self, db: sqlite3.Connection) -> None:
         """Read the totals of an opened database."""
@@ -107,7 +123,7 @@ class Counters:
         row = db.execute("SELECT value FROM meta WHERE key = 'quarantined'").fetchone()
         self.quarantined = int(row[0]) if row is not None else 0
         self.rejecting = False
-        self._publish_gauges()
+        self.publish_gauges()
 
     @property
     def full(self) -> bool:
@@ -145,7 +161,17 @@ class Counters:
             self._commits.append([now, n])
             self._forget(now)
 
+    def transaction_committed(self, jobs: int) -> None:
+        """A write transaction committed ``jobs`` jobs (edged.store.group)."""
+        self.transactions += 1
+        self.jobs_committed += jobs
+        if self._metrics is not None:
+            self._metrics.store_transactions.inc()
+            self._metrics.store_commits.inc(jobs)
+
     def apply(self, delta: Delta) -> None:
+        """Count a committed job's changes. The gauges are left to ``publish_gauges``, called once for all
+        the jobs of a transaction (each gauge update takes a lock)."""
         self.flush_eviction_log()
         if delta.committed:
             self._count_commit(delta.committed)
@@ -168,7 +194,6 @@ class Counters:
                 self._metrics.outbox_evicted.labels(reason).inc(n)
         if delta.evicted:
             self.flush_eviction_log(first_ids=delta.evicted_ids)
-        self._publish_gauges()
 
     def flush_eviction_log(self, first_ids: Sequence[str] = (), force: bool = False) -> None:
         now = time.monotonic()
@@ -182,7 +207,7 @@ class Counters:
         self._unlogged.clear()
         self._next_eviction_log = now + EVICTION_LOG_EVERY
 
-    def _publish_gauges(self) -> None:
+    def publish_gauges(self) -> None:
         if self._metrics is None:
             return
         self._metrics.outbox_events.labels("queued").set(self.queued)

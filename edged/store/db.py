@@ -1,8 +1,9 @@
 """The store's database: one SQLite connection (WAL, synchronous=FULL), its schema, and the writer thread.
 
 Every statement runs on one thread (a single-thread executor); the asyncio side awaits
-``asyncio.wrap_future`` of its jobs. ``transaction`` commits a job's rows and, only once they are on
-disk, applies its counter changes (edged.store.counters).
+``asyncio.wrap_future`` of its jobs. ``commit`` queues a write that shares its transaction and fsync with
+the writes queued beside it (edged.store.group); ``transaction`` runs one on the writer thread at once.
+Either way a job's counter changes apply only once its rows are on disk (edged.store.counters).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
+from edged.store.group import Batch, Job, JobQueue, Settle, fail
 from edged.store.migrate import migrate_v1, migrate_v2
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
@@ -104,6 +106,8 @@ class Database:
         self.counters = counters
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
+        self._jobs = JobQueue()
+        self._batch = Batch(counters, self._store_error)
 
     # -- the writer thread -----------------------------------------------------------------------------
 
@@ -130,12 +134,60 @@ class Database:
             try:
                 return fn(*args, **kwargs)
             except sqlite3.Error as exc:
-                raise StoreError(f"database error in {self.path}: {exc}") from exc
+                raise self._store_error(exc) from exc
 
         return self._executor.submit(job)
 
     async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        error = StoreError(f"database error in {self.path}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    # -- group commit ------------------------------------------------------------------------------------
+
+    async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
+                     settle: Settle | None = None) -> _T:
+        """Run ``body`` in a transaction shared with the jobs queued beside it, each in its own savepoint
+        (edged.store.group); return once that transaction is on disk, or raise the body's error.
+        ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written."""
+        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        if self._jobs.put(Job(body, size, settle, waiter)):
+            self._submit_drain()
+        return await waiter
+
+    def _submit_drain(self) -> None:
+        try:
+            self.submit(self._drain)
+        except (StoreError, RuntimeError) as exc:  # closed, or the executor shutting down
+            fail(self._jobs.abandon(), exc if isinstance(exc, StoreError) else StoreError(f"store closing: {exc}"))
+
+    def _drain(self) -> None:
+        """The writer job of ``commit``: commit a batch of what is queued, and leave a drain due for the rest."""
+        batch, more = self._jobs.take()
+        try:
+            if batch:
+                try:
+                    con = self.con
+                except StoreError as exc:
+                    fail(batch, exc)
+                else:
+                    self._batch.run(con, batch)
+        finally:
+            if more:
+                self._submit_drain()
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for the writer and not taken yet."""
+        return len(self._jobs)
+
+    @property
+    def staged(self) -> Delta:
+        """Counter changes of the jobs already in the open transaction (their rows count against the caps)."""
+        return self._batch.staged
 
     # -- the connection (writer thread only) ----------------------------------------------------------
 
@@ -190,23 +242,11 @@ class Database:
                 self._con = None
 
     def transaction(self, body: Callable[[sqlite3.Connection, Delta], _T]) -> _T:
-        """Run ``body`` in one IMMEDIATE transaction; its counter changes apply only once it committed."""
-        db = self.con
-        delta = Delta()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body(db, delta)
-            persisted = [(f"evicted.{reason}", n) for reason, n in delta.evicted.items()]
-            if delta.quarantined:
-                persisted.append(("quarantined", delta.quarantined))
-            for key, n in persisted:
-                db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-                           "SET value = value + excluded.value", (key, n))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self.counters.apply(delta)
-        return result
+        """Run ``body`` now, alone in one IMMEDIATE transaction (writer thread); its counter changes apply
+        only once it committed."""
+        job = Job(body)
+        self._batch.run(self.con, [job])
+        if job.error is not None:
+            raise job.error
+        return cast(_T, job.result)  # set by the body, which succeeded
 

@@ -18,10 +18,10 @@ from typing import Any, Literal
 from edged.errors import OutboxFull, Quarantined
 from edged.events import NewEvent, StoredEvent, new_event_id
 from edged.metrics import Metrics
-from edged.store.attempts import Attempts, Written
+from edged.store.attempts import Attempts
 from edged.store.codec import KINDS, ROW_COST, frame_key, id_bytes, id_text, pack, unpack, with_id
 from edged.store.counters import Delta
-from edged.store.db import Database, StoreError, chunks, marks
+from edged.store.db import Database, chunks, marks
 from edged.store.outbox import OutboxEntry
 from edged.store.space import Space
 
@@ -75,7 +75,28 @@ class EventRows:
     async def commit_input(self, *, transport: str, camera: str, sha256: str, received_at: float,
                            correlation: bytes | None, events: list[NewEvent],
                            publish_mqtt: bool) -> list[StoredEvent]:
-        stored = await self._db.run(self._commit_input, camera, sha256, received_at, events, publish_mqtt)
+        key = frame_key(camera, sha256)
+        forgotten: int | None = None
+
+        def body(db: sqlite3.Connection, delta: Delta) -> list[StoredEvent]:
+            nonlocal forgotten
+            stored = self._write(db, delta, camera, key, received_at, events, publish_mqtt)
+            # Committed: its attempts (if it was an MQTT frame that had some) no longer count.
+            forgotten = self._attempts.forget_in(db, key)
+            return stored
+
+        def settle(error: BaseException | None) -> None:
+            if error is None:
+                self._attempts.forgotten(forgotten)
+            elif isinstance(error, OutboxFull):
+                self._db.counters.refused()
+                if self._metrics is not None:
+                    self._metrics.outbox_rejected.inc()
+            self._space.vacuum()
+
+        # Concurrent commits (and attempts) share one transaction and fsync: edged.store.group.
+        size = sum(ROW_COST + len(ev.body or b"") for ev in events)
+        stored = await self._db.commit(body, size=size, settle=settle)
         self._queued.set()
         return stored
 
@@ -88,65 +109,40 @@ class EventRows:
         size = len(packed) + (len(event.body) if event.body is not None else 0) + ROW_COST
         return _Prepared(event, event_id, packed, size, self._admit(entry))
 
-    def _commit_input(self, camera: str, sha256: str, received_at: float, events: list[NewEvent],
-                      publish_mqtt: bool) -> list[StoredEvent]:
+    def _write(self, db: sqlite3.Connection, delta: Delta, camera: str, key: int, received_at: float,
+               events: list[NewEvent], publish_mqtt: bool) -> list[StoredEvent]:
+        """The rows of one input (writer thread, inside its job's savepoint)."""
         now = self._clock()
         prepared = [self._prepare(ev, camera, now) for ev in events]
-        key = frame_key(camera, sha256)
-        forgotten: int | None = None
-        attempts: Written | None = None
-
-        def body(db: sqlite3.Connection, delta: Delta) -> list[StoredEvent]:
-            nonlocal forgotten, attempts
-            # Other frames' attempts waiting to be written ride along: one fsync for both.
-            attempts = self._attempts.write_queued_in(db)
-            self._space.expire(db, delta, now)
-            self._space.make_room(db, delta, sum(p.size for p in prepared))
-            stored: list[StoredEvent] = []
-            for p in prepared:
-                ev = p.event
-                cur = db.execute(
-                    "INSERT INTO events (id, camera, function, kind, data, body, content_type, created_at, "
-                    "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (id_bytes(p.id), camera, ev.function, KINDS.index(ev.kind), p.packed, ev.body, ev.content_type,
-                     now, int(publish_mqtt)))
-                seq = cur.lastrowid
-                assert seq is not None
-                delta.events += 1
-                delta.committed += 1
-                delta.events_bytes += p.size
-                if p.queueing == "oversize":
-                    delta.evict("oversize", 1, [p.id])
-                else:
-                    db.execute("INSERT INTO outbox (seq, with_image) VALUES (?, ?)",
-                               (seq, int(p.queueing == "with_image")))
-                    delta.queued += 1
-                    delta.outbox_bytes += p.size
-                stored.append(StoredEvent(p.id, seq, camera, ev.function, ev.kind, {"id": p.id, **ev.data}, ev.body,
-                                          ev.content_type, now))
-            delta.quarantined += sum(p.event.kind == "error" and (p.event.data.get("error") or {}).get("code")
-                                     == Quarantined.code for p in prepared)
-            # Committed: its attempts (if it was an MQTT frame that had some) no longer count.
-            forgotten = self._attempts.forget_in(db, key)
-            # One transaction by the one writer: an input's events have consecutive seqs.
-            db.execute("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)",
-                       (key, received_at, stored[0].seq if stored else 0, len(stored)))
-            return stored
-
-        try:
-            stored = self._db.transaction(body)
-        except BaseException as exc:
-            # Rolled back: the attempts taken along are written by their own jobs, still queued.
-            self._attempts.settle(attempts, StoreError(str(exc)), requeue=True)
-            if isinstance(exc, OutboxFull):
-                self._db.counters.refused()
-                if self._metrics is not None:
-                    self._metrics.outbox_rejected.inc()
-            raise
-        finally:
-            self._space.vacuum()
-        self._attempts.settle(attempts)
-        self._attempts.forgotten(forgotten)
+        self._space.expire(db, delta, now)
+        self._space.make_room(db, delta, sum(p.size for p in prepared))
+        stored: list[StoredEvent] = []
+        for p in prepared:
+            ev = p.event
+            cur = db.execute(
+                "INSERT INTO events (id, camera, function, kind, data, body, content_type, created_at, "
+                "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (id_bytes(p.id), camera, ev.function, KINDS.index(ev.kind), p.packed, ev.body, ev.content_type,
+                 now, int(publish_mqtt)))
+            seq = cur.lastrowid
+            assert seq is not None
+            delta.events += 1
+            delta.committed += 1
+            delta.events_bytes += p.size
+            if p.queueing == "oversize":
+                delta.evict("oversize", 1, [p.id])
+            else:
+                db.execute("INSERT INTO outbox (seq, with_image) VALUES (?, ?)",
+                           (seq, int(p.queueing == "with_image")))
+                delta.queued += 1
+                delta.outbox_bytes += p.size
+            stored.append(StoredEvent(p.id, seq, camera, ev.function, ev.kind, {"id": p.id, **ev.data}, ev.body,
+                                      ev.content_type, now))
+        delta.quarantined += sum(p.event.kind == "error" and (p.event.data.get("error") or {}).get("code")
+                                 == Quarantined.code for p in prepared)
+        # One job by the one writer: an input's events have consecutive seqs.
+        db.execute("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)",
+                   (key, received_at, stored[0].seq if stored else 0, len(stored)))
         return stored
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:

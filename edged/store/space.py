@@ -96,7 +96,9 @@ class Space:
         """Free space for ``incoming`` bytes: history first, then the outbox policy."""
         counters = self._db.counters
         outbox = counters.outbox
-        need = counters.used + delta.events_bytes + incoming - outbox.max_bytes
+        # The jobs before this one in a shared transaction (edged.store.group) hold rows too.
+        staged = self._db.staged
+        need = counters.used + staged.events_bytes + delta.events_bytes + incoming - outbox.max_bytes
         if need <= 0:
             return
 
@@ -108,11 +110,12 @@ class Space:
             return True
 
         # Only when some events are out of the outbox: a full offline backlog has no history to look for.
-        if counters.events_bytes + delta.events_bytes > counters.outbox_bytes + delta.outbox_bytes:
+        if (counters.events_bytes + staged.events_bytes + delta.events_bytes
+                > counters.outbox_bytes + staged.outbox_bytes + delta.outbox_bytes):
             delete_oldest(db, delta, "history", take, "max_bytes")
         if need > 0:
             if outbox.on_full == "reject_new":
-                raise OutboxFull(f"outbox at its cap of {outbox.max_bytes} bytes ({self._db.counters.queued} "
+                raise OutboxFull(f"outbox at its cap of {outbox.max_bytes} bytes ({counters.queued + staged.queued} "
                                  "events queued); nothing stored (on_full = reject_new)")
             delete_oldest(db, delta, "outbox", take, "max_bytes")
         self.prune_inputs(db)
