@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 
 from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
-from edged.frames import Frame, decode
+from edged.frames import Frame, FrameNeed, decode
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
+from edged.wasm.need import combined_need
 from edged.wasm.outcome import CallResult, FunctionLoadError
 from edged.wasm.poolstate import PoolState
 from edged.wasm.runner import FunctionRunner
@@ -231,7 +232,8 @@ class FunctionPool(PoolState):
     async def decode(self, data: bytes, max_pixels: int, timeout_ms: int | None = None) -> Frame:
         """``edged.frames.decode`` on a worker, within ``timeout_ms`` (from when it starts) and the memory
         budget while it runs; counts against the same bound as calls. The frame is the caller's."""
-        job = self._submit(self._table, self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True)
+        job = self._submit(self._table, self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True,
+                           None)
         frame, _started = await asyncio.wrap_future(job)
         return frame
 
@@ -250,7 +252,8 @@ class FunctionPool(PoolState):
                                    names: Sequence[str]) -> tuple[Frame, list[CallResult | FunctionError]]:
         """Decode ``data`` once and run every function in ``names`` on it, at once on several workers.
 
-        The frame stays reserved until its last call is over. Raises like ``decode_and_call``.
+        The frame is decoded at the largest size one of them needs (edged.wasm.need) and stays reserved
+        until its last call is over. Raises like ``decode_and_call``.
         """
         if len(names) == 1:
             frame, single = await self.decode_and_call(data, max_pixels, names[0])
@@ -260,7 +263,8 @@ class FunctionPool(PoolState):
         hold = FrameHold(self.budget)
         timeout_ms = min(r.settings.timeout_ms for r in runners)
         frame, started = await asyncio.wrap_future(
-            self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False))
+            self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False,
+                         combined_need(r.need for r in runners)))
         try:
             jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started)) for r in runners]
         except BaseException:
@@ -295,13 +299,14 @@ class FunctionPool(PoolState):
         return outcome
 
     def _decode_now(self, data: bytes, max_pixels: int, timeout_ms: int | None, hold: FrameHold,
-                    release: bool) -> tuple[Frame, float]:
-        """Decode within ``timeout_ms`` from now; return the frame and when this started. ``hold`` keeps
-        the pixels reserved unless ``release`` (released on any error)."""
+                    release: bool, need: FrameNeed) -> tuple[Frame, float]:
+        """Decode within ``timeout_ms`` from now, no smaller than ``need``; return the frame and when this
+        started. ``hold`` keeps the pixels reserved unless ``release`` (released on any error)."""
         started = time.monotonic()
         deadline = None if timeout_ms is None else started + timeout_ms / 1000
         try:
-            frame = decode(data, max_pixels=max_pixels, deadline=deadline, cancel=self._cancel, admit=hold.admit)
+            frame = decode(data, max_pixels=max_pixels, deadline=deadline, cancel=self._cancel, admit=hold.admit,
+                           need=need)
         except BaseException:
             hold.release()
             raise
@@ -314,7 +319,7 @@ class FunctionPool(PoolState):
     def _decode_and_run(self, runner: FunctionRunner, data: bytes,
                         max_pixels: int) -> tuple[Frame, CallResult | FunctionError]:
         hold = FrameHold(self.budget)
-        frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False)
+        frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False, runner.need)
         try:
             return frame, self._run(runner, frame, started)
         except FunctionError as exc:
