@@ -67,6 +67,8 @@ class Frame:
     height: int
     pixels: bytes
     scale: int = 1
+    #: Hex SHA-256 of ``raw`` when the pool hashed it on the worker (the pipeline's decodes), else "".
+    sha256: str = ""
 
     @property
     def format_code(self) -> int:

@@ -9,6 +9,7 @@ admitted is what the drafted decode really costs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from pathlib import Path
 
@@ -175,3 +176,18 @@ def test_a_malformed_section_fails_the_function_at_load(tmp_path: Path) -> None:
     with FunctionPool({"bad": FunctionSettings(module=module, max_frame=(8, 8))}, PoolSettings(workers=1),
                       tmp_path / "cache"):
         pass
+
+
+def test_the_pipelines_calls_carry_digests_made_on_the_worker(tmp_path: Path) -> None:
+    """The payload's and an encoded result's SHA-256 are hashed on the worker, not on the event loop."""
+    data = _jpeg(64, 48)
+    with FunctionPool({"gray": FunctionSettings(module=GRAY, memory_mb=64)}, PoolSettings(workers=2, queue=4),
+                      tmp_path / "cache") as pool:
+        frame, result = asyncio.run(pool.decode_and_call(data, BIG, "gray"))
+        assert not isinstance(result, Exception)
+        assert frame.sha256 == hashlib.sha256(data).hexdigest()
+        assert result.sha256 == hashlib.sha256(result.body).hexdigest()
+        frame, results = asyncio.run(pool.decode_and_call_each(data, BIG, ["gray", "gray"], sha256="known"))
+        assert frame.sha256 == "known"
+        assert [r.sha256 for r in results if not isinstance(r, Exception)] == [result.sha256] * 2
+        assert pool.decode_and_call_sync(data, BIG, "gray").sha256 == ""  # `edged invoke` has no use for it
