@@ -134,8 +134,9 @@ class Pipeline:
                 if guard is not None:
                     await held.enter_async_context(guard())
                 # One function: decode and call in one worker hand-off; more: one decode, calls side by side.
-                outcome.frame, settled = await self._pool.decode_and_call_each(data, policy.max_pixels, functions,
-                                                                               sha256=sha256)
+                # Digests only for the store's events: hashed on the worker, not on this loop.
+                outcome.frame, settled = await self._pool.decode_and_call_each(
+                    data, policy.max_pixels, functions, digests=self._store is not None, sha256=sha256)
             except DecodeCancelled as exc:
                 # The image may be fine: edged is stopping. Not an answer about the frame (MQTT must not ack).
                 raise Overloaded(exc.detail) from exc
@@ -151,11 +152,13 @@ class Pipeline:
                     event = self._event("", camera, source, started, error=exc)
                     outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
                 return outcome
+        outcome.results = dict(zip(functions, settled, strict=True))
+        if self._store is None:  # nothing keeps events (tools, benchmarks): none to build
+            return outcome
         sha256 = outcome.frame.sha256 or sha256 or hashlib.sha256(data).hexdigest()
         source = _source(transport, camera, sha256, correlation, received)
         events: list[NewEvent] = []
-        for name, result in zip(functions, settled, strict=True):
-            outcome.results[name] = result
+        for name, result in outcome.results.items():
             if isinstance(result, CallResult):
                 events.append(self._event(name, camera, source, started, result=result))
             else:

@@ -179,15 +179,17 @@ def test_a_malformed_section_fails_the_function_at_load(tmp_path: Path) -> None:
 
 
 def test_the_pipelines_calls_carry_digests_made_on_the_worker(tmp_path: Path) -> None:
-    """The payload's and an encoded result's SHA-256 are hashed on the worker, not on the event loop."""
+    """Asked for (the pipeline, with a store), the payload's and an encoded result's SHA-256 come from the worker."""
     data = _jpeg(64, 48)
     with FunctionPool({"gray": FunctionSettings(module=GRAY, memory_mb=64)}, PoolSettings(workers=2, queue=4),
                       tmp_path / "cache") as pool:
-        frame, result = asyncio.run(pool.decode_and_call(data, BIG, "gray"))
+        frame, result = asyncio.run(pool.decode_and_call(data, BIG, "gray", digests=True))
         assert not isinstance(result, Exception)
         assert frame.sha256 == hashlib.sha256(data).hexdigest()
         assert result.sha256 == hashlib.sha256(result.body).hexdigest()
-        frame, results = asyncio.run(pool.decode_and_call_each(data, BIG, ["gray", "gray"], sha256="known"))
+        frame, results = asyncio.run(pool.decode_and_call_each(data, BIG, ["gray", "gray"], digests=True,
+                                                            sha256="known"))
         assert frame.sha256 == "known"
         assert [r.sha256 for r in results if not isinstance(r, Exception)] == [result.sha256] * 2
+        assert asyncio.run(pool.decode_and_call(data, BIG, "gray"))[0].sha256 == ""  # not asked: not hashed
         assert pool.decode_and_call_sync(data, BIG, "gray").sha256 == ""  # `edged invoke` has no use for it

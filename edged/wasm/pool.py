@@ -239,19 +239,21 @@ class FunctionPool(PoolState):
         frame, _started = await asyncio.wrap_future(job)
         return frame
 
-    async def decode_and_call(self, data: bytes, max_pixels: int, name: str, *,
+    async def decode_and_call(self, data: bytes, max_pixels: int, name: str, *, digests: bool = False,
                               sha256: str | None = None) -> tuple[Frame, CallResult | FunctionError]:
         """Decode ``data`` and run ``name`` on it in one worker hand-off (one admission slot).
 
-        The frame's ``sha256`` is ``sha256``, else hashed on the worker, and an encoded result's too (off
-        the event loop: ~2.5 us per KB here). Raises ImageError for an unacceptable image, UnknownFunction
-        or Overloaded; a failed call is returned, not raised, since the frame it ran on is wanted either way.
+        With ``digests`` the frame's ``sha256`` is ``sha256``, else hashed on the worker, and an encoded
+        result's too (off the event loop: ~2.5 us per KB here). Raises ImageError for an unacceptable image,
+        UnknownFunction or Overloaded; a failed call is returned, not raised, since the frame it ran on is
+        wanted either way.
         """
         table = self._table
-        job = self._submit(table, self._decode_and_run, self._runner(table, name), data, max_pixels, True, sha256)
+        job = self._submit(table, self._decode_and_run, self._runner(table, name), data, max_pixels, digests,
+                           sha256)
         return await asyncio.wrap_future(job)
 
-    async def decode_and_call_each(self, data: bytes, max_pixels: int, names: Sequence[str], *,
+    async def decode_and_call_each(self, data: bytes, max_pixels: int, names: Sequence[str], *, digests: bool = False,
                                    sha256: str | None = None) -> tuple[Frame, list[CallResult | FunctionError]]:
         """Decode ``data`` once and run every function in ``names`` on it, at once on several workers.
 
@@ -259,7 +261,7 @@ class FunctionPool(PoolState):
         until its last call is over. Digests and errors as in ``decode_and_call``.
         """
         if len(names) == 1:
-            frame, single = await self.decode_and_call(data, max_pixels, names[0], sha256=sha256)
+            frame, single = await self.decode_and_call(data, max_pixels, names[0], digests=digests, sha256=sha256)
             return frame, [single]
         table = self._table
         runners = [self._runner(table, name) for name in names]
@@ -267,9 +269,9 @@ class FunctionPool(PoolState):
         timeout_ms = min(r.settings.timeout_ms for r in runners)
         frame, started = await asyncio.wrap_future(
             self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False,
-                         combined_need(r.need for r in runners), True, sha256))
+                         combined_need(r.need for r in runners), digests, sha256))
         try:
-            jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started, True)) for r in runners]
+            jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started, digests)) for r in runners]
         except BaseException:
             hold.release()
             raise
