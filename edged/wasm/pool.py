@@ -34,7 +34,7 @@ from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
 from edged.wasm.need import combined_need
 from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
-from edged.wasm.poolstate import PoolState
+from edged.wasm.poolstate import OnCall, OnOutcome, PoolState
 from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats
 from edged.wasm.table import FunctionTable, load_runners
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
-#: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
-OnCall = Callable[[str, str, float], None]
-#: ``on_outcome(function, settings, outcome)``: as OnCall, with the settings of the version that ran.
-OnOutcome = Callable[[str, FunctionSettings, str], None]
 _T = TypeVar("_T")
 
 
@@ -66,12 +62,10 @@ class FunctionPool(PoolState):
                  extension: HostExtension | None = None, *, on_call: OnCall | None = None,
                  budget: MemoryBudget | None = None,
                  max_result_pixels: int = DEFAULT_MAX_RESULT_PIXELS, min_slot_mb: int = 1) -> None:
-        super().__init__(functions, pool)
+        super().__init__(functions, pool, on_call)
         self._min_slot_mb = min_slot_mb
-        self._on_outcome: OnOutcome | None = None
         self._cache_dir = cache_dir
         self._extension = extension
-        self._on_call = on_call
         self.budget = budget if budget is not None else MemoryBudget(NO_BUDGET)
         self._max_result_pixels = max_result_pixels
         self._slots_mb = 0
@@ -152,11 +146,6 @@ class FunctionPool(PoolState):
             engine.load_bytes(wasm, label)
         except wasmtime.WasmtimeError as exc:
             raise ValueError(f"{label} is not a valid module: {trap_summary(str(exc))}") from exc
-
-    def watch_outcomes(self, hook: OnOutcome) -> None:
-        """Call ``hook`` after every call (on the worker thread), with the settings of the version that ran:
-        a call that started before a swap reports the old version's."""
-        self._on_outcome = hook
 
     def close(self) -> None:
         """Stop admitting, cancel decodes, let admitted calls finish (each is bounded by its timeout), stop
@@ -389,14 +378,3 @@ class FunctionPool(PoolState):
         if digest and result.json is None:
             result = dataclasses.replace(result, sha256=hashlib.sha256(result.body).hexdigest())
         return result
-
-    def _record(self, runner: FunctionRunner, outcome: str, seconds: float) -> None:
-        name = runner.name
-        self._stats[name].record(outcome, seconds)
-        try:
-            if self._on_call is not None:
-                self._on_call(name, outcome, seconds)
-            if self._on_outcome is not None:
-                self._on_outcome(name, runner.settings, outcome)
-        except Exception:
-            log.exception("on_call hook failed")

@@ -6,24 +6,37 @@ module and the state plus its read-only views (for /v1/functions, /metrics, test
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.engine import CacheStats, WasmEngine
+from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats, describe_function
 from edged.wasm.table import FunctionTable
 from edged.wasm.ticker import Ticker, WorkerFiles
 
-__all__ = ["PoolState"]
+__all__ = ["OnCall", "OnOutcome", "PoolState"]
+
+log = logging.getLogger(__name__)
+
+#: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
+OnCall = Callable[[str, str, float], None]
+#: ``on_outcome(function, settings, outcome)``: as OnCall, with the settings of the version that ran.
+OnOutcome = Callable[[str, FunctionSettings, str], None]
 
 
 class PoolState:
-    """The table new calls use, the admission counters (under ``_lock``), the engine while running."""
+    """The table new calls use, the admission counters (under ``_lock``), the engine while running, and
+    what each call's outcome is told to (per-function stats, ``on_call``, the outcome watcher)."""
 
-    def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings) -> None:
+    def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings,
+                 on_call: OnCall | None = None) -> None:
+        self._on_call = on_call
+        self._on_outcome: OnOutcome | None = None
         self._table = FunctionTable(functions, {})
         self._settings = pool
         self._capacity = pool.workers + pool.queue
@@ -93,3 +106,19 @@ class PoolState:
     def ticker_parked(self) -> bool:
         """The epoch ticker is waiting for work, not ticking."""
         return self._ticker.parked
+
+    def watch_outcomes(self, hook: OnOutcome) -> None:
+        """Call ``hook`` after every call (on the worker thread), with the settings of the version that ran:
+        a call that started before a swap reports the old version's."""
+        self._on_outcome = hook
+
+    def _record(self, runner: FunctionRunner, outcome: str, seconds: float) -> None:
+        name = runner.name
+        self._stats[name].record(outcome, seconds)
+        try:
+            if self._on_call is not None:
+                self._on_call(name, outcome, seconds)
+            if self._on_outcome is not None:
+                self._on_outcome(name, runner.settings, outcome)
+        except Exception:
+            log.exception("on_call hook failed")
