@@ -17,6 +17,7 @@ import pytest
 import wasmtime
 from PIL import Image
 
+from edged.budget import MemoryBudget
 from edged.errors import (
     BadImage,
     BadOutput,
@@ -31,6 +32,7 @@ from edged.errors import (
 )
 from edged.frames import FRAME_MAGIC, Frame
 from edged.settings import FunctionSettings, PoolSettings
+from edged.wasm.admission import call_bytes
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.pool import FunctionLoadError, FunctionPool
 from tests.pools import call_sync, decode_sync
@@ -157,6 +159,9 @@ def m_command_stdout(text: str) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
 
 def make_pool(tmp_path: Path, modules: dict[str, tuple[str, dict[str, Any]]], workers: int = 2, queue: int = 4,
               **kwargs: Any) -> FunctionPool:
@@ -292,9 +297,11 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
 def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:
     """The ticker that interrupts a runaway guest must outlive calls that run outside the workers too."""
     finished = threading.Event()
+    budget = MemoryBudget(1024 * MiB)
     pool = make_pool(tmp_path, {"slow": (m_endless(), {"timeout_ms": 1500})}, workers=1, queue=0,
-                     on_call=lambda *_: finished.set())
+                     on_call=lambda *_: finished.set(), budget=budget)
     pool.start()
+    guest = call_bytes(FunctionSettings(module=tmp_path / "slow.wasm", timeout_ms=1500))
     outcome: list[BaseException] = []
 
     def call() -> None:
@@ -305,7 +312,8 @@ def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:
 
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
-    wait_until(lambda: pool.running == 1, what="the call to take the worker permit")
+    # Past its decode (which close() would cancel) and into the guest: the call's memory is reserved.
+    wait_until(lambda: budget.stats().in_use >= guest, what="the call to enter the guest")
     pool.close()
     # on_call runs on the caller's thread before the call gives back its admission: close returned after.
     assert finished.is_set()
