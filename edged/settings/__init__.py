@@ -8,6 +8,7 @@ against the file's directory, relative paths from the environment against the wo
 from __future__ import annotations
 
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
+from edged.settings.history import HistorySettings
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import HomeAssistantSettings, MqttSettings, Subscription, TlsSettings
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DaprSettings",
     "FunctionSettings",
+    "HistorySettings",
     "HomeAssistantSettings",
     "HttpSettings",
     "LimitsSettings",

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from edged.settings.base import ConfigPath, base_dir, toml_file
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings
+from edged.settings.history import HistorySettings
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import MqttSettings
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     dapr: DaprSettings = Field(default_factory=DaprSettings, description="Cloud sync through Dapr.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Local outbox bounds.")
     sync: SyncSettings = Field(default_factory=SyncSettings, description="What is synced.")
+    history: HistorySettings = Field(default_factory=HistorySettings, description="Event history kept.")
     pool: PoolSettings = Field(default_factory=PoolSettings, description="Function workers.")
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description="Memory edged may use.")
     nn_backend: Literal["auto", "litert", "tflite"] = Field(default="auto", description="TFLite runtime.")
