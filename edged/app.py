@@ -70,7 +70,8 @@ class App:
         #: The registry the current function table uses (a reload with changed models makes a new one).
         self._models_now: ModelRegistry = self.models
         cloudevents = CloudEvents(settings.device_id, settings.sync)
-        self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
+        self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics,
+                           history=settings.history)
         self.sync: DaprSync | None = None
         if settings.dapr.enabled:
             self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics,
@@ -89,7 +90,7 @@ class App:
                                attempts=self.store)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None,
-                            reserve_body=budget_reservation(self.budget))
+                            reserve_body=budget_reservation(self.budget), events=self.store)
         self.connections = ConnectionGuard(settings.http, self.metrics)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
