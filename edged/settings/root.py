@@ -88,6 +88,19 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def image_readers(self) -> tuple[str, ...]:
+        """The settings that read stored result images; with none, a result keeps only its image's metadata."""
+        readers = []
+        if self.history.images:
+            readers.append("history.images")
+        if self.dapr.enabled and self.sync.include_images:
+            readers.append("sync.include_images")
+        # Also Home Assistant's image entity, whose image topic is the results topic.
+        if self.mqtt.enabled and self.mqtt.publish_images and self.mqtt.protocol == "5":
+            readers.append("mqtt.publish_images")
+        return tuple(readers)
+
+    @property
     def mqtt_client_id(self) -> str:
         return self.mqtt.client_id or f"edged-{self.device_id}"
 

@@ -44,6 +44,11 @@ class Subscription:
             self._queue.append(entry)
         self._wake.set()
 
+    @property
+    def pending(self) -> int:
+        """Entries waiting to be read (never more than the queue's size)."""
+        return len(self._queue)
+
     def take_lag(self) -> bool:
         """Whether entries were dropped since the last call (the reader must catch up from the store)."""
         lagged, self._lagged = self._lagged, False
@@ -76,6 +81,11 @@ class Live:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    @property
+    def pending(self) -> int:
+        """Entries held for all subscriptions together."""
+        return sum(sub.pending for sub in self._subs)
 
     @contextmanager
     def subscribe(self, query: Query) -> Iterator[Subscription]:
