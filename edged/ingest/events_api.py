@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ WRITE_TIMEOUT = 30.0
 _REORDER = 256
 _RECENT = 1024
 _CATCH_UP_PAGE = 200
+#: Seconds between looks at whether an idle stream's client is still connected.
+_POLL = 1.0
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _CURSOR = re.compile(r"^c(\d{1,18})$")
 
@@ -156,10 +159,10 @@ class _Routes:
             await resp.prepare(request)
             sender = _Sender(resp, self._history, query, sub, start)
             try:
-                await sender.run(self._keepalive)
+                await sender.run(self._keepalive, lambda: request.transport is None or request.transport.is_closing())
+                await resp.write_eof()
             except (ConnectionError, TimeoutError):
-                return resp  # the client went away, or stopped reading
-            await resp.write_eof()
+                pass  # the client went away, or stopped reading
             return resp
 
     async def shutdown(self, app: web.Application) -> None:
@@ -181,15 +184,23 @@ class _Sender:
         self._recent: set[int] = set()
         self._order: deque[int] = deque()
 
-    async def run(self, keepalive: float) -> None:
+    async def run(self, keepalive: float, gone: Callable[[], bool]) -> None:
+        """Until the feed closes or the client is ``gone`` (looked at every ``_POLL`` seconds while idle)."""
+        loop = asyncio.get_running_loop()
         await self._catch_up(self._floor)
+        quiet_since = loop.time()
         while not self._sub.closed:
             try:
-                async with asyncio.timeout(keepalive):
+                async with asyncio.timeout(min(_POLL, keepalive)):
                     entry = await self._sub.next()
             except TimeoutError:
-                await self._write(b": keep-alive\n\n")
+                if gone():
+                    return
+                if loop.time() - quiet_since >= keepalive:
+                    await self._write(b": keep-alive\n\n")
+                    quiet_since = loop.time()
                 continue
+            quiet_since = loop.time()
             if self._sub.take_lag():
                 await self._catch_up(max(self._floor, self._high - _REORDER))
             elif entry is not None:
