@@ -100,6 +100,7 @@ class App:
         origin = budget_origin(self.settings.limits, cgroup_limit=detect_memory_limit())
         log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
                  origin, self.settings.limits.reserve_mb)
+        log.info("result images stored for: %s", ", ".join(self.settings.image_readers) or "no reader (metadata only)")
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)
