@@ -143,6 +143,8 @@ class _Routes:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         query = _filters(request)
+        if request.method == "HEAD":  # the headers a stream would have, without holding one open
+            return web.Response(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resume = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         if resume is not None:
             resume = resume.strip().lower()
@@ -161,8 +163,12 @@ class _Routes:
             try:
                 await sender.run(self._keepalive, lambda: request.transport is None or request.transport.is_closing())
                 await resp.write_eof()
-            except (ConnectionError, TimeoutError):
-                pass  # the client went away, or stopped reading
+            except ConnectionError:
+                pass  # the client went away
+            except TimeoutError:
+                # It stopped reading: drop the connection, or the response's end would wait on it too.
+                if request.transport is not None:
+                    request.transport.abort()
             return resp
 
     async def shutdown(self, app: web.Application) -> None:
