@@ -77,7 +77,8 @@ class App:
         #: The registry the current function table uses (a reload with changed models makes a new one).
         self._models_now: ModelRegistry = self.models
         cloudevents = CloudEvents(settings.device_id, settings.sync)
-        self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics)
+        self.store = Store(settings.state_dir / "edged.db", settings.outbox, cloudevents.admit, self.metrics,
+                           history=settings.history)
         self.sync: DaprSync | None = None
         if settings.dapr.enabled:
             self.sync = DaprSync(settings.dapr, settings.sync, self.store, self.components, self.metrics,
@@ -96,7 +97,8 @@ class App:
                                attempts=self.store)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None,
-                            reserve_body=budget_reservation(self.budget), deployer=self.deployer)
+                            reserve_body=budget_reservation(self.budget), deployer=self.deployer,
+                            events=self.store)
         self.connections = ConnectionGuard(settings.http, self.metrics)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
@@ -106,6 +108,7 @@ class App:
         origin = budget_origin(self.settings.limits, cgroup_limit=detect_memory_limit())
         log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
                  origin, self.settings.limits.reserve_mb)
+        log.info("result images stored for: %s", ", ".join(self.settings.image_readers) or "no reader (metadata only)")
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)

@@ -103,6 +103,8 @@ class Pipeline:
         self._pool = pool
         self._store = store
         self._metrics = metrics
+        # An image body is written (and fsynced) only when something will read it back.
+        self._keep_images = bool(settings.image_readers)
 
     async def process(self, *, policy: IngestPolicy, camera: str, data: bytes, functions: Sequence[str],
                       correlation: bytes | None = None, received_at: float | None = None,
@@ -191,6 +193,8 @@ class Pipeline:
             return NewEvent(function, "result", data)
         data["image"] = {"content_type": result.content_type, "bytes": len(result.body),
                          "sha256": result.sha256 or hashlib.sha256(result.body).hexdigest()}
+        if not self._keep_images:
+            return NewEvent(function, "result", data)
         if len(result.body) > self._settings.outbox.max_image_bytes:
             # The result stands (the HTTP client still gets it); the store keeps only what it was.
             data["image"]["dropped"] = "over outbox.max_image_bytes"

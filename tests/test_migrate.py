@@ -12,6 +12,7 @@ import pytest
 
 from edged.settings import OutboxSettings, SyncSettings
 from edged.store import Store, StoreError
+from edged.store.history import Query
 from edged.sync.cloudevents import CloudEvents
 
 V1 = Path(__file__).parent / "data" / "store_v1.db"
@@ -65,7 +66,7 @@ async def test_v1_store_is_migrated_in_place_without_losing_a_result(v1_store: P
         assert await store.retry_dead() == len(dead)
         again = await store.outbox_batch(100, now=2e9)
         assert sorted(encode(e) for e in again) == sorted(r[4] for r in before)
-    assert query(v1_store, "PRAGMA user_version") == [(3,)]  # through 2 to 3
+    assert query(v1_store, "PRAGMA user_version") == [(4,)]  # through 2 and 3 to 4
     tables = {r[0] for r in query(v1_store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert not any(t.startswith("v1_") for t in tables)
     assert "attempts" in tables
@@ -119,5 +120,29 @@ async def test_v2_store_gains_the_attempts_table_and_keeps_its_rows(tmp_path: Pa
     async with open_store(path) as store:
         assert [e.id for e in await store.mqtt_pending(10)] == [kept[0].id]
         assert await store.count_attempt("cam-b", "cd" * 32) == 1
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(4,)]
     assert query(path, "SELECT n FROM attempts") == [(1,)]
+
+
+async def test_v3_store_gains_the_camera_index_and_keeps_its_rows(tmp_path: Path) -> None:
+    from test_store import result
+
+    path = tmp_path / "edged.db"
+    async with open_store(path) as store:
+        kept = [(await store.commit_input(transport="mqtt", camera=cam, sha256=f"{i:064x}", received_at=1.7e9,
+                                          correlation=None, events=[result(camera=cam)], publish_mqtt=False))[0]
+                for i, cam in enumerate(("cam-a", "cam-b", "cam-a"))]
+    # What edged with schema 3 left: the same tables without the history's camera index.
+    con = sqlite3.connect(path)
+    con.execute("DROP INDEX events_by_camera")
+    con.execute("PRAGMA user_version = 3")
+    con.commit()
+    con.close()
+    async with open_store(path) as store:
+        page = await store.history.page(Query(camera="cam-a"))
+        assert [e.id for e in page.events] == [kept[2].id, kept[0].id]
+    assert query(path, "PRAGMA user_version") == [(4,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'events_by_camera'") == [("events_by_camera",)]
+    plan = query(path, "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE camera = 'cam-a' AND seq < 9 "
+                       "ORDER BY seq DESC LIMIT 5")
+    assert any("events_by_camera" in str(row[-1]) for row in plan)

@@ -206,10 +206,66 @@ def _deployed_schema() -> dict[str, Any]:
 # -- end of deploy --------------------------------------------------------------------------------------
 
 
+# -- event history and live stream (issue 13 section 2; the routes are edged/ingest/events_api.py) -------
+def _event_paths() -> dict[str, Any]:
+    text = {"type": "string"}
+    event = {"type": "object", "description": "the stored event body (id, device_id, camera, function, kind, "
+             "source, latency_ms, result, image, error) plus created_at and image_url",
+             "required": ["id", "camera", "function", "kind", "created_at", "image_url"],
+             "properties": {"id": text, "camera": text, "function": text, "kind": {"enum": ["result", "error"]},
+                            "created_at": {"type": "string", "format": "date-time"},
+                            "image_url": {"type": ["string", "null"]}}}
+    filters = [{"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in (
+        ("camera", text, "only this camera"), ("function", text, "only this function"),
+        ("kind", {"enum": ["result", "error"]}, "only results, or only errors"))]
+    bound = "a cursor (next of a page), an event id, or an RFC 3339 time"
+    listing = [*filters, *({"name": n, "in": "query", "required": False, "schema": text, "description": d}
+                           for n, d in (("since", f"events after this: {bound}"),
+                                        ("before", f"events before this: {bound}")))]
+    listing.append({"name": "limit", "in": "query", "required": False, "description": "events per page",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}})
+    one_id = {"name": "id", "in": "path", "required": True, "schema": text, "description": "an event id"}
+    page = _obj(events={"type": "array", "items": event}, next={"type": ["string", "null"], "description":
+                "pass as before= for the next, older page; null at the end (a page may be short and still "
+                "have a next when a function/kind filter looked at its bounded number of events)"})
+    return {
+        "/v1/events": {"get": {**_get("stored events, newest first", _json(page, "a page")),
+                               "parameters": listing}},
+        "/v1/events/stream": {"get": {
+            **_get("committed events as Server-Sent Events (id:, event: kind, data: the event as one JSON line); "
+                   "a ': keep-alive' comment at least every 15 s",
+                   {"description": "text/event-stream", "content": {"text/event-stream": {"schema": text}}}),
+            "parameters": [*filters,
+                           {"name": "Last-Event-ID", "in": "header", "required": False, "schema": text,
+                            "description": "resume after this event: what was committed since comes first"},
+                           {"name": "last_event_id", "in": "query", "required": False, "schema": text,
+                            "description": "the same, for clients that cannot set the header"}]}},
+        "/v1/events/{id}": {"get": {**_get("one event", _json(event, "the event")), "parameters": [one_id]}},
+        "/v1/events/{id}/image": {"get": {
+            **_get("the event's stored result image", {"description": "the image, in its content type",
+                                                     "content": {"image/*": {"schema": {"type": "string"}}}}),
+            "parameters": [one_id]}},
+    }
+
+
+def _with_lookups(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every event route answers 400 for a bad parameter and 404 for an unknown event; the stream 503 too."""
+    for path, item in paths.items():
+        answers = item["get"]["responses"]
+        answers["400"] = _error_response(["bad_request"])
+        if "{id}" in path:
+            answers["404"] = _error_response(["not_found"])
+        if path.endswith("/stream"):
+            answers["503"] = _error_response(["overloaded"], _RETRY_AFTER)
+    return paths
+# -- end of event history -------------------------------------------------------------------------------
+
+
 def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...] = (),
-                     deploy: bool = False) -> dict[str, Any]:
+                     deploy: bool = False, events: bool = True) -> dict[str, Any]:
     """The document; ``outbox`` says whether the outbox routes are served, ``legacy`` maps POST /api/image's
-    ``api`` values to function names, ``deploy`` whether the deploy routes are served."""
+    ``api`` values to function names, ``deploy`` whether the deploy routes are served, ``events`` whether the
+    event history and stream are."""
     names = ", ".join(f"{k} = {v}" for k, v in legacy)
     api = {"name": "api", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1},
            "description": f"the function to run: a function name, or the old demo's values ({names})"}
@@ -237,6 +293,8 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
     if deploy:
         for path, item in _deploy_paths().items():
             paths.setdefault(path, {}).update(item)
+    if events:  # event history and live stream
+        paths.update(_with_lookups(_event_paths()))
     return {
         "openapi": "3.1.0",
         "info": {"title": "edged", "version": "1",
@@ -253,9 +311,10 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
 
 
 def openapi_route(*, outbox: bool, legacy: Mapping[str, str],
-                  deploy: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+                  deploy: bool = False, events: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A handler answering the document, serialized once."""
-    body = json.dumps(openapi_document(outbox=outbox, legacy=tuple(sorted(legacy.items())), deploy=deploy)).encode()
+    body = json.dumps(openapi_document(outbox=outbox, legacy=tuple(sorted(legacy.items())), deploy=deploy,
+                                       events=events)).encode()
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")

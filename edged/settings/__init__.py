@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from edged.settings.deploy import DeploySettings
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
+from edged.settings.history import HistorySettings
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import HomeAssistantSettings, MqttSettings, Subscription, TlsSettings
@@ -21,6 +22,7 @@ __all__ = [
     "DaprSettings",
     "DeploySettings",
     "FunctionSettings",
+    "HistorySettings",
     "HomeAssistantSettings",
     "HttpSettings",
     "LimitsSettings",

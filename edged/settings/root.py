@@ -27,6 +27,7 @@ from pydantic_settings import (
 from edged.settings.base import ConfigPath, base_dir, toml_file
 from edged.settings.deploy import DeploySettings
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings
+from edged.settings.history import HistorySettings
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import MqttSettings
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     dapr: DaprSettings = Field(default_factory=DaprSettings, description="Cloud sync through Dapr.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Local outbox bounds.")
     sync: SyncSettings = Field(default_factory=SyncSettings, description="What is synced.")
+    history: HistorySettings = Field(default_factory=HistorySettings, description="Event history kept.")
     pool: PoolSettings = Field(default_factory=PoolSettings, description="Function workers.")
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description="Memory edged may use.")
     nn_backend: Literal["auto", "litert", "tflite"] = Field(default="auto", description="TFLite runtime.")
@@ -105,6 +107,19 @@ class Settings(BaseSettings):
             raise ValueError(f"deploy.enabled with http.host = {self.http.host!r} (not loopback) needs http.token "
                              "or http.token_file: anyone who reaches the port could run code on this device")
         return self
+
+    @property
+    def image_readers(self) -> tuple[str, ...]:
+        """The settings that read stored result images; with none, a result keeps only its image's metadata."""
+        readers = []
+        if self.history.images:
+            readers.append("history.images")
+        if self.dapr.enabled and self.sync.include_images:
+            readers.append("sync.include_images")
+        # Also Home Assistant's image entity, whose image topic is the results topic.
+        if self.mqtt.enabled and self.mqtt.publish_images and self.mqtt.protocol == "5":
+            readers.append("mqtt.publish_images")
+        return tuple(readers)
 
     @property
     def mqtt_client_id(self) -> str:

@@ -1,8 +1,9 @@
 """The Store: the one object the rest of edged uses to keep inputs, events and the cloud outbox.
 
 It owns the database (edged.store.db) and hands each job to its room: events (commit, dedupe, MQTT
-marks), attempts (MQTT frames started and not committed), outbox (batches, acks, dead letters) and space
-(caps, expiry). docs/STORE.md is the contract.
+marks), attempts (MQTT frames started and not committed), outbox (batches, acks, dead letters), space
+(caps, expiry), history (reads on a connection of their own) and live (committed events to streams).
+docs/STORE.md is the contract.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from types import TracebackType
 
 from edged.events import NewEvent, StoredEvent
 from edged.metrics import Metrics
-from edged.settings import OutboxSettings
+from edged.settings import HistorySettings, OutboxSettings
 from edged.store.attempts import Attempts
 from edged.store.counters import Counters
 from edged.store.db import Database
 from edged.store.events import Admit, EventRows
+from edged.store.history import HistoryReader
+from edged.store.live import Live
 from edged.store.outbox import OutboxEntry, OutboxRows, OutboxState
 from edged.store.space import Space
 
@@ -34,11 +37,16 @@ class Store:
     """
 
     def __init__(self, path: Path, outbox: OutboxSettings, admit: Admit, metrics: Metrics | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, history: HistorySettings | None = None) -> None:
         self.path = path
         self._db = Database(path, Counters(outbox, metrics))
         queued = asyncio.Event()
-        space = Space(self._db, clock)
+        history = history if history is not None else HistorySettings()
+        space = Space(self._db, clock, history)
+        #: Reads of the event history (GET /v1/events), beside the writer.
+        self.history = HistoryReader(path)
+        #: Committed events, as they are committed (GET /v1/events/stream).
+        self.live = Live(history.max_streams)
         self._attempts = Attempts(self._db, clock)
         self._events = EventRows(self._db, space, self._attempts, admit, queued, metrics, clock)
         self._outbox = OutboxRows(self._db, space, queued, clock)
@@ -53,6 +61,7 @@ class Store:
         except BaseException:
             self._db.stop()
             raise
+        self.history.open()
         return self
 
     def _open(self) -> None:
@@ -61,7 +70,9 @@ class Store:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        self.live.close()
         try:
+            await self.history.close()
             if self._db.started:
                 await self._db.run(self._db.close)
         finally:
@@ -75,9 +86,12 @@ class Store:
         except BaseException:
             self._db.stop()
             raise
+        self.history.open()
 
     def close_sync(self) -> None:
+        self.live.close()
         try:
+            self.history.close_sync()
             if self._db.started:
                 self._db.submit(self._db.close).result()
         finally:
@@ -92,9 +106,12 @@ class Store:
 
         Raises OutboxFull (nothing written) when the outbox is full and on_full is reject_new.
         """
-        return await self._events.commit_input(transport=transport, camera=camera, sha256=sha256,
-                                               received_at=received_at, correlation=correlation, events=events,
-                                               publish_mqtt=publish_mqtt)
+        stored = await self._events.commit_input(transport=transport, camera=camera, sha256=sha256,
+                                                 received_at=received_at, correlation=correlation, events=events,
+                                                 publish_mqtt=publish_mqtt)
+        # On the loop, once the commit is on disk: a stream never shows what a crash could take back.
+        self.live.publish(stored)
+        return stored
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
         """Events of the newest input with this camera and sha256 received within ``window_s``, else None."""

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
 from edged.store.group import Batch, Job, JobQueue, Settle, fail
-from edged.store.migrate import migrate_v1, migrate_v2
+from edged.store.migrate import migrate_v1, migrate_v2, migrate_v3
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _ID_CHUNK = 500
 
 # Each result is stored once: its events row (id as 16 bytes, body compressed: edged.store.codec); an
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (id);
 -- mqtt_pending (only rows still to publish are in it)
 CREATE INDEX IF NOT EXISTS events_mqtt ON events (seq) WHERE mqtt_pending = 1;
+-- schema 4: GET /v1/events?camera= (edged.store.history), newest first: the rowid (seq) orders each camera
+CREATE INDEX IF NOT EXISTS events_by_camera ON events (camera);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,          -- the event's seq
     state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 dead letter
@@ -221,6 +223,9 @@ class Database:
                 version = 2
             if version == 2:
                 migrate_v2(con, SCHEMA)
+                version = 3
+            if version == 3:
+                migrate_v3(con, SCHEMA)
             else:
                 con.executescript(SCHEMA)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -4,7 +4,8 @@ Version 1 (edged before issue 15) kept each result twice: the event's JSON in ``
 CloudEvent in ``outbox``, with text ids. Version 2 keeps the event once and the outbox row points at it.
 An outbox row whose events row v1 had already dropped as history gets its event back from the stored
 CloudEvent, so no pending result is lost, and ids, order, attempts and dead letters stay as they were.
-Version 3 adds the ``attempts`` table (poison frames); a version-1 store goes through 2 to 3.
+Version 3 adds the ``attempts`` table (poison frames); version 4 the ``events_by_camera`` index (the event
+history's camera filter). Each older store goes through every step after it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from edged.store.codec import frame_key, id_bytes, pack, without_id
 
-__all__ = ["migrate_v1", "migrate_v2"]
+__all__ = ["migrate_v1", "migrate_v2", "migrate_v3"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ def migrate_v2(con: sqlite3.Connection, schema: str) -> None:
         _create(con, schema)
         con.execute("PRAGMA user_version = 3")
     log.info("store migrated from schema 2 to 3 (attempts of MQTT frames)")
+
+
+def migrate_v3(con: sqlite3.Connection, schema: str) -> None:
+    """Bring a version-3 store to version 4 (``schema`` only adds an index to it), in one transaction."""
+    with _one_transaction(con):
+        _create(con, schema)
+        con.execute("PRAGMA user_version = 4")
+    log.info("store migrated from schema 3 to 4 (the event history's camera index)")
 
 
 def _rebuild_event(con: sqlite3.Connection, seq: int, event_id: str, camera: str, function: str,

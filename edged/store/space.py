@@ -1,10 +1,12 @@
-"""Space and age: the store's event data stays within ``outbox.max_bytes`` and ``outbox.max_age``.
+"""Space and age: the store's event data stays within ``outbox.max_bytes``, the history within its own caps.
 
-Each result is counted once (its events row, edged.store.codec.SIZE_SQL). When a commit would pass the
-cap, history goes first, silently (events rows waiting for nothing), then
-the outbox policy decides: ``drop_oldest`` evicts the oldest outbox rows (counted, logged, shown),
-``reject_new`` raises OutboxFull and the commit writes nothing. Rows older than ``max_age`` are expired
-in either mode, at most every ``EXPIRE_EVERY`` seconds. Every deletion goes through ``delete_oldest``.
+Each result is counted once (its events row, edged.store.codec.SIZE_SQL). ``outbox.max_bytes`` caps the
+whole store. History (events rows waiting for nothing) is held to ``history.max_bytes`` at each commit
+and to ``history.max_age`` by expiry; when a commit would pass the store's cap, history goes first,
+silently, then the outbox policy decides: ``drop_oldest`` evicts the oldest outbox rows (counted, logged,
+shown), ``reject_new`` raises OutboxFull and the commit writes nothing. Outbox rows, and events waiting
+only for MQTT, older than ``outbox.max_age`` are expired in either mode, at most every ``EXPIRE_EVERY``
+seconds. Every deletion goes through ``delete_oldest``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from edged.errors import OutboxFull
+from edged.settings import HistorySettings
 from edged.store.codec import SIZE_SQL, id_text
 from edged.store.counters import Delta
 from edged.store.db import Database
@@ -30,15 +33,16 @@ SCAN_STEP = 500
 #: Free pages kept for reuse; above this many the file is shrunk (incremental vacuum).
 VACUUM_FREE_PAGES = 4096
 
-Rows = Literal["history", "events", "outbox"]
+Rows = Literal["history", "mqtt", "outbox"]
 _NOT_QUEUED = "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = e.seq)"
 #: Each kind of row, oldest first, as (seq, id, bytes, created_at, mqtt_pending, outbox state).
 _SELECT: dict[Rows, str] = {
     # History: events waiting for nothing (acked, or never synced, and published or not to publish).
     "history": f"SELECT e.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, NULL FROM events e "  # noqa: S608
                f"WHERE e.mqtt_pending = 0 AND {_NOT_QUEUED} ORDER BY e.seq LIMIT ?",
-    "events": f"SELECT e.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, NULL FROM events e "  # noqa: S608
-              f"WHERE {_NOT_QUEUED} ORDER BY e.seq LIMIT ?",
+    # Events out of the outbox still waiting to be published on MQTT (events_mqtt serves the order).
+    "mqtt": f"SELECT e.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, NULL FROM events e "  # noqa: S608
+            f"WHERE e.mqtt_pending = 1 AND {_NOT_QUEUED} ORDER BY e.seq LIMIT ?",
     "outbox": f"SELECT o.seq, e.id, {SIZE_SQL}, e.created_at, e.mqtt_pending, o.state FROM outbox o "  # noqa: S608
               "JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?",
 }
@@ -82,9 +86,10 @@ def delete_oldest(db: sqlite3.Connection, delta: Delta, rows: Rows, take: Callab
 class Space:
     """Caps, expiry and the file's free pages; every method runs on the writer thread."""
 
-    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float], history: HistorySettings) -> None:
         self._db = db
         self._clock = clock
+        self._history = history
         self._next_expire = 0.0
         self._vacuum_due = False
 
@@ -94,6 +99,7 @@ class Space:
 
     def make_room(self, db: sqlite3.Connection, delta: Delta, incoming: int) -> None:
         """Free space for ``incoming`` bytes: history first, then the outbox policy."""
+        self.trim_history(db, delta)
         counters = self._db.counters
         outbox = counters.outbox
         # The jobs before this one in a shared transaction (edged.store.group) hold rows too.
@@ -120,6 +126,24 @@ class Space:
             delete_oldest(db, delta, "outbox", take, "max_bytes")
         self.prune_inputs(db)
 
+    def trim_history(self, db: sqlite3.Connection, delta: Delta) -> None:
+        """Hold the history to ``history.max_bytes``: everything held but the outbox counts as history here
+        (events waiting only for MQTT too: a bound, never an undercount)."""
+        counters = self._db.counters
+        over = (counters.events_bytes + delta.events_bytes - counters.outbox_bytes - delta.outbox_bytes
+                - self._history.max_bytes)
+        if over <= 0:
+            return
+
+        def take(size: int, created_at: float) -> bool:
+            nonlocal over
+            if over <= 0:
+                return False
+            over -= size
+            return True
+
+        delete_oldest(db, delta, "history", take, "history.max_bytes")
+
     def expire(self, db: sqlite3.Connection, delta: Delta, now: float) -> None:
         """Drop rows older than max_age (outbox rows count as evictions). Throttled; assumes a sane clock."""
         if now < self._next_expire:
@@ -127,12 +151,20 @@ class Space:
         self._next_expire = now + EXPIRE_EVERY
         self._vacuum_due = True
         cutoff = now - self._db.counters.outbox.max_age
+        history_cutoff = now - self._history.max_age
 
         def old(size: int, created_at: float) -> bool:
             return created_at < cutoff
 
+        def old_history(size: int, created_at: float) -> bool:
+            return created_at < history_cutoff
+
         delete_oldest(db, delta, "outbox", old, "max_age")
-        delete_oldest(db, delta, "events", old, "max_age")
+        delete_oldest(db, delta, "mqtt", old, "max_age")
+        counters = self._db.counters
+        # Only when some events are out of the outbox: a full offline backlog has no history to look for.
+        if counters.events_bytes + delta.events_bytes > counters.outbox_bytes + delta.outbox_bytes:
+            delete_oldest(db, delta, "history", old_history, "history.max_age")
         if db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
             db.execute("DELETE FROM inputs WHERE received_at < ?", (cutoff,))
         else:
