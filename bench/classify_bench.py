@@ -327,8 +327,10 @@ def main() -> None:
     print("| mode | workers | p50 ms | p99 ms | images/s |")
     print("| --- | --- | --- | --- | --- |")
     table: dict[tuple[str, int], dict[str, float]] = {}
+    samples: dict[str, list[float]] = {}  # every latency in ms, for bench/report.py's distribution plots
     for (name, workers), runs in results.items():
         latencies = [x for lat, _ in runs for x in lat]
+        samples[f"{name}/{workers}"] = [x * 1000 for x in latencies]
         count = sum(len(lat) for lat, _ in runs)
         wall = sum(w for _, w in runs)
         row = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
@@ -364,7 +366,7 @@ def main() -> None:
           f"{', '.join(f'{c * 1000:.0f}' for c in cli)} ms")
     if args.json:
         args.json.write_text(json.dumps({f"{n}/{w}": row for (n, w), row in table.items()} | {
-            "invoke_cli_process_ms": [c * 1000 for c in cli]}, indent=2))
+            "invoke_cli_process_ms": [c * 1000 for c in cli], "samples_ms": samples}, indent=2))
 
 
 if __name__ == "__main__":

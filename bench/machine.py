@@ -64,7 +64,7 @@ def _versions() -> str:
 
 def describe() -> dict[str, str]:
     commit = _git("rev-parse", "--short=12", "HEAD") or "?"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/REPORT.md", ":!bench/plots"))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": commit + (" (dirty: uncommitted changes)" if dirty else ""),
