@@ -84,8 +84,10 @@ def render(results: dict[str, Any], directory: Path, *, plots_dir: str = "plots"
     m = results["machine"]
     benches: Results = results.get("benches", {})
     plots = render_plots(benches, directory / plots_dir)
+    command = results.get("command", "python bench/report.py")
+    kind = "quick: short runs, a subset" if results.get("quick") else "full run"
     lines = ["# edged benchmark report", "",
-             f"Written by `{results.get('command', 'make bench')}` ({'quick: short runs, a subset' if results.get('quick') else 'full run'}). "  # noqa: E501
+             f"Written by `{command}` ({kind}). "
              "Every figure below comes from this one run; ratios compare edged and its baseline measured side by "
              "side in it. Timing figures from a loaded machine are noisy: read the load average first.", ""]
     lines += _table(("machine", ""), [

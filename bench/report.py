@@ -108,7 +108,7 @@ def main() -> None:
     out_dir: Path = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "bench")
     only = {n for n in args.only.split(",") if n}
     results: dict[str, Any] = {"machine": describe(), "load_start": load_average(), "quick": args.quick,
-                               "command": "make bench-quick" if args.quick else "make bench", "benches": {}}
+                               "command": " ".join(["python bench/report.py", *sys.argv[1:]]), "benches": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edged-bench-report-") as scratch:
         for bench in benches(args.max_busy):
