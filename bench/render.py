@@ -7,6 +7,7 @@ demoted under the section's), so the report and a bench run alone say the same t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ def render_output(stdout: str) -> list[str]:
 
 def _stamp(results: dict[str, Any], bench: dict[str, Any]) -> str:
     m = results["machine"]
-    return (f"_Measured on {m['cpu']}, {m['ram']} RAM, kernel {m['kernel']}, {m['python'].split(' (')[0]}; "
+    wasmtime = re.search(r"wasmtime [\d.]+", m.get("packages", ""))
+    return (f"_Measured on {m['cpu']}, {m['ram']} RAM, kernel {m['kernel']}, {m['python'].split(' (')[0]}, "
+            f"{wasmtime.group() if wasmtime else 'wasmtime ?'}; "
             f"{m['date']}; commit {m['commit']}; load average at the start of this bench "
             f"{bench.get('load', '?')}; took {bench.get('seconds', 0):.0f} s._")
 

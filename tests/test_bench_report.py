@@ -112,7 +112,7 @@ def test_report_has_machine_targets_sections_and_plots(tmp_path: Path) -> None:
     # A bench's own tables come through under its section, headings demoted.
     assert "#### HTTP grayscale throughput" in text
     assert "| edged grayscale (Wasm) | 80 | 41.3 | 50.1 |" in text
-    assert "_Measured on Test CPU, 2 cores, x86_64, 1.0 GiB RAM" in text
+    assert "_Measured on Test CPU, 2 cores, x86_64, 1.0 GiB RAM, kernel 6.0, CPython 3.11.7, wasmtime 50;" in text
 
 
 def test_missing_benches_are_reported_not_raised(tmp_path: Path) -> None:
