@@ -88,7 +88,9 @@ def render(results: dict[str, Any], directory: Path, *, plots_dir: str = "plots"
     benches: Results = results.get("benches", {})
     plots = render_plots(benches, directory / plots_dir)
     command = results.get("command", "python bench/report.py")
-    kind = "quick: short runs, a subset" if results.get("quick") else "full run"
+    kinds = {"quick": "quick: a subset, short runs", "light": "light: every bench, fewer iterations, for a loaded "
+             "machine; `make bench` on a quiet one gives the figures to quote"}
+    kind = kinds.get(results.get("preset", ""), "full run")
     lines = ["# edged benchmark report", "",
              f"Written by `{command}` ({kind}). "
              "Every figure below comes from this one run; ratios compare edged and its baseline measured side by "

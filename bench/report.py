@@ -4,9 +4,10 @@ Each bench runs as its own process, exactly as it runs alone (its command line i
 after the other so they do not compete for the CPUs. Benches that write JSON get ``--json``; the others'
 printed tables are read back (bench/targets.py). A bench that fails is reported as failed and the run goes
 on. ``--quick`` (``make bench-quick``) runs a subset with short runs and writes to build/bench-quick/, never
-over the committed report.
+over the committed report. ``--light`` runs every bench with fewer iterations into bench/, for a loaded
+machine where the full run would take hours; the report says which it was.
 
-    .venv/bin/python bench/report.py [--quick] [--out DIR] [--only NAME,...] [--max-busy 0.25]
+    .venv/bin/python bench/report.py [--quick | --light] [--out DIR] [--only NAME,...] [--max-busy 0.25]
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ class Bench:
     full: tuple[str, ...]
     #: None: not run by --quick
     quick: tuple[str, ...] | None
+    #: every bench, fewer iterations: for a loaded machine, where the full run would take hours
+    light: tuple[str, ...]
     json: bool = False
+
+    def args(self, preset: str) -> tuple[str, ...] | None:
+        return {"full": self.full, "quick": self.quick, "light": self.light}[preset]
 
 
 def worker_counts() -> str:
@@ -53,17 +59,20 @@ def worker_counts() -> str:
 
 
 def benches(max_busy: float) -> tuple[Bench, ...]:
+    busy = ("--max-busy", str(max_busy))
     return (
-        Bench("start", "start_bench.py", ("--runs", "3"), ("--runs", "1", "--settle", "1"), json=True),
+        Bench("start", "start_bench.py", ("--runs", "3"), ("--runs", "1", "--settle", "1"), ("--runs", "2"),
+              json=True),
         # pool_bench has no part short enough for the quick run (its --quick alone takes over a minute).
-        Bench("pool", "pool_bench.py", (), None),
-        Bench("classify", "classify_bench.py", ("--workers", worker_counts(), "--max-busy", str(max_busy)),
+        Bench("pool", "pool_bench.py", (), None, ("--quick",)),
+        Bench("classify", "classify_bench.py", ("--workers", worker_counts(), *busy),
               ("--requests", "20", "--rounds", "1", "--warmup", "3", "--workers", "1", "--max-busy", "1"),
+              ("--requests", "60", "--rounds", "2", "--warmup", "5", "--workers", worker_counts(), *busy),
               json=True),
         Bench("mqtt_pipeline", "mqtt_pipeline_bench.py", ("--frames", "200", "--rounds", "3"),
-              ("--frames", "12", "--rounds", "1"), json=True),
-        Bench("mqtt_rates", "mqtt_bench.py", (), None),
-        Bench("outbox", "outbox_bench.py", (), ("--n", "500")),
+              ("--frames", "12", "--rounds", "1"), ("--frames", "40", "--rounds", "2"), json=True),
+        Bench("mqtt_rates", "mqtt_bench.py", (), None, ("--quick", "--rates", "4,8,16")),
+        Bench("outbox", "outbox_bench.py", (), ("--n", "500"), ("--n", "5000")),
     )
 
 
@@ -99,6 +108,8 @@ def run(bench: Bench, args: tuple[str, ...], scratch: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a subset with short runs (make bench-quick)")
+    parser.add_argument("--light", action="store_true",
+                        help="every bench with fewer iterations, into bench/ (a loaded machine; the report says so)")
     parser.add_argument("--out", type=Path, help="report directory (default: bench/, or build/bench-quick/)")
     parser.add_argument("--only", default="", help="comma separated bench names to run")
     parser.add_argument("--max-busy", type=float, default=0.25,
@@ -107,12 +118,13 @@ def main() -> None:
     args = parser.parse_args()
     out_dir: Path = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "bench")
     only = {n for n in args.only.split(",") if n}
-    results: dict[str, Any] = {"machine": describe(), "load_start": load_average(), "quick": args.quick,
+    preset = "quick" if args.quick else "light" if args.light else "full"
+    results: dict[str, Any] = {"machine": describe(), "load_start": load_average(), "preset": preset,
                                "command": " ".join(["python bench/report.py", *sys.argv[1:]]), "benches": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edged-bench-report-") as scratch:
         for bench in benches(args.max_busy):
-            bench_args = bench.quick if args.quick else bench.full
+            bench_args = bench.args(preset)
             if bench_args is None or (only and bench.name not in only):
                 continue
             results["benches"][bench.name] = run(bench, bench_args, Path(scratch))
