@@ -38,6 +38,24 @@ SECTIONS = (
 )
 
 
+NOTES = (
+    "Benches run one after the other, each in its own processes; within a bench, edged and its baseline run "
+    "side by side (interleaved rounds where the bench does that), so the ratios hold up better than the "
+    "absolute figures on a busy machine.",
+    "Targets read figures from the benches' printed tables (pool_bench, outbox_bench) or their `--json` "
+    "(classify_bench, start_bench, mqtt_pipeline_bench): a figure a bench no longer prints shows as "
+    "\"not measured\".",
+    "The no-op ratio is the whole call (awaited through the pool, thread hand-off included); pool_bench also "
+    "prints the ratio for the sandbox cost alone.",
+    "The outbox write cost is whatever outbox_bench measures (today: commits one at a time from 8 cameras "
+    "in turn, one fsync each).",
+    "Start to `/readyz` under emulated aarch64 is not in this report (cross/README.md's emulated Debian; "
+    "emulated Python is ~5-6x slower).",
+    "Raw figures of the run (every latency sample) are in build/bench-results.json; "
+    "`python bench/report.py --render FILE` re-renders a report from such a file.",
+)
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -124,6 +142,7 @@ def render(results: dict[str, Any], directory: Path, *, plots_dir: str = "plots"
             lines += [f"**Failed:** {_cell(bench['error'])}", ""]
         lines += render_output(bench.get("stdout", ""))
         lines.append("")
+    lines += ["## Method and gaps", ""] + [f"- {note}" for note in NOTES] + [""]
     report = directory / "REPORT.md"
     text = "\n".join(lines)
     while "\n\n\n" in text:

@@ -111,12 +111,16 @@ def main() -> None:
     parser.add_argument("--light", action="store_true",
                         help="every bench with fewer iterations, into bench/ (a loaded machine; the report says so)")
     parser.add_argument("--out", type=Path, help="report directory (default: bench/, or build/bench-quick/)")
+    parser.add_argument("--render", type=Path, help="only re-render the report from this results JSON")
     parser.add_argument("--only", default="", help="comma separated bench names to run")
     parser.add_argument("--max-busy", type=float, default=0.25,
                         help="classify_bench waits (up to 120 s a round) until other processes use less than this "
                              "share of the CPUs; 1 = never wait")
     args = parser.parse_args()
     out_dir: Path = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "bench")
+    if args.render:
+        print(f"wrote {render(json.loads(args.render.read_text()), out_dir)}")
+        return
     only = {n for n in args.only.split(",") if n}
     preset = "quick" if args.quick else "light" if args.light else "full"
     results: dict[str, Any] = {"machine": describe(), "load_start": load_average(), "preset": preset,

@@ -111,6 +111,7 @@ def test_report_has_machine_targets_sections_and_plots(tmp_path: Path) -> None:
         assert f"## {title}" in text
     # A bench's own tables come through under its section, headings demoted.
     assert "#### HTTP grayscale throughput" in text
+    assert "## Method and gaps" in text
     assert "| edged grayscale (Wasm) | 80 | 41.3 | 50.1 |" in text
     assert "_Measured on Test CPU, 2 cores, x86_64, 1.0 GiB RAM, kernel 6.0, CPython 3.11.7, wasmtime 50;" in text
 
