@@ -18,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: setup deb-run deb-functions deb-test run test fuzz lint typecheck check functions bench cross-bundle \
+.PHONY: setup deb-run deb-functions deb-test run test fuzz lint typecheck check functions bench bench-quick cross-bundle \
 	cross-test install uninstall clean
 
 # apt-get install the packages of $(1) that are missing.
@@ -79,11 +79,14 @@ check: lint typecheck test
 functions: deb-functions
 	functions/build.sh
 
+# Every benchmark in one go (bench/report.py, ~30-60 min): bench/REPORT.md and its plots in bench/plots/.
+# `make bench-quick`: a subset with short runs (under 2 minutes) into build/bench-quick/, a check before
+# committing that leaves the committed report alone. BENCH_ARGS: e.g. --only classify,start.
 bench: setup
-	$(PY) bench/pool_bench.py
-	$(PY) bench/classify_bench.py
-	$(PY) bench/mqtt_bench.py
-	$(PY) bench/outbox_bench.py
+	$(PY) bench/report.py $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) bench/report.py --quick $(BENCH_ARGS)
 
 # Into /opt/edged, /etc/edged and /etc/systemd/system (under DESTDIR when given); INSTALL_ARGS=--no-venv
 # lays out everything but the venv.

@@ -346,8 +346,10 @@ def main() -> None:
     print("| mode | workers | p50 ms | p99 ms | images/s |")
     print("| --- | --- | --- | --- | --- |")
     table: dict[tuple[str, int], dict[str, float]] = {}
+    samples: dict[str, list[float]] = {}  # every latency in ms, for bench/report.py's distribution plots
     for (name, workers), runs in results.items():
         latencies = [x for lat, _ in runs for x in lat]
+        samples[f"{name}/{workers}"] = [x * 1000 for x in latencies]
         count = sum(len(lat) for lat, _ in runs)
         wall = sum(w for _, w in runs)
         row = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
@@ -391,7 +393,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({f"{n}/{w}": row for (n, w), row in table.items()} | {
             "invoke_cli_process_ms": [c * 1000 for c in cli], "ratios": ratios, "photo_size": args.size,
-            "cpu_busy_before_rounds": loads, "load_average": list(os.getloadavg())}, indent=2))
+            "cpu_busy_before_rounds": loads, "load_average": list(os.getloadavg()), "samples_ms": samples},
+           indent=2))
 
 
 if __name__ == "__main__":

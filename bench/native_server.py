@@ -47,7 +47,11 @@ class NativeClassifier:
 
     def classify(self, data: bytes) -> bytes:
         with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB").resize((224, 224), Image.BILINEAR)
+            return self.classify_image(img)
+
+    def classify_image(self, img: Image.Image) -> bytes:
+        """From a decoded picture (bench/mqtt_pipeline_bench.py decodes once for two functions)."""
+        rgb = img.convert("RGB").resize((224, 224), Image.BILINEAR)
         interpreter = self._interpreter()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(rgb, np.float32)[None])
         interpreter.invoke()

@@ -1,0 +1,136 @@
+"""bench/REPORT.md's renderer, from a small fake result set: tables, the targets rows, the plot files.
+
+Behaviour only: no benchmark runs here and nothing is timed. The fake results have the shapes the benches
+produce (pool_bench's and outbox_bench's printed tables, classify_bench's, start_bench's and
+mqtt_pipeline_bench's JSON).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.render import SECTIONS, render
+from bench.targets import TARGETS, cell, tables
+
+POOL_STDOUT = """wasmtime-py ?, 2 CPUs, linux x86_64
+
+## Per-call overhead beyond the function's own work (no-op modules, ms)
+
+| variant                                              |       p50 |       p99 |
+|------------------------------------------------------|-----------|-----------|
+| edged frame-v1 no-op, whole call                     |     0.200 |     0.500 |
+| edged frame-v1 no-op, in the sandbox                 |     0.070 |     0.300 |
+| process per request (wasmtime CLI), no-op            |     9.000 |    21.000 |
+
+## RSS over 10000 grayscale calls (640x480, 2 workers, fresh process, after 500 warm-up calls)
+
+| calls | RSS (MB) |
+|---|---|
+| 0 | 93.4 |
+| 5000 | 93.2 |
+| 10000 | 93.3 |
+
+growth: -0.1 MB; 56 calls/s
+
+## HTTP grayscale throughput (200 requests, 16 concurrent, 640x480 JPEG)
+
+| handler | requests/s | p50 ms | p99 ms |
+|---|---|---|---|
+| native Pillow | 100 | 27.0 | 38.1 |
+| edged grayscale (Wasm) | 80 | 41.3 | 50.1 |
+"""
+
+OUTBOX_STDOUT = """
+outbox benchmark: 1,000 results from 8 cameras, SQLite synchronous=FULL
+
+  outbox write cost, mean (µs/result)                 1,473
+  drain bulk, batch 500 (results/s)                   9,000
+"""
+
+
+def classify_json() -> dict[str, Any]:
+    out: dict[str, Any] = {"invoke_cli_process_ms": [900.0], "samples_ms": {}}
+    for workers, scale in ((1, 1.0), (2, 1.8)):
+        for mode, p50 in (("native", 10.0), ("invoke", 10.4), ("http", 12.0), ("native-http", 11.0)):
+            out[f"{mode}/{workers}"] = {"p50_ms": p50, "p99_ms": p50 * 2, "images_per_s": scale * 1000 / p50}
+            out["samples_ms"][f"{mode}/{workers}"] = [p50 * (0.9 + i / 100) for i in range(20)]
+    return out
+
+
+def fake_results(*, with_mqtt: bool = True) -> dict[str, Any]:
+    benches: dict[str, Any] = {
+        "pool": {"command": "python bench/pool_bench.py", "stdout": POOL_STDOUT, "seconds": 60, "load": "1.0"},
+        "classify": {"command": "python bench/classify_bench.py", "stdout": "| mode |\n|---|\n| native |\n",
+                     "json": classify_json(), "seconds": 30},
+        "outbox": {"command": "python bench/outbox_bench.py", "stdout": OUTBOX_STDOUT, "seconds": 5},
+        "start": {"command": "python bench/start_bench.py", "stdout": "", "seconds": 9,
+                  "json": {"cold_s": [4.0], "warm_s": [0.9, 1.1, 0.95], "idle_rss_mb": [120.0, 140.0, 125.0]}},
+    }
+    if with_mqtt:
+        latencies = {p: [100.0 + i for i in range(30)] for p in ("edged", "native")}
+        benches["mqtt_pipeline"] = {"command": "python bench/mqtt_pipeline_bench.py", "stdout": "", "seconds": 20,
+                                    "json": {"ratio": 0.9, **{p: {"lost": 0, "fps": 9.0, "latencies_ms": v}
+                                                              for p, v in latencies.items()}}}
+    return {"machine": {"date": "2026-01-01 00:00:00 UTC", "commit": "abc123", "cpu": "Test CPU, 2 cores, x86_64",
+                        "ram": "1.0 GiB", "kernel": "6.0", "python": "CPython 3.11.7 (/x)", "packages": "wasmtime 50"},
+            "load_start": "0.10 0.20 0.30", "load_end": "0.40 0.50 0.60", "wall_s": 124.0, "benches": benches}
+
+
+def targets_rows(text: str) -> dict[str, list[str]]:
+    rows = tables(text)["Targets (issue 14)"]
+    return {row["figure"]: [row["measured"], row["target"], row["met?"]] for row in rows}
+
+
+def test_report_has_machine_targets_sections_and_plots(tmp_path: Path) -> None:
+    report = render(fake_results(), tmp_path)
+    text = report.read_text()
+    assert report == tmp_path / "REPORT.md"
+    machine = {row["machine"]: row[""] for row in tables(text)["edged benchmark report"]}
+    assert machine["git commit"] == "abc123"
+    assert machine["load average (1/5/15 min), start of run"] == "0.10 0.20 0.30"
+    assert machine["load average (1/5/15 min), end of run"] == "0.40 0.50 0.60"
+    rows = targets_rows(text)
+    assert len(rows) == len(TARGETS) == 9
+    by_start = {figure.split(",")[0]: values for figure, values in rows.items()}
+    assert by_start["classify over HTTP"] == ["1.09×", "≤ 1.10×", "yes"]  # 12.0 / 11.0
+    assert by_start["classify through `edged invoke`"] == ["1.04×", "≤ 1.05×", "yes"]
+    assert by_start["grayscale HTTP throughput vs a native Pillow server (PNG at zlib level 1)"][0] == "0.80×"
+    assert by_start["grayscale HTTP throughput vs a native Pillow server (PNG at zlib level 1)"][2] == "**no**"
+    assert by_start["outbox write cost per result"] == ["1,473 µs", "≤ 100 µs amortised", "**no**"]
+    assert by_start["RSS"] == ["125 MB", "≤ 130 MB", "yes"]  # the median of three
+    assert by_start["whole no-op call vs a process per request (wasmtime CLI)"][0] == "45.00×"
+    assert by_start["fresh-instance cost in the worker (no-op"][2] == "yes"
+    assert by_start["start to `/readyz` 200"] == ["0.95 s", "≤ 1.0 s", "yes"]
+    assert by_start["MQTT frames/s"] == ["0.90×", "≥ 0.8×", "yes"]
+    for name in ("latency", "scaling", "rss"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{name}.png)" in text
+    for _key, title, _about in SECTIONS:
+        assert f"## {title}" in text
+    # A bench's own tables come through under its section, headings demoted.
+    assert "#### HTTP grayscale throughput" in text
+    assert "## Method and gaps" in text
+    assert "| edged grayscale (Wasm) | 80 | 41.3 | 50.1 |" in text
+    assert "_Measured on Test CPU, 2 cores, x86_64, 1.0 GiB RAM, kernel 6.0, CPython 3.11.7, wasmtime 50;" in text
+
+
+def test_missing_benches_are_reported_not_raised(tmp_path: Path) -> None:
+    results = fake_results(with_mqtt=False)
+    del results["benches"]["pool"]
+    results["benches"]["outbox"]["error"] = "exit status 1: boom"
+    text = render(results, tmp_path).read_text()
+    rows = targets_rows(text)
+    assert rows["MQTT frames/s, both functions, vs a native paho + Pillow + TFLite pipeline, zero loss"] == [
+        "not measured", "≥ 0.8×", "?"]
+    assert sum(1 for values in rows.values() if values[0] == "not measured") == 4  # 3 from pool, MQTT
+    assert "**Failed:** exit status 1: boom" in text
+    assert not (tmp_path / "plots" / "rss.png").exists()
+    assert (tmp_path / "plots" / "scaling.png").exists()
+
+
+def test_cell_reads_a_printed_table() -> None:
+    results = {"pool": {"stdout": POOL_STDOUT}}
+    assert cell(results, "pool", "HTTP grayscale", "native", "requests/s") == 100
+    assert cell(results, "pool", "RSS over", "10000", "RSS (MB)") == 93.3
