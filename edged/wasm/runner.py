@@ -40,6 +40,9 @@ __all__ = ["FunctionRunner", "signature"]
 
 MiB = 1024 * 1024
 
+#: The import modules ``Linker.define_wasi`` defines (preview 1 and its older name).
+_WASI_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
+
 #: wasmtime's message when every slot of the pooling allocator is in use.
 _SLOTS_EXHAUSTED = "maximum concurrent"
 
@@ -69,6 +72,9 @@ class FunctionRunner(ABC):
         self._tick_ms = tick_ms
         self._ticks = math.ceil(settings.timeout_ms / tick_ms) + 1
         self._local = threading.local()
+        # A module that imports nothing from WASI never reads its context: its calls skip making one (the
+        # largest per-call cost after instantiation; the stderr file would be opened for nothing).
+        self._uses_wasi = any(imp.module in _WASI_MODULES for imp in module.imports)
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
         self._validated = False
 
@@ -127,11 +133,14 @@ class FunctionRunner(ABC):
 
     def _store(self, scratch: Scratch | None, ticks: int | None = None) -> wasmtime.Store:
         """A Store with the call's limits and a WASI context that inherits nothing: argv is [name], no
-        environment, preopens as granted, stdio as the ABI needs (none at load time). ``ticks``: epochs
-        until the guest is interrupted (default: its whole timeout)."""
+        environment, preopens as granted, stdio as the ABI needs (none at load time); no context at all
+        for a module without WASI imports. ``ticks``: epochs until the guest is interrupted (default: its
+        whole timeout)."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self._memory_limit)
         store.set_epoch_deadline(self._ticks if ticks is None else ticks)
+        if not self._uses_wasi:
+            return store
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self.name]
         for preopen in self.settings.preopens:
