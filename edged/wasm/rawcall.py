@@ -55,7 +55,7 @@ PRIVATE_NAMES = frozenset({
 _FFI_NAMES = ("wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t",
               "wasmtime_extern_t", "wasmtime_func_t", "wasmtime_instance_t", "WASMTIME_EXTERN_FUNC",
               "WASMTIME_EXTERN_MEMORY", "wasmtime_linker_define_func_unchecked",
-              "wasmtime_func_unchecked_callback_t", "wasmtime_caller_t")
+              "wasmtime_func_unchecked_callback_t", "wasmtime_caller_t", "wasmtime_caller_export_get")
 
 
 def _fields(struct: Any) -> set[str]:
@@ -111,8 +111,28 @@ _HOSTS: dict[int, tuple[HostI32, int]] = {}
 _host_ids = itertools.count(1)
 
 
+class _RawCaller(wasmtime.Caller):
+    """A Caller whose ``get`` looks the export up as ``export`` does (no buffer copy, no import per call)."""
+
+    def __init__(self, ptr: Any) -> None:
+        super().__init__(ptr)
+        self.raw_ptr: Any = ptr
+
+    def get(self, name: str) -> Any:
+        if self.raw_ptr is None:
+            return None
+        item = _ffi.wasmtime_extern_t()
+        raw = name.encode()
+        found = _ffi.wasmtime_caller_export_get(self.raw_ptr, raw, len(raw), ctypes.byref(item))
+        return _extern(item) if found else None
+
+    def _invalidate(self) -> None:
+        self.raw_ptr = None
+        super()._invalidate()
+
+
 def _host_call(env: int | None, caller_ptr: Any, values: Any, _count: int) -> int:
-    caller = wasmtime.Caller(caller_ptr)
+    caller = _RawCaller(caller_ptr)
     try:
         fn, params = _HOSTS[env or 0]
         values[0].i32 = _to_i32(fn(caller, *[values[i].i32 for i in range(params)]))
@@ -165,8 +185,10 @@ def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> obj
     raw = name.encode()
     found = _ffi.wasmtime_instance_export_get(
         store._context(), ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item))
-    if not found:
-        return None
+    return _extern(item) if found else None
+
+
+def _extern(item: Any) -> object:
     # The two kinds edged asks for, built directly (wrap_extern imports inside itself on every call).
     if item.kind == _EXTERN_FUNC:
         return wasmtime.Func._from_raw(item.of.func)

@@ -198,7 +198,7 @@ class FunctionRunner(ABC):
         if memory is not None:
             memory.guest_gone()
         try:
-            stderr = scratch.log_stderr(self.logger)
+            stderr = scratch.log_stderr(self.logger) if self._uses_wasi else ""  # none without WASI
             if memory is not None and memory.refused is not None:
                 raise Overloaded(memory.refused)
             failure = self._refused(ctx, scratch) or self._failure(attempt, ctx, stderr, scratch)
@@ -206,7 +206,7 @@ class FunctionRunner(ABC):
                 raise failure from (attempt.trap or attempt.error)
             output = self._output(ctx, scratch)
         finally:
-            scratch.reset()
+            scratch.reset(stderr=self._uses_wasi)
         encode_started = time.perf_counter()
         content_type, body = output.content_type, output.body
         if output.kind == ResultKind.FRAME:
