@@ -27,6 +27,7 @@ from edged.ingest.http import HttpApi
 from edged.ingest.listener import HANDLER_OPTIONS, ConnectionGuard, ensure_fd_limit
 from edged.ingest.mqtt import MqttIngest
 from edged.lifecycle import install_signal_handlers, reload_on_sighup
+from edged.malloc import trim_heap
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.reload import read_checked, reloadable, restart_needed
@@ -249,6 +250,7 @@ async def run(settings: Settings, config_path: Path | None = None) -> int:
         names = _names(settings)
         app.notifier.ready(f"serving on port {app.http_port}; functions: {names}")
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
+        trim_heap()  # what startup freed (imports, the model probe) goes back before the daemon idles
         await stop.wait()
         log.info("stopping")
         for task in running:

@@ -142,6 +142,10 @@ _REMOVALS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "Instance._instance": _without_attribute(wasmtime.Instance, "_instance"),
     "wasmtime._ffi": lambda mp: mp.setattr(rawcall, "_ffi", None),
     "wasmtime._ffi.wasmtime_func_call_unchecked": lambda mp: mp.delattr(rawcall._ffi, "wasmtime_func_call_unchecked"),
+    "wasmtime._ffi.wasmtime_linker_define_func_unchecked":
+        lambda mp: mp.delattr(rawcall._ffi, "wasmtime_linker_define_func_unchecked"),
+    "Caller._invalidate": lambda mp: mp.delattr(wasmtime.Caller, "_invalidate"),
+    "Trap._consume": lambda mp: mp.setattr(wasmtime.Trap, "_consume", None),  # inherited: hide it
 }
 
 
@@ -151,3 +155,75 @@ def test_a_missing_private_name_means_the_public_api(monkeypatch: pytest.MonkeyP
     lacking = rawcall.missing()
     assert lacking
     assert any(name in entry or entry in name for entry in lacking), lacking
+
+
+# -- host imports defined by define_i32 --------------------------------------------------------------------
+
+HOST_MODULE = """
+(module
+  (import "h" "f" (func $f (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "edged")
+  (func (export "call") (param i32 i32 i32) (result i32)
+    (call $f (local.get 0) (local.get 1) (local.get 2))))
+"""
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "public-api"])
+def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    if not request.param:
+        monkeypatch.setattr(rawcall, "FAST", False)
+    return bool(request.param)
+
+
+def _host_instance(host: rawcall.HostI32) -> tuple[wasmtime.Store, wasmtime.Func]:
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    rawcall.define_i32(linker, "h", "f", 3, host)
+    store = wasmtime.Store(engine)
+    inst = linker.instantiate(store, wasmtime.Module(engine, HOST_MODULE))
+    return store, func(store, inst, "call")
+
+
+def test_a_host_import_gets_its_arguments_the_caller_and_returns_its_result(fast: bool) -> None:
+    seen: list[tuple[int, int, int, bytes]] = []
+
+    def host(caller: wasmtime.Caller, a: int, b: int, c: int) -> int:
+        memory = caller.get("memory")
+        assert isinstance(memory, wasmtime.Memory)
+        seen.append((a, b, c, bytes(memory.read(caller, a, a + b))))
+        return a + b + c
+
+    store, call = _host_instance(host)
+    assert rawcall.call_i32(store, call, 8, 5, -1) == 12
+    assert rawcall.call_i32(store, call, 0x7FFF_FFFF, 1, 0) == -(1 << 31)  # the result wraps as an i32
+    assert seen[0] == (8, 5, -1, b"edged")  # arguments arrive as signed i32, as from define_func
+    assert seen[1][:3] == (0x7FFF_FFFF, 1, 0)
+
+
+def test_a_host_import_that_raises_traps_its_own_call() -> None:
+    def host(caller: wasmtime.Caller, a: int, b: int, c: int) -> int:
+        return a // b
+
+    store, call = _host_instance(host)
+    # A trap made by the host comes back as an error (the runner reports it as a trap), as in wasmtime-py.
+    with pytest.raises(wasmtime.WasmtimeError, match="host import raised ZeroDivisionError"):
+        rawcall.call_i32(store, call, 1, 0, 0)
+    assert rawcall.call_i32(store, call, 6, 3, 0) == 2  # the store is still usable
+
+
+def test_a_host_import_is_forgotten_with_the_last_linker_or_instance_using_it() -> None:
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, HOST_MODULE)
+    before = set(rawcall._HOSTS)
+    linker = wasmtime.Linker(engine)
+    rawcall.define_i32(linker, "h", "f", 3, lambda caller, a, b, c: a)
+    (added,) = set(rawcall._HOSTS) - before
+    pre = linker.instantiate_pre(module)
+    del linker
+    assert added in rawcall._HOSTS  # the InstancePre still uses it
+    store = wasmtime.Store(engine)
+    assert rawcall.call_i32(store, func(store, pre.instantiate(store), "call"), 4, 0, 0) == 4
+    store.close()
+    del pre
+    assert added not in rawcall._HOSTS

@@ -207,10 +207,14 @@ class Lease:
 
 
 class Model:
-    """A model read once: its bytes, labels, tensors and a bounded pool of interpreters."""
+    """A model read once: its bytes, labels, tensors and a bounded pool of interpreters.
+
+    With ``lazy`` (declared models), interpreters are allocated on first use: an idle daemon holds one
+    built interpreter per model, not its tensor arena and packed weights.
+    """
 
     def __init__(self, name: str, content: bytes, *, backend: Backend, threads: int = 1,
-                 labels: tuple[str, ...] | None = None, max_interpreters: int = 1) -> None:
+                 labels: tuple[str, ...] | None = None, max_interpreters: int = 1, lazy: bool = True) -> None:
         if max_interpreters < 1:
             raise ValueError("max_interpreters must be at least 1")
         self.name = name
@@ -228,31 +232,54 @@ class Model:
         self._closed = False
         #: Interpreters ever created for this model (the "loaded once" counter).
         self.created = 0
-        # The first interpreter validates the model now, at startup, rather than on the first request.
-        first = self._create()
-        self.inputs = tuple(TensorSpec.from_details(d) for d in first.get_input_details())
-        self.outputs = tuple(TensorSpec.from_details(d) for d in first.get_output_details())
-        self._idle.append(first)
+        # A probe validates the model now, at startup, rather than on the first request: built and
+        # allocated like every interpreter (same bytes, same runtime: a later one cannot fail differently
+        # short of running out of memory), then dropped. Allocation (tensor arena, weights packed by the
+        # XNNPACK delegate: ~25 MB for EfficientNet-Lite0) is what an idle daemon need not hold.
+        # Without ``lazy`` (a one-call model) the probe is the interpreter.
+        probe = self._build(allocate=True)
+        self.inputs = tuple(TensorSpec.from_details(d) for d in probe.get_input_details())
+        self.outputs = tuple(TensorSpec.from_details(d) for d in probe.get_output_details())
+        #: Built but not allocated (~1.5 MB each): the first call that takes one allocates it.
+        self._unallocated: list[Interpreter] = []
+        if lazy:
+            del probe
+            self._unallocated.append(self._create(allocate=False))
+        else:
+            self.created = 1
+            self._idle.append(probe)
         self._live = 1
 
     @property
     def size(self) -> int:
         return len(self._content)
 
-    def _create(self) -> Interpreter:
+    def _build(self, *, allocate: bool) -> Interpreter:
         try:
             interpreter = self._backend.factory(model_content=self._content, num_threads=self.threads)
+            if allocate:
+                interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"model {self.name!r}: {exc}") from exc
+        return interpreter
+
+    def _create(self, *, allocate: bool = True) -> Interpreter:
+        interpreter = self._build(allocate=allocate)
+        with self._cond:
+            self.created += 1
+        return interpreter
+
+    def _allocate(self, interpreter: Interpreter) -> Interpreter:
+        try:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"model {self.name!r}: {exc}") from exc
-        with self._cond:
-            self.created += 1
         return interpreter
 
     def checkout(self, timeout: float) -> Lease | None:
         """Take an interpreter for one call; None when all are busy for ``timeout`` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._idle) or self._live < self.max_interpreters, timeout):
+            if not self._cond.wait_for(self._available, timeout):
                 return None
             if self._closed:
                 raise ModelError(f"model {self.name!r} is closed")
@@ -260,11 +287,13 @@ class Model:
                 interpreter = self._idle.pop()
                 self._in_use += 1
                 return Lease(self, interpreter)
-            # Reserve the slot before creating outside the lock: creation takes milliseconds.
-            self._live += 1
+            # Reserve the slot, then build or allocate outside the lock: that takes milliseconds.
+            unallocated = self._unallocated.pop() if self._unallocated else None
+            if unallocated is None:
+                self._live += 1
             self._in_use += 1
         try:
-            interpreter = self._create()
+            interpreter = self._create() if unallocated is None else self._allocate(unallocated)
         except BaseException:
             with self._cond:
                 self._live -= 1
@@ -272,6 +301,9 @@ class Model:
                 self._cond.notify()
             raise
         return Lease(self, interpreter)
+
+    def _available(self) -> bool:
+        return bool(self._idle) or bool(self._unallocated) or self._live < self.max_interpreters
 
     def _give_back(self, interpreter: Interpreter, *, broken: bool) -> None:
         with self._cond:
@@ -286,15 +318,16 @@ class Model:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return {"created": self.created, "live": self._live, "idle": len(self._idle), "in_use": self._in_use,
-                    "max": self.max_interpreters}
+            return {"created": self.created, "live": self._live, "idle": len(self._idle) + len(self._unallocated),
+                    "in_use": self._in_use, "max": self.max_interpreters}
 
     def close(self) -> None:
         """Drop the idle interpreters (leased ones go when their lease is released)."""
         with self._cond:
             self._closed = True
-            self._live -= len(self._idle)
+            self._live -= len(self._idle) + len(self._unallocated)
             self._idle.clear()
+            self._unallocated.clear()
             self._cond.notify_all()
 
 
@@ -382,7 +415,8 @@ class ModelRegistry:
 
     def load_bytes(self, content: bytes, *, threads: int = 1) -> Model:
         """A one-call model from guest-supplied bytes (only with ``allow_model_bytes``); never pooled."""
-        return Model("(guest bytes)", content, backend=self.backend(), threads=threads, max_interpreters=1)
+        return Model("(guest bytes)", content, backend=self.backend(), threads=threads, max_interpreters=1,
+                     lazy=False)
 
     def close(self) -> None:
         """Drop the idle interpreters; the registry is empty afterwards."""

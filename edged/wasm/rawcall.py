@@ -1,4 +1,4 @@
-"""Export lookup and calls of i32 functions without wasmtime-py's per-call type conversion.
+"""Export lookup, calls of i32 functions and i32 host imports without wasmtime-py's per-call conversion.
 
 ``Instance.exports(store)`` builds a map of every export, and ``Func.__call__`` asks the function's type
 and converts every argument through new ``ValType`` objects: together about 60 % of a no-op call's time
@@ -6,6 +6,11 @@ and converts every argument through new ``ValType`` objects: together about 60 %
 signatures were checked when the module was loaded (``FunctionRunner.validate``), so this module looks
 exports up by name (``wasmtime_instance_export_get``) and calls them through
 ``wasmtime_func_call_unchecked``, both from the C API bindings that wasmtime-py itself ships.
+
+Host imports go the other way: wasmtime-py's ``Linker.define_func`` trampoline makes a ``Caller``, a ``Val``
+per argument and converts the result back through the function's type on every call (measured: about
+four times the cost of the import itself). ``define_i32`` defines an import whose parameters and result
+are all i32 through ``wasmtime_linker_define_func_unchecked``, reading and writing the raw values.
 
 Those bindings are wasmtime-py internals, so pyproject pins ``wasmtime>=50,<51``; every private name used
 here is listed in ``PRIVATE_NAMES`` and checked once at import (``missing``), and everything falls back to
@@ -19,11 +24,13 @@ with ``results`` at most 1: the unchecked call trusts it.
 from __future__ import annotations
 
 import ctypes
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import wasmtime
 
-__all__ = ["FAST", "FFI", "PRIVATE_NAMES", "call_i32", "export", "missing"]
+__all__ = ["FAST", "FFI", "PRIVATE_NAMES", "HostI32", "call_i32", "define_i32", "export", "missing"]
 
 try:
     from wasmtime import _ffi as _ffi_module
@@ -43,11 +50,12 @@ _ffi: Any = FFI
 PRIVATE_NAMES = frozenset({
     "wasmtime._ffi", "wasmtime._extern.wrap_extern", "wasmtime._func.enter_wasm",
     "Store._context", "Instance._instance", "Func._func", "Func._from_raw", "Memory._from_raw",
-    "WasmtimeError._from_ptr",
+    "WasmtimeError._from_ptr", "Caller._invalidate", "Trap._consume",
 })
 _FFI_NAMES = ("wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t",
               "wasmtime_extern_t", "wasmtime_func_t", "wasmtime_instance_t", "WASMTIME_EXTERN_FUNC",
-              "WASMTIME_EXTERN_MEMORY")
+              "WASMTIME_EXTERN_MEMORY", "wasmtime_linker_define_func_unchecked",
+              "wasmtime_func_unchecked_callback_t", "wasmtime_caller_t", "wasmtime_caller_export_get")
 
 
 def _fields(struct: Any) -> set[str]:
@@ -77,6 +85,9 @@ def missing() -> list[str]:
                             (wasmtime.Instance, "_from_raw")):
             if not callable(getattr(cls, method, None)):
                 lacking.append(f"{cls.__name__}.{method}")
+        for other, method in ((wasmtime.Caller, "_invalidate"), (wasmtime.Trap, "_consume")):
+            if not callable(getattr(other, method, None)):
+                lacking.append(f"{other.__name__}.{method}")
         if not lacking:
             # Instance attributes: made the way export() and wasmtime-py's InstancePre make them.
             if not hasattr(wasmtime.Func._from_raw(_ffi.wasmtime_func_t()), "_func"):
@@ -89,9 +100,81 @@ def missing() -> list[str]:
 
 
 FAST = not missing()
+
+#: A host import: ``fn(caller, *i32_args) -> i32``. It must not raise (edged.wasm.host.guard); if it does
+#: anyway, the call traps with the exception's name instead of carrying it to another thread.
+HostI32 = Callable[..., int]
+
+#: Imports defined by ``define_i32``, by the id wasmtime hands back to the trampoline; an entry goes when
+#: wasmtime drops the last linker or instance that uses it (the finalizer).
+_HOSTS: dict[int, tuple[HostI32, int]] = {}
+_host_ids = itertools.count(1)
+
+
+class _RawCaller(wasmtime.Caller):
+    """A Caller whose ``get`` looks the export up as ``export`` does (no buffer copy, no import per call)."""
+
+    def __init__(self, ptr: Any) -> None:
+        super().__init__(ptr)
+        self.raw_ptr: Any = ptr
+
+    def get(self, name: str) -> Any:
+        if self.raw_ptr is None:
+            return None
+        item = _ffi.wasmtime_extern_t()
+        raw = name.encode()
+        found = _ffi.wasmtime_caller_export_get(self.raw_ptr, raw, len(raw), ctypes.byref(item))
+        return _extern(item) if found else None
+
+    def _invalidate(self) -> None:
+        self.raw_ptr = None
+        super()._invalidate()
+
+
+def _host_call(env: int | None, caller_ptr: Any, values: Any, _count: int) -> int:
+    caller = _RawCaller(caller_ptr)
+    try:
+        fn, params = _HOSTS[env or 0]
+        values[0].i32 = _to_i32(fn(caller, *[values[i].i32 for i in range(params)]))
+        return 0
+    except BaseException as exc:  # noqa: BLE001 (a ctypes callback must not raise: trap instead)
+        trap = wasmtime.Trap(f"host import raised {type(exc).__name__}")._consume()
+        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+    finally:
+        caller._invalidate()
+
+
+def _forget(env: int | None) -> None:
+    _HOSTS.pop(env or 0, None)
+
+
 if FAST:
     _EXTERN_FUNC = int(getattr(_ffi.WASMTIME_EXTERN_FUNC, "value", _ffi.WASMTIME_EXTERN_FUNC))
     _EXTERN_MEMORY = int(getattr(_ffi.WASMTIME_EXTERN_MEMORY, "value", _ffi.WASMTIME_EXTERN_MEMORY))
+    # Made once and kept for the life of the process: wasmtime holds their addresses.
+    _TRAMPOLINE = _ffi.wasmtime_func_unchecked_callback_t(_host_call)
+    _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_forget)
+
+
+def define_i32(linker: wasmtime.Linker, module: str, name: str, params: int, fn: HostI32) -> None:
+    """Define ``module.name: (i32 * params) -> i32`` on ``linker``, store-independent (any store may use it).
+
+    ``fn`` gets a ``wasmtime.Caller`` (valid during the call only) and the arguments as signed ints.
+    """
+    if not FAST:
+        i32 = wasmtime.ValType.i32
+        linker.define_func(module, name, wasmtime.FuncType([i32() for _ in range(params)], [i32()]), fn,
+                           access_caller=True)
+        return
+    ty = wasmtime.FuncType([wasmtime.ValType.i32() for _ in range(params)], [wasmtime.ValType.i32()])
+    host_id = next(_host_ids)
+    _HOSTS[host_id] = (fn, params)
+    raw_module, raw_name = module.encode(), name.encode()
+    error = _ffi.wasmtime_linker_define_func_unchecked(linker.ptr(), raw_module, len(raw_module), raw_name,
+                                                       len(raw_name), ty.ptr(), _TRAMPOLINE, host_id, _FINALIZER)
+    if error:
+        _HOSTS.pop(host_id, None)
+        raise wasmtime.WasmtimeError._from_ptr(error)
 
 
 def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> object | None:
@@ -102,8 +185,10 @@ def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> obj
     raw = name.encode()
     found = _ffi.wasmtime_instance_export_get(
         store._context(), ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item))
-    if not found:
-        return None
+    return _extern(item) if found else None
+
+
+def _extern(item: Any) -> object:
     # The two kinds edged asks for, built directly (wrap_extern imports inside itself on every call).
     if item.kind == _EXTERN_FUNC:
         return wasmtime.Func._from_raw(item.of.func)

@@ -40,6 +40,9 @@ __all__ = ["FunctionRunner", "signature"]
 
 MiB = 1024 * 1024
 
+#: The import modules ``Linker.define_wasi`` defines (preview 1 and its older name).
+_WASI_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
+
 #: wasmtime's message when every slot of the pooling allocator is in use.
 _SLOTS_EXHAUSTED = "maximum concurrent"
 
@@ -71,6 +74,9 @@ class FunctionRunner(ABC):
         self._local = threading.local()
         #: The smallest frame it works as well from (edged.wasm.need); None: the full size.
         self.need: FrameNeed = None
+        # A module that imports nothing from WASI never reads its context: its calls skip making one (the
+        # largest per-call cost after instantiation; the stderr file would be opened for nothing).
+        self._uses_wasi = any(imp.module in _WASI_MODULES for imp in module.imports)
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
         self._validated = False
 
@@ -129,11 +135,14 @@ class FunctionRunner(ABC):
 
     def _store(self, scratch: Scratch | None, ticks: int | None = None) -> wasmtime.Store:
         """A Store with the call's limits and a WASI context that inherits nothing: argv is [name], no
-        environment, preopens as granted, stdio as the ABI needs (none at load time). ``ticks``: epochs
-        until the guest is interrupted (default: its whole timeout)."""
+        environment, preopens as granted, stdio as the ABI needs (none at load time); no context at all
+        for a module without WASI imports. ``ticks``: epochs until the guest is interrupted (default: its
+        whole timeout)."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self._memory_limit)
         store.set_epoch_deadline(self._ticks if ticks is None else ticks)
+        if not self._uses_wasi:
+            return store
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self.name]
         for preopen in self.settings.preopens:
@@ -191,7 +200,7 @@ class FunctionRunner(ABC):
         if memory is not None:
             memory.guest_gone()
         try:
-            stderr = scratch.log_stderr(self.logger)
+            stderr = scratch.log_stderr(self.logger) if self._uses_wasi else ""  # none without WASI
             if memory is not None and memory.refused is not None:
                 raise Overloaded(memory.refused)
             failure = self._refused(ctx, scratch) or self._failure(attempt, ctx, stderr, scratch)
@@ -199,7 +208,7 @@ class FunctionRunner(ABC):
                 raise failure from (attempt.trap or attempt.error)
             output = self._output(ctx, scratch)
         finally:
-            scratch.reset()
+            scratch.reset(stderr=self._uses_wasi)
         encode_started = time.perf_counter()
         content_type, body = output.content_type, output.body
         if output.kind == ResultKind.FRAME:

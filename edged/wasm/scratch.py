@@ -191,10 +191,12 @@ class Scratch:
                            STDERR_LIMIT, STDERR_LIMIT)
         return text
 
-    def reset(self) -> None:
-        """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls."""
+    def reset(self, *, stderr: bool = True) -> None:
+        """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls.
+        ``stderr=False``: the call could not write stderr (no WASI context), so it is still empty."""
         with self._lock:
-            os.ftruncate(self._err_fd, 0)
+            if stderr:
+                os.ftruncate(self._err_fd, 0)
             if self._stdio_used:  # only wasi-command calls have stdin and stdout
                 os.truncate(self.stdin, 0)
                 os.ftruncate(self._out_fd, 0)

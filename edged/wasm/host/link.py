@@ -1,8 +1,9 @@
 """Linking a function's imports: the ``edged`` module, and the hook through which an extension (WASI-NN)
 adds its own.
 
-Every import is defined with ``define_func(..., access_caller=True)``: store-independent, so one linker
-serves every call on its worker thread; the call itself is found through ``context.current()``.
+Every import is defined with ``rawcall.define_i32`` (``define_func(..., access_caller=True)`` without its
+per-call conversions): store-independent, so one linker serves every call on its worker thread; the call
+itself is found through ``context.current()``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from edged.wasm.host.context import CallContext
 from edged.wasm.host.http import edged_http_request
 from edged.wasm.host.log import edged_log
 from edged.wasm.host.output import edged_output
+from edged.wasm.rawcall import define_i32
 
 __all__ = ["HostExtension", "link_edged"]
-
-_I32 = wasmtime.ValType.i32
-
 
 class HostExtension(Protocol):
     """Something that adds imports for some functions (the WASI-NN host implements this).
@@ -42,8 +41,7 @@ class HostExtension(Protocol):
 
 
 def _define(linker: wasmtime.Linker, name: str, params: int, func: Callable[..., int]) -> None:
-    ty = wasmtime.FuncType([_I32() for _ in range(params)], [_I32()])
-    linker.define_func("edged", name, ty, func, access_caller=True)
+    define_i32(linker, "edged", name, params, func)
 
 
 def link_edged(linker: wasmtime.Linker) -> None:

@@ -53,6 +53,7 @@ from edged.wasm.host import models
 from edged.wasm.host.context import CallContext, current
 from edged.wasm.host.guard import Errnos, Refused, host_function
 from edged.wasm.memory import GuestMemory, u32
+from edged.wasm.rawcall import define_i32
 
 __all__ = [
     "ENCODING_TFLITE",
@@ -156,13 +157,6 @@ class NnCall:
         self.owned.clear()
 
 
-_I32 = wasmtime.ValType.i32()
-
-
-def _functype(params: int) -> wasmtime.FuncType:
-    return wasmtime.FuncType([_I32] * params, [_I32])
-
-
 class NnHost:
     """The WASI-NN host over a ModelRegistry: the function pool's host extension."""
 
@@ -204,12 +198,10 @@ class NnHost:
             "get_output": (5, self._get_output),
         }
         for import_name, (params, impl) in imports.items():
-            linker.define_func(MODULE, import_name, _functype(params),
-                               self._guarded(import_name, grant, impl), access_caller=True)
+            define_i32(linker, MODULE, import_name, params, self._guarded(import_name, grant, impl))
         # The model declarations, so a function needs no file access to find its model and labels.
         for import_name, host in models.model_imports(self.registry, tuple(settings.models)).items():
-            linker.define_func("edged", import_name, _functype(models.IMPORTS[import_name]), host,
-                               access_caller=True)
+            define_i32(linker, "edged", import_name, models.IMPORTS[import_name], host)
 
     def end_call(self, ctx: CallContext) -> None:
         """The call is over: give back its interpreters and drop its graphs (on the call's thread)."""
