@@ -17,6 +17,7 @@ from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, Outb
 from edged.ingest.body import body_bound, read_body
 from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.ingest.openapi import OPENAPI_PATH, openapi_route
+from edged.ingest.web import add_dashboard, is_open_path
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.secrets import resolve_secret
@@ -142,6 +143,7 @@ class HttpApi:
         if self._outbox is not None:
             app.router.add_get("/v1/outbox", self._outbox_status)
             app.router.add_post("/v1/outbox/dead/retry", self._retry_dead)
+        add_dashboard(app.router)
         return app
 
     @web.middleware
@@ -169,7 +171,7 @@ class HttpApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if self._token is not None and request.path not in _OPEN_PATHS:
+        if self._token is not None and request.path not in _OPEN_PATHS and not is_open_path(request.path):
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             # Header bytes that are not UTF-8 arrive as lone surrogates: compare them as the bytes sent.

@@ -168,6 +168,18 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
                                            _json(_ref("Outbox"), "the outbox"))}
         paths["/v1/outbox/dead/retry"] = {"post": _get("queue every dead letter again",
                                                        _json(_ref("Requeued"), "how many were queued"))}
+    # -- dashboard (issue 13 §1): the page and its static files, open like the probes (edged.ingest.web).
+    page = {"description": "the dashboard", "content": {"text/html": {"schema": {"type": "string"}}}}
+    paths["/"] = {"get": _get("the dashboard page (no token: the page asks for it)", page, open_path=True)}
+    static = _get("a script, style sheet or image of the dashboard", {"description": "the file, with an ETag",
+                  "content": {t: {"schema": {"type": "string"}} for t in ("text/javascript", "text/css")}},
+                  open_path=True)
+    static["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                             "description": "a file of edged/web/"}]
+    static["responses"]["304"] = {"description": "not modified (If-None-Match matched the ETag)"}
+    static["responses"]["404"] = _error_response(["not_found"])
+    paths["/static/{name}"] = {"get": static}
+    # -- end dashboard
     return {
         "openapi": "3.1.0",
         "info": {"title": "edged", "version": "1",
