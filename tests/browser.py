@@ -3,7 +3,8 @@
 ``chromium()`` yields a selenium WebDriver (headless, no sandbox since the tests may run as root); the
 tests skip, saying why, only when the browser or its driver is not installed (``make setup`` installs
 both). ``wait_for(driver, condition, what)`` is a bounded WebDriverWait that says what it waited for.
-``screenshot(driver, name)`` saves a PNG under build/screenshots/ and prints where.
+``page_errors(driver)`` lists the console's script errors and CSP refusals. ``screenshot(driver, name)``
+saves a PNG under build/screenshots/ and prints where.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["SCREENSHOTS", "WAIT_SECONDS", "chromium", "screenshot", "wait_for"]
+__all__ = ["SCREENSHOTS", "WAIT_SECONDS", "chromium", "page_errors", "screenshot", "wait_for"]
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,7 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={width},{height}", "--hide-scrollbars"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(WAIT_SECONDS)
     try:
@@ -65,6 +67,13 @@ def wait_for(driver: Any, condition: Callable[[Any], T], what: str, timeout: flo
 
     result: T = WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, f"waited for {what}")
     return result
+
+
+def page_errors(driver: Any) -> list[str]:
+    """Script errors and Content-Security-Policy refusals the console logged since the last call."""
+    entries = driver.get_log("browser")
+    return [e["message"] for e in entries
+            if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
 
 
 def screenshot(driver: Any, name: str) -> Path:

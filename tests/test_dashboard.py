@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from edged.ingest.web import load_files
-from tests.browser import chromium, screenshot, wait_for
+from tests.browser import chromium, page_errors, screenshot, wait_for
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.mosquitto import Mosquitto, Peer
@@ -166,6 +166,7 @@ def test_grayscale_upload_shows_the_result_beside_the_original(daemon: Daemon, b
     sources = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
     assert sources
     assert all(s.startswith(daemon.url) for s in sources), sources
+    assert page_errors(browser) == []
     screenshot(browser, "dashboard-grayscale")
 
 

@@ -124,7 +124,7 @@ export async function setupLive() {
   } catch (exc) {
     state(`history unavailable (${exc.code || exc.message})`);
   }
-  let delay = 1000;
+  let delay = 500;
   for (;;) {
     const started = Date.now();
     let failure = null;
