@@ -24,6 +24,7 @@ from edged.ingest.web import load_files
 from tests.browser import chromium, page_errors, screenshot, wait_for
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
+from tests.dapr_emulator import DaprEmulator
 from tests.mosquitto import Mosquitto, Peer
 
 pytestmark = pytest.mark.timeout(300)
@@ -269,3 +270,28 @@ def test_a_frame_published_over_mqtt_appears_in_the_live_view(daemon: Daemon, br
     label = _all(browser, f"{box} [data-function='classify'] .label")[0].text
     assert label in {"Egyptian cat", "tabby", "tiger cat"}
     screenshot(browser, "dashboard-live")
+
+
+def _post_image(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url + "/v1/functions/grayscale", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 200
+
+
+def test_dead_letters_show_and_the_button_retries_them(tmp_path: Path) -> None:
+    with DaprEmulator(pubsubs=()) as dapr:  # no pubsub component: every publish is a dead letter
+        dapr_table = {"enabled": True, "url": dapr.url, "retry_min": 0.05, "retry_max": 0.5, "timeout": 5.0}
+        with run_daemon(_config(tmp_path, dapr=dapr_table)) as d, chromium() as driver:
+            for _ in range(2):
+                _post_image(d.url, (DATA / "coffee.jpg").read_bytes())
+            _open(driver, d.url)
+            button = _by_id(driver, "retry-dead")
+            wait_for(driver, lambda dr: [f.text for f in _all(dr, "[data-fact='dead letters']")] == ["2"],
+                     "2 dead letters shown")
+            assert button.is_enabled()
+            dapr.pubsubs.add("cloud")
+            button.click()
+            wait_for(driver, lambda dr: _by_id(dr, "retry-result").text == "2 queued again", "the retry answer")
+            dapr.wait(lambda emu: len(emu.published) == 2, what="the dead letters resent")
+            wait_for(driver, lambda dr: _all(dr, "[data-fact='dead letters']")[0].text == "0", "no dead letters")
+            assert not button.is_enabled()
