@@ -78,6 +78,7 @@ export function el(tag, attrs = {}, ...children) {
 
 export function ago(seconds) {
   if (seconds === null || seconds === undefined) return "–";
+  seconds = Math.max(0, seconds); // the browser's clock may run a little behind the daemon's
   if (seconds < 90) return `${Math.round(seconds)} s`;
   if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
   if (seconds < 172800) return `${Math.round(seconds / 3600)} h`;
