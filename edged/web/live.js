@@ -49,7 +49,8 @@ function describe(doc) {
     return el("div", {}, el("p", { class: "label", text: result.label }), scoreBars(result.top.slice(0, 3), "top 3"));
   }
   if (result) return el("p", { class: "muted", text: JSON.stringify(result).slice(0, 120) });
-  return el("p", { class: "muted", text: doc.image ? `${doc.image.content_type}, ${doc.image.bytes} bytes` : "" });
+  const image = doc.image;
+  return el("p", { class: "meta", text: image ? `${image.content_type.replace("image/", "")} · ${(image.bytes / 1024).toFixed(1)} KiB` : "" });
 }
 
 function add(doc) {
