@@ -261,6 +261,9 @@ def test_a_frame_published_over_mqtt_appears_in_the_live_view(daemon: Daemon, br
         pytest.skip("GET /v1/events (issue 13 §2, the event history and stream) is not served by this build")
     _open(browser, daemon.url)
     wait_for(browser, lambda d: _by_id(d, "live").get_attribute("data-streaming") == "true", "the event stream")
+    # A result in the Try panel too, for the screenshot that goes into the README (docs/dashboard.png).
+    _upload(browser, DATA / "chelsea.jpg", "grayscale")
+    wait_for(browser, lambda d: _loaded(d, "#try-output img"), "the grayscale result")
     camera = "porch"
     with Peer(broker, "dashboard-camera") as peer:
         peer.publish(f"edged/cameras/{camera}/image", (DATA / "chelsea.jpg").read_bytes())
