@@ -76,10 +76,18 @@ def page_errors(driver: Any) -> list[str]:
             if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
 
 
-def screenshot(driver: Any, name: str) -> Path:
-    """The page as a PNG in build/screenshots/ (a test artifact; the path is printed)."""
+def screenshot(driver: Any, name: str, *, full_page: bool = False) -> Path:
+    """The page (all of it with ``full_page``) as a PNG in build/screenshots/, a test artifact; prints where."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    driver.save_screenshot(str(path))
+    size = driver.get_window_size()
+    if full_page:
+        chrome = size["height"] - driver.execute_script("return window.innerHeight")
+        driver.set_window_size(size["width"], driver.execute_script("return document.body.scrollHeight") + chrome)
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        if full_page:
+            driver.set_window_size(size["width"], size["height"])
     print(f"screenshot: {path}")
     return path

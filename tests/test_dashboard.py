@@ -111,6 +111,14 @@ def _loaded(driver: Any, css: str) -> bool:
         "return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);", css))
 
 
+def _fresh_poll(driver: Any) -> None:
+    """Wait until the status section has been polled anew from start to end (it polls every 3 s)."""
+    def polls(d: Any) -> int:
+        return int(d.execute_script("return Number(document.getElementById('status').dataset.polled || 0)"))
+    before = polls(driver)
+    wait_for(driver, lambda d: polls(d) > before + 1, "a fresh status poll")
+
+
 # -- without a browser -----------------------------------------------------------------------------------
 
 
@@ -208,11 +216,9 @@ def test_status_shows_connections_outbox_and_function_stats(daemon: Daemon, brow
     wait_for(browser, lambda d: _all(d, "[data-fact='depth']"), "the outbox facts")
     assert _by_id(browser, "retry-dead").is_enabled() is False  # no dead letters
     # A call made from here is counted, and the chart has a line per percentile.
-    before = browser.execute_script("return Number(document.getElementById('status').dataset.polled || 0)")
     _upload(browser, DATA / "coffee.jpg", "grayscale")
     wait_for(browser, lambda d: _loaded(d, "#try-output img"), "the grayscale result")
-    wait_for(browser, lambda d: d.execute_script(
-        "return Number(document.getElementById('status').dataset.polled || 0)") > before + 1, "a fresh poll")
+    _fresh_poll(browser)
     card = _all(browser, "#functions [data-function='grayscale']")[0]
     calls = re.search(r"calls (\d+)", card.text)
     assert calls is not None
@@ -272,7 +278,8 @@ def test_a_frame_published_over_mqtt_appears_in_the_live_view(daemon: Daemon, br
     wait_for(browser, lambda d: _loaded(d, f"{box} [data-function='grayscale'] img.thumb"), "the thumbnail")
     label = _all(browser, f"{box} [data-function='classify'] .label")[0].text
     assert label in {"Egyptian cat", "tabby", "tiger cat"}
-    screenshot(browser, "dashboard-live")
+    _fresh_poll(browser)
+    screenshot(browser, "dashboard-live", full_page=True)
 
 
 def _post_image(url: str, body: bytes) -> None:

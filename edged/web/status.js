@@ -37,13 +37,20 @@ function outbox(box) {
 
 function chart(points) {
   const width = 240;
-  const height = 60;
+  const height = 64;
   const top = Math.max(1, ...points.map((p) => p.p99 || 0));
   const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
   for (const [key, cls] of [["p99", "p99"], ["p50", "p50"]]) {
-    const coords = points.map((p, i) => `${(i / (POINTS - 1)) * width},${height - ((p[key] || 0) / top) * (height - 4)}`);
+    const step = (width - 8) / Math.max(points.length - 1, 1);
+    const coords = points.map((p, i) => `${4 + i * step},${height - 4 - ((p[key] || 0) / top) * (height - 20)}`);
     box.append(svg("polyline", { points: coords.join(" "), class: cls, fill: "none" }));
+    // The newest point as a dot too, so that a single poll already shows something.
+    const [x, y] = coords[coords.length - 1].split(",");
+    box.append(svg("circle", { cx: x, cy: y, r: "3", class: cls }));
   }
+  const scale = svg("text", { x: String(width - 4), y: "12", "text-anchor": "end", class: "scale" }); // above the plot band
+  scale.textContent = `${top.toFixed(0)} ms`;
+  box.append(scale);
   const label = svg("title", {});
   label.textContent = `latency p50 and p99 over the last ${points.length} polls, up to ${top.toFixed(1)} ms`;
   box.prepend(label);
