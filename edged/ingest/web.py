@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["DASHBOARD_PATH", "STATIC_PREFIX", "add_dashboard", "is_open_path", "load_files"]
+__all__ = ["DASHBOARD_PATH", "STATIC_PREFIX", "StaticFile", "add_dashboard", "is_open_path", "load_files"]
 
 DASHBOARD_PATH = "/"
 STATIC_PREFIX = "/static/"
@@ -30,6 +30,8 @@ _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"
 
 @dataclass(frozen=True, slots=True)
 class StaticFile:
+    """One file of the dashboard, as served."""
+
     body: bytes
     content_type: str
     etag: str
