@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiohttp import web
 from edged import __version__
 from edged.budget import MemoryBudget, budget_origin, detect_work_budget
 from edged.cgroup_limit import detect_memory_limit
+from edged.deploy import Deployer, merge_functions
 from edged.inference.tflite import ModelRegistry
 from edged.ingest.body import budget_reservation
 from edged.ingest.http import HttpApi
@@ -29,7 +30,7 @@ from edged.lifecycle import install_signal_handlers, reload_on_sighup
 from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.reload import read_checked, reloadable, restart_needed
-from edged.settings import ConfigError, Settings
+from edged.settings import ConfigError, FunctionSettings, Settings
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
@@ -65,8 +66,14 @@ class App:
         # One budget for all large work (frames, guests, outputs, bodies): made once, from settings.limits.
         self.budget = MemoryBudget(detect_work_budget(settings.limits))
         self.metrics.watch_budget(self.budget)
+        # Functions deployed over the API run beside the config's (edged.deploy); None while deploy is off.
+        self.deployer = Deployer(self, self.metrics.registry) if settings.deploy.enabled else None
+        self._swapping = asyncio.Lock()
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
-        self.models, self.pool = build_pool(settings, on_call=self.metrics.on_call, budget=self.budget)
+        self.models, self.pool = build_pool(self._with_deployed(settings), on_call=self.metrics.on_call,
+                                            budget=self.budget)
+        if self.deployer is not None:
+            self.pool.watch_outcomes(self.deployer.watch.on_outcome)
         #: The registry the current function table uses (a reload with changed models makes a new one).
         self._models_now: ModelRegistry = self.models
         cloudevents = CloudEvents(settings.device_id, settings.sync)
@@ -89,7 +96,7 @@ class App:
                                attempts=self.store)
         self.http = HttpApi(settings, self.pool, self.metrics, self.components, self.pipeline,
                             outbox=self.store, sync=self.sync.status if self.sync is not None else None,
-                            reserve_body=budget_reservation(self.budget))
+                            reserve_body=budget_reservation(self.budget), deployer=self.deployer)
         self.connections = ConnectionGuard(settings.http, self.metrics)
         self.http_port: int | None = None
         self._stack = AsyncExitStack()
@@ -157,7 +164,9 @@ class App:
             for line in restart_needed(self.settings, new):
                 log.warning("reload: %s", line)
             wanted = reloadable(self.settings, new)
-            await self._swap_functions(wanted)
+            # The deployer's lock first, as a deploy takes it: the registry does not change under the swap.
+            async with self.deployer.lock if self.deployer is not None else nullcontext(), self._swapping:
+                await self._swap_functions(wanted, self._with_deployed(wanted).functions)
         except ConfigError as exc:  # also a module that does not load in the running engine
             log.error("reload refused, the running config stays: %s", exc)
             return False
@@ -168,14 +177,30 @@ class App:
         log.info("reloaded (functions: %s)", _names(wanted))
         return True
 
-    async def _swap_functions(self, wanted: Settings) -> None:
+    def _with_deployed(self, settings: Settings, deployed: Mapping[str, FunctionSettings] | None = None) -> Settings:
+        """``settings`` with the deployed functions beside its own: the one place the two are merged."""
+        if self.deployer is None:
+            return settings
+        return merge_functions(settings, self.deployer.live(settings.models) if deployed is None else deployed)
+
+    def compile_module(self, wasm: bytes, label: str) -> None:
+        """An uploaded module compiled into the running engine's cache (ValueError if it does not compile)."""
+        self.pool.compile(wasm, label)
+
+    async def apply_deployed(self, functions: Mapping[str, FunctionSettings]) -> None:
+        """Swap in the config's functions plus ``functions`` (the deployed ones), as a reload does."""
+        async with self._swapping:
+            await self._swap_functions(self.settings, self._with_deployed(self.settings, functions).functions)
+
+    async def _swap_functions(self, wanted: Settings, functions: Mapping[str, FunctionSettings]) -> None:
+        """Make ``functions`` the pool's table, with ``wanted``'s models (new ones loaded first)."""
         if wanted.models == self.settings.models:
-            await asyncio.to_thread(self.pool.swap, wanted.functions, self.pool.extension)
+            await asyncio.to_thread(self.pool.swap, functions, self.pool.extension)
             return
         models = model_registry(wanted)
         await asyncio.to_thread(models.load)
         try:
-            await asyncio.to_thread(self.pool.swap, wanted.functions, NnHost(models), self._models_now.close)
+            await asyncio.to_thread(self.pool.swap, functions, NnHost(models), self._models_now.close)
         except BaseException:
             models.close()
             raise
@@ -192,6 +217,8 @@ class App:
         loops.update(self.mqtt.background())
         if self.results is not None:
             loops.update(self.results.background())
+        if self.deployer is not None:
+            loops["edged.deploy.rollback"] = self.deployer.run()
         return loops
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``edged run | check-config | functions | invoke``.
+"""Command line: ``edged run | check-config | functions | invoke | deploy | rollback``.
 
 Exit status: 0 ok; 1 a call or the daemon failed (a missing input file, a port in use); 2 a usage error
 (argparse); 75 (EX_TEMPFAIL) another daemon holds the state directory; 78 (EX_CONFIG) the configuration
@@ -20,6 +20,7 @@ from edged.errors import EdgedError
 from edged.journal import StructuredJournalHandler, under_journald
 from edged.logs import RepeatFilter, configure
 from edged.preflight import Problem, file_problems, load_problems
+from edged.secrets import SecretError, read_secret, resolve_secret
 from edged.settings import ConfigError, Settings, load_settings
 from edged.versions import versions
 
@@ -161,6 +162,68 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The API's base URL and bearer token: --url and --token-file, else the config file's [http]."""
+    from edged.deploy.client import api_url
+
+    token = read_secret("--token-file", Path(args.token_file)) if args.token_file else None
+    url = args.url.rstrip("/") if args.url else None
+    if url is not None and token is not None:
+        return url, token
+    try:
+        path = _config_path(getattr(args, "config", None))
+    except ConfigError:
+        if url is None:
+            raise
+        return url, None  # no config file anywhere: --url alone, no token
+    http = load_settings(path).http
+    if token is None:
+        token = resolve_secret("http.token_file", http.token, http.token_file)
+    return url or api_url(http.host, http.port), token
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from edged.deploy.client import ApiError, deploy
+
+    try:
+        wasm = Path(args.module).read_bytes()
+        spec = json.loads(Path(args.spec).read_bytes()) if args.spec else {}
+    except OSError as exc:
+        return _fail("unreadable_input", f"cannot read {exc.filename}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return _fail("invalid_spec", f"{args.spec} is not JSON: {exc}")
+    if not isinstance(spec, dict):
+        return _fail("invalid_spec", f"{args.spec} is not a JSON object")
+    try:
+        url, token = _api(args)
+        document = deploy(url, token, args.name, wasm, spec)
+    except ApiError as exc:
+        return _fail(exc.code, exc.detail)
+    except SecretError as exc:
+        return _fail("unreadable_token", str(exc))
+    print(json.dumps(document))
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from edged.deploy.client import ApiError, rollback
+
+    try:
+        url, token = _api(args)
+        print(json.dumps(rollback(url, token, args.name)))
+    except ApiError as exc:
+        return _fail(exc.code, exc.detail)
+    except SecretError as exc:
+        return _fail("unreadable_token", str(exc))
+    return 0
+
+
+def _api_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the function")
+    parser.add_argument("--url", help="the daemon's API (default: from the config's [http] host and port)")
+    parser.add_argument("--token-file", help="a file holding the bearer token (default: the config's http.token)")
+
+
 def _version_text() -> str:
     v = versions()
     return f"edged {v['edged']} (wasmtime {v['wasmtime']}, TFLite runtime {v['tflite']})"
@@ -187,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("file")
     invoke.add_argument("-o", "--output", help="write the result here")
     invoke.set_defaults(func=_cmd_invoke)
+    deploy = sub.add_parser("deploy", parents=[common],
+                            help="upload a module and make it a function's new version, through the API")
+    _api_arguments(deploy)
+    deploy.add_argument("module", help="the .wasm file")
+    deploy.add_argument("--spec", help="JSON: abi, input, timeout_ms, memory_mb, grants... (module is set here)")
+    deploy.set_defaults(func=_cmd_deploy)
+    rollback = sub.add_parser("rollback", parents=[common],
+                              help="put back the version a deployed function's current one replaced")
+    _api_arguments(rollback)
+    rollback.set_defaults(func=_cmd_rollback)
     return parser
 
 

@@ -9,25 +9,33 @@ from __future__ import annotations
 __all__ = [
     "BadBody",
     "BadImage",
+    "BadModule",
     "BadOutput",
     "BadRequest",
     "BodyTimeout",
     "BodyTooLarge",
     "DecodeCancelled",
     "DecodeTimeout",
+    "DeployConflict",
+    "DeployError",
+    "DigestMismatch",
     "EdgedError",
     "FunctionError",
     "FunctionFailed",
     "FunctionTimeout",
     "FunctionTrap",
+    "GrantRefused",
     "ImageError",
     "ImageTooComplex",
+    "InvalidSpec",
     "MemoryLimit",
     "OutboxFull",
     "Overloaded",
     "Quarantined",
+    "ReadOnlyFunction",
     "TooManyPixels",
     "UnknownFunction",
+    "UnknownModule",
     "UnsupportedEncoding",
     "UnsupportedFormat",
 ]
@@ -171,3 +179,56 @@ class BadOutput(FunctionError):
 
 class FunctionFailed(FunctionError):
     code = "function_error"
+
+
+class DeployError(EdgedError):
+    """A deploy request (``PUT /v1/modules``, ``PUT /v1/functions``, rollback, delete) that was refused."""
+
+
+class DigestMismatch(DeployError):
+    """An uploaded module's sha256 is not the digest its URL names."""
+
+    code = "digest_mismatch"
+    http_status = 400
+
+
+class BadModule(DeployError):
+    """An uploaded module does not validate or compile, or does not speak the ABI its function names."""
+
+    code = "bad_module"
+    http_status = 422
+
+
+class UnknownModule(DeployError):
+    """A function spec names a module digest that was never uploaded."""
+
+    code = "unknown_module"
+    http_status = 422
+
+
+class InvalidSpec(DeployError):
+    """A function spec that is not JSON, or that the config's own function rules refuse."""
+
+    code = "invalid_spec"
+    http_status = 422
+
+
+class GrantRefused(DeployError):
+    """A function spec grants more than ``[deploy]``'s ceilings allow an API deploy."""
+
+    code = "grant_refused"
+    http_status = 403
+
+
+class ReadOnlyFunction(DeployError):
+    """A function from the config file: the API may not change or delete it."""
+
+    code = "read_only"
+    http_status = 409
+
+
+class DeployConflict(DeployError):
+    """The function has no earlier version to roll back to."""
+
+    code = "no_earlier_version"
+    http_status = 409

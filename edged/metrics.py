@@ -108,6 +108,12 @@ class Metrics:
             "MQTT frames handled, by outcome (processed, duplicate, rejected, quarantined, unrouted).",
             ["outcome"], registry=self.registry,
         )
+        self.frames_skipped = Counter(
+            "edged_frames_skipped",
+            "Frames acked without being processed, by camera and reason (sampled: a newer frame of the camera "
+            "replaced it under max_fps). Not counted in edged_mqtt_frames.",
+            ["camera", "reason"], registry=self.registry,
+        )
         self.mqtt_inflight = Gauge(
             "edged_mqtt_inflight_frames", "MQTT frames taken and not yet acknowledged.", registry=self.registry,
         )

@@ -10,6 +10,7 @@ result consumer.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -94,6 +95,7 @@ class Mosquitto:
             f"persistence true\npersistence_location {self.directory}/",
             "autosave_interval 1",
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information",
+            "log_type subscribe",  # wait_subscribed
             # Defaults of 1000 queued messages per client would drop frames in the burst tests.
             "max_queued_messages 100000\nmax_inflight_messages 20",
         ]
@@ -152,6 +154,15 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def wait_subscribed(self, client_id: str, topic: str, timeout: float = 60.0) -> None:
+        """Wait until the broker has logged ``client_id``'s SUBSCRIBE to ``topic`` (log_type subscribe).
+
+        A client logs "connected" before its SUBSCRIBE reaches the broker: a frame published in between
+        matches nothing and is dropped."""
+        line = re.compile(rf"^\d+: {re.escape(client_id)} \d {re.escape(topic)}$", re.MULTILINE)
+        wait_until(lambda: line.search(self.log_path.read_text(errors="replace")) is not None, timeout,
+                   f"{client_id} subscribed to {topic}")
 
     def __enter__(self) -> Mosquitto:
         return self.start() if self.proc is None else self

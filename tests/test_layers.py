@@ -39,7 +39,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "preflight": frozenset({"inference", "secrets", "settings", "wasm"}),
     # What a reload may change, checked as check-config checks (preflight) before the face swaps it in.
     "reload": frozenset({"preflight", "settings"}),
-    "ingest": frozenset({"budget", "errors", "events", "frames", "metrics", "mqtt", "pipeline", "retry",
+    # Functions deployed over the API: modules, versions, ceilings, rollback; the pool only through the face.
+    "deploy": frozenset({"errors", "settings"}),
+    "ingest": frozenset({"budget", "deploy", "errors", "events", "frames", "metrics", "mqtt", "pipeline", "retry",
                          "secrets", "settings", "status", "store", "sync", "wasm"}),
 }
 #: The face builds and wires every part.

@@ -150,6 +150,7 @@ def test_reload_changes_mqtt_subscriptions_on_the_live_connection(tmp_path: Path
                 Peer(broker, "camera") as camera:
             for component in ("mqtt", "mqtt-results"):
                 d.wait_log(f"{component}: connected")
+            broker.wait_subscribed("edged-reload-test", "old/+/image")
 
             def result_for(cam: str) -> bool:
                 return any(m.topic.startswith(f"edged/results/{cam}/") for m in results.received())
@@ -158,6 +159,7 @@ def test_reload_changes_mqtt_subscriptions_on_the_live_connection(tmp_path: Path
             results.wait_for(lambda _: result_for("cam1"), 60, "a result for a frame on the old topic")
             write_config(path, with_topic("new/+/image"))
             reload(d, 0)
+            broker.wait_subscribed("edged-reload-test", "new/+/image")
             camera.publish("new/cam2/image", data)
             results.wait_for(lambda _: result_for("cam2"), 60, "a result for a frame on the new topic")
             camera.publish("old/cam3/image", data)  # no longer subscribed: the broker drops it

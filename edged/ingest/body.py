@@ -42,8 +42,10 @@ def body_bound(request: web.BaseRequest, limit: int) -> int:
     return declared if declared is not None and encoding == "identity" else limit
 
 
-async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float) -> bytes:
-    """The body of ``request``, decoded; raise BodyTooLarge, BodyTimeout or BadBody."""
+async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float,
+                    on_chunk: Callable[[bytes], object] | None = None) -> bytes:
+    """The body of ``request``, decoded; raise BodyTooLarge, BodyTimeout or BadBody. ``on_chunk`` sees each
+    decoded chunk as it arrives (a digest computed while reading)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -60,6 +62,8 @@ async def read_body(request: web.BaseRequest, *, limit: int, idle_timeout: float
         if size > limit:
             raise BodyTooLarge(f"request body over {limit} bytes"
                                + (" once decoded" if _encoding(request) != "identity" else ""))
+        if on_chunk is not None:
+            on_chunk(chunk)
         chunks.append(chunk)
 
 

@@ -13,8 +13,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from edged.deploy import Deployer
 from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.ingest.body import body_bound, read_body
+from edged.ingest.deploy import add_deploy_routes
 from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.ingest.openapi import OPENAPI_PATH, openapi_route
 from edged.ingest.web import add_dashboard, is_open_path
@@ -114,7 +116,7 @@ class HttpApi:
 
     def __init__(self, settings: Settings, pool: FunctionPool, metrics: Metrics, components: Components,
                  pipeline: Pipeline, outbox: OutboxControl | None = None, sync: SyncStatus | None = None,
-                 reserve_body: BodyReservation | None = None) -> None:
+                 reserve_body: BodyReservation | None = None, deployer: Deployer | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._metrics = metrics
@@ -124,6 +126,7 @@ class HttpApi:
         self._outbox = outbox
         self._sync = sync
         self._reserve_body = reserve_body or _no_reservation
+        self._deployer = deployer
         token = resolve_secret("http.token_file", settings.http.token, settings.http.token_file)
         self._token = token.encode() if token is not None else None
         self.accepting = True
@@ -139,10 +142,13 @@ class HttpApi:
         app.router.add_get("/v1/functions", self._list_functions)
         app.router.add_post("/v1/functions/{name}", self._call_function)
         app.router.add_post("/api/image", self._legacy_image)
-        app.router.add_get(OPENAPI_PATH, openapi_route(outbox=self._outbox is not None, legacy=LEGACY_API_NAMES))
+        app.router.add_get(OPENAPI_PATH, openapi_route(outbox=self._outbox is not None, legacy=LEGACY_API_NAMES,
+                                                       deploy=self._deployer is not None))
         if self._outbox is not None:
             app.router.add_get("/v1/outbox", self._outbox_status)
             app.router.add_post("/v1/outbox/dead/retry", self._retry_dead)
+        if self._deployer is not None:
+            add_deploy_routes(app, self._deployer, self._settings, self._reserve_body)
         add_dashboard(app.router)
         return app
 

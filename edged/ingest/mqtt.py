@@ -28,6 +28,9 @@ Overload policy (memory stays bounded, nothing is dropped):
   error event with code ``quarantined``, acked.
 - A frame redelivered after a crash (same camera, same bytes, within ``mqtt.dedupe_window``) is
   answered from the store: its stored events are published again with their original ids.
+- A subscription with ``max_fps`` runs its cameras' frames through ``edged.ingest.sampling``: a frame
+  over the rate waits, and a newer frame replaces it; the replaced one is acked unprocessed and counted
+  in ``edged_frames_skipped{reason="sampled"}``. That is the one deliberate exception to at-least-once.
 QoS 0 frames are processed the same way but are lost if edged dies before committing them (that is
 what QoS 0 means); QoS 2 subscriptions are made at QoS 1, see ``Subscription.qos``.
 """
@@ -49,6 +52,7 @@ from paho.mqtt.properties import Properties
 from edged.errors import DecodeCancelled, EdgedError, OutboxFull, Overloaded, Quarantined
 from edged.events import StoredEvent
 from edged.ingest.poison import AttemptStore, PoisonGuard
+from edged.ingest.sampling import Key, Sampler
 from edged.metrics import Metrics
 from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
 from edged.pipeline import IngestPolicy, Outcome, Pipeline
@@ -85,6 +89,7 @@ class Route:
     qos: int
     match: str
     camera_level: int | None
+    max_fps: float | None = None
 
 
 def routes(subscriptions: Sequence[Subscription]) -> list[Route]:
@@ -95,8 +100,13 @@ def routes(subscriptions: Sequence[Subscription]) -> list[Route]:
             match = match.split("/", 2)[2]  # shared subscriptions deliver plain topics
         levels = match.split("/")
         camera_level = levels.index("+") if "+" in levels else None
-        out.append(Route(sub.topic, sub.functions, min(sub.qos, 1), match, camera_level))
+        out.append(Route(sub.topic, sub.functions, min(sub.qos, 1), match, camera_level, sub.max_fps))
     return out
+
+
+def _rates(table: Sequence[Route]) -> dict[str, float]:
+    # reversed: of two routes with one filter, the first is the one matched (route_for)
+    return {r.filter: r.max_fps for r in reversed(table) if r.max_fps is not None}
 
 
 def route_for(table: Sequence[Route], topic: str) -> Route | None:
@@ -130,6 +140,11 @@ class _Frame:
     route: Route
     camera: str
     correlation: bytes | None
+    sampled: bool = False
+
+    @property
+    def key(self) -> Key:
+        return self.route.filter, self.camera
 
 
 class MqttIngest(ConnectionHandler):
@@ -150,6 +165,7 @@ class MqttIngest(ConnectionHandler):
         self._metrics = metrics
         self._components = components
         self._routes = routes(settings.mqtt.subscriptions)
+        self._sampler = Sampler[_Frame](_rates(self._routes), self._enqueue, self._skip)
         self._conn: MqttConnection | None = None
         self._queue: deque[_Frame] = deque()
         self._queued = asyncio.Event()
@@ -185,6 +201,7 @@ class MqttIngest(ConnectionHandler):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._sampler.close()
         if self._conn is not None:
             await self._conn.close()
 
@@ -200,6 +217,7 @@ class MqttIngest(ConnectionHandler):
         """Route new messages by ``subscriptions`` from now on, and change the live connection's filters."""
         before = {(r.filter, r.qos) for r in self._routes}
         self._routes = routes(subscriptions)
+        self._sampler.reconfigure(_rates(self._routes))
         after = {(r.filter, r.qos) for r in self._routes}
         if self._conn is None:
             return
@@ -236,10 +254,25 @@ class MqttIngest(ConnectionHandler):
             return
         props = message.properties
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        self._queue.append(_Frame(message, route, camera_of(route, message.topic, props),
-                                  bytes(correlation) if correlation is not None else None))
+        frame = _Frame(message, route, camera_of(route, message.topic, props),
+                       bytes(correlation) if correlation is not None else None, self._sampler.limits(route.filter))
         self._taken(+1)
+        if frame.sampled:
+            self._sampler.offer(frame.key, frame)
+        else:
+            self._enqueue(frame)
+
+    def _enqueue(self, frame: _Frame) -> None:
+        self._queue.append(frame)
         self._queued.set()
+
+    def _skip(self, frame: _Frame) -> None:
+        """A newer frame of the camera replaced this one (max_fps): acked without being processed."""
+        assert self._conn is not None
+        self._metrics.frames_skipped.labels(frame.camera, "sampled").inc()
+        msg = frame.msg
+        self._conn.ack(msg.mid, msg.qos, msg.generation)  # on an older connection: sent again, skipped again
+        self._taken(-1)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
@@ -260,12 +293,16 @@ class MqttIngest(ConnectionHandler):
         return frame.msg.qos > 0 and self._session_resumed and frame.msg.generation != self._conn.generation
 
     def _forget_redelivered(self) -> None:
-        kept = deque(f for f in self._queue if not self._stale(f))
-        dropped = len(self._queue) - len(kept)
+        waiting = self._sampler.forget(self._stale)
+        gone = [f for f in self._queue if self._stale(f)]
+        dropped = len(gone) + len(waiting)
         if dropped:
-            self._queue = kept
+            self._queue = deque(f for f in self._queue if not self._stale(f))
             log.info("%d queued frames will be redelivered by the broker: taking those instead", dropped)
             self._taken(-dropped)
+        for frame in gone:
+            if frame.sampled:
+                self._sampler.done(frame.key)
 
     # -- the ingest loop -------------------------------------------------------------------------------
 
@@ -291,6 +328,8 @@ class MqttIngest(ConnectionHandler):
         finally:
             self._slots.release()
             self._taken(-1)
+            if frame.sampled:
+                self._sampler.done(frame.key)
 
     async def _process(self, frame: _Frame) -> Outcome | None:
         data = frame.msg.payload

@@ -134,6 +134,7 @@ def _schemas() -> dict[str, Any]:
                        bytes_per_result={"type": ["integer", "null"]}, results_per_s={"type": "number"},
                        hours_left=num, quarantined=count),
         "Requeued": _obj(requeued=count),
+        "Deployed": _deployed_schema(),
     }
 
 
@@ -141,9 +142,74 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+# -- deploy (edged.deploy, edged/ingest/deploy.py): served with [deploy] enabled = true -------------------
+#: The statuses a deploy route answers with (besides 401 and the default).
+_DEPLOY_STATUSES = {400, 403, 404, 408, 409, 413, 415, 422, 500, 503}
+_NAME = {"name": "name", "in": "path", "required": True, "description": "the function's name",
+         "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"}}
+_DIGEST = {"name": "digest", "in": "path", "required": True, "description": "sha256:<64 lowercase hex digits>",
+           "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}
+_SPEC = {"type": "object", "required": ["module"], "additionalProperties": False, "description":
+         "a [functions.NAME] table of the config as JSON, module being the digest of an uploaded module; "
+         "grants within [deploy]'s ceilings (else 403 grant_refused)",
+         "properties": {"module": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                        "abi": {"enum": ["frame-v1", "wasi-command"]}, "input": {"enum": ["frame", "raw"]},
+                        "timeout_ms": {"type": "integer"}, "memory_mb": {"type": "integer"},
+                        "max_output_bytes": {"type": "integer"}, "preopens": {"type": "array"},
+                        "allowed_hosts": {"type": "array", "items": {"type": "string"}},
+                        "private_hosts": {"type": "array", "items": {"type": "string"}},
+                        "models": {"type": "array", "items": {"type": "string"}},
+                        "allow_model_bytes": {"type": "boolean"}, "log": {"type": "boolean"}}}
+
+
+def _deploy_op(summary: str, answers: dict[str, Any], params: list[dict[str, Any]],
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": params,
+                                 "responses": {**answers, **_errors_by_status(_DEPLOY_STATUSES)}}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    return operation
+
+
+def _deploy_paths() -> dict[str, Any]:
+    doc = _json(_ref("Deployed"), "the function: origin, version, digest, spec and earlier versions")
+    module = _json(_obj(module={"type": "string"}, bytes={"type": "integer"}), "the module")
+    spec = {"application/json": {"schema": _SPEC}}
+    wasm = {"application/wasm": {"schema": {"type": "string", "contentMediaType": "application/wasm"}}}
+    return {
+        "/v1/modules/{digest}": {"put": _deploy_op(
+            "upload a module by its digest (400 digest_mismatch, 422 bad_module)",
+            {"201": {**module, "description": "stored and compiled"}, "200": {**module, "description": "known"}},
+            [_DIGEST], wasm)},
+        "/v1/functions/{name}": {
+            "get": _deploy_op("a function: spec, version, digest, origin, earlier versions", {"200": doc}, [_NAME]),
+            "put": _deploy_op("a new version of an API function, swapped in like a reload (409 for a config "
+                              "function)", {"201": {**doc, "description": "a new version"},
+                                            "200": {**doc, "description": "the same as the current one"}},
+                              [_NAME], spec),
+            "delete": _deploy_op("remove an API function", {"204": {"description": "removed"}}, [_NAME]),
+        },
+        "/v1/functions/{name}/rollback": {"post": _deploy_op(
+            "put back the version the current one replaced (409 no_earlier_version)", {"200": doc}, [_NAME])},
+    }
+
+
+def _deployed_schema() -> dict[str, Any]:
+    earlier = _obj(version={"type": "integer"}, digest={"type": "string"}, created_at={"type": "number"},
+                   succeeded={"type": "boolean"})
+    return {"type": "object", "required": ["name", "origin", "version", "digest", "spec", "versions"],
+            "properties": {"name": {"type": "string"}, "origin": {"enum": ["config", "api"]},
+                           "version": {"type": ["integer", "null"]}, "digest": {"type": ["string", "null"]},
+                           "spec": {"type": "object"}, "created_at": {"type": "number"},
+                           "previous": {"type": ["integer", "null"]}, "succeeded": {"type": "boolean"},
+                           "versions": {"type": "array", "items": earlier}}}
+# -- end of deploy --------------------------------------------------------------------------------------
+
+
+def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...] = (),
+                     deploy: bool = False) -> dict[str, Any]:
     """The document; ``outbox`` says whether the outbox routes are served, ``legacy`` maps POST /api/image's
-    ``api`` values to function names."""
+    ``api`` values to function names, ``deploy`` whether the deploy routes are served."""
     names = ", ".join(f"{k} = {v}" for k, v in legacy)
     api = {"name": "api", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1},
            "description": f"the function to run: a function name, or the old demo's values ({names})"}
@@ -168,6 +234,9 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
                                            _json(_ref("Outbox"), "the outbox"))}
         paths["/v1/outbox/dead/retry"] = {"post": _get("queue every dead letter again",
                                                        _json(_ref("Requeued"), "how many were queued"))}
+    if deploy:
+        for path, item in _deploy_paths().items():
+            paths.setdefault(path, {}).update(item)
     # -- dashboard (issue 13 §1): the page and its static files, open like the probes (edged.ingest.web).
     page = {"description": "the dashboard", "content": {"text/html": {"schema": {"type": "string"}}}}
     paths["/"] = {"get": _get("the dashboard page (no token: the page asks for it)", page, open_path=True)}
@@ -195,9 +264,10 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
     }
 
 
-def openapi_route(*, outbox: bool, legacy: Mapping[str, str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+def openapi_route(*, outbox: bool, legacy: Mapping[str, str],
+                  deploy: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A handler answering the document, serialized once."""
-    body = json.dumps(openapi_document(outbox=outbox, legacy=tuple(sorted(legacy.items())))).encode()
+    body = json.dumps(openapi_document(outbox=outbox, legacy=tuple(sorted(legacy.items())), deploy=deploy)).encode()
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")

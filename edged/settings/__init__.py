@@ -7,16 +7,19 @@ against the file's directory, relative paths from the environment against the wo
 
 from __future__ import annotations
 
+from edged.settings.deploy import DeploySettings
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings, Preopen
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import HomeAssistantSettings, MqttSettings, Subscription, TlsSettings
-from edged.settings.root import ConfigError, Settings, load_settings
+from edged.settings.root import FUNCTION_NAME, ConfigError, Settings, is_loopback, load_settings
 from edged.settings.sync import DaprSettings, OutboxSettings, SyncSettings
 
 __all__ = [
+    "FUNCTION_NAME",
     "ConfigError",
     "DaprSettings",
+    "DeploySettings",
     "FunctionSettings",
     "HomeAssistantSettings",
     "HttpSettings",
@@ -30,5 +33,6 @@ __all__ = [
     "Subscription",
     "SyncSettings",
     "TlsSettings",
+    "is_loopback",
     "load_settings",
 ]

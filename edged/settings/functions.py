@@ -11,10 +11,11 @@ from pydantic import AfterValidator, Field, model_validator
 from edged.settings.base import ConfigPath, MiB, Model
 from edged.wasm.host.urls import normalize_origin
 
-__all__ = ["FunctionSettings", "ModelSettings", "PoolSettings", "Preopen"]
+__all__ = ["FunctionSettings", "ModelSettings", "PoolSettings", "Preopen", "origin"]
 
 
-def _origin(value: str) -> str:
+def origin(value: str) -> str:
+    """``value`` as a normalized origin; ValueError if it has a path, query or fragment."""
     parts = urlsplit(value)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{value!r}: an allowed host is scheme://host[:port] with no path")
@@ -46,10 +47,10 @@ class FunctionSettings(Model):
     memory_mb: int = Field(default=128, ge=1, le=4096, description="Linear memory limit of one call.")
     max_output_bytes: int = Field(default=32 * MiB, ge=1, description="Largest result a call may return.")
     preopens: tuple[Preopen, ...] = Field(default=(), description="Directories the function may see.")
-    allowed_hosts: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+    allowed_hosts: tuple[Annotated[str, AfterValidator(origin)], ...] = Field(
         default=(), description="Origins (scheme://host:port) the function may call over HTTP."
     )
-    private_hosts: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+    private_hosts: tuple[Annotated[str, AfterValidator(origin)], ...] = Field(
         default=(),
         description="Those of allowed_hosts that may resolve to a loopback, link-local or private address "
                     "(a LAN camera, an NVR, a local service); the others never reach one.",

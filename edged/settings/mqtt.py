@@ -29,6 +29,11 @@ class Subscription(Model):
         description="Subscription QoS. 1 is at-least-once; 2 is subscribed as 1 (paho keeps QoS 2 state in memory "
         "only, so a crash could lose a frame; duplicates are answered from the store instead); 0 may lose frames.",
     )
+    max_fps: float | None = Field(
+        default=None, gt=0, le=1000,
+        description="Frames run per second at most, per camera (off when unset). A frame over the rate waits, and "
+        "a newer one replaces it: the replaced frame is acked unprocessed and counted as skipped (not at-least-once).",
+    )
 
     @model_validator(mode="after")
     def _valid_filter(self) -> Subscription:

@@ -7,6 +7,7 @@ against the file's directory, relative paths from the environment against the wo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import tomllib
@@ -24,15 +25,27 @@ from pydantic_settings import (
 )
 
 from edged.settings.base import ConfigPath, base_dir, toml_file
+from edged.settings.deploy import DeploySettings
 from edged.settings.functions import FunctionSettings, ModelSettings, PoolSettings
 from edged.settings.http import HttpSettings
 from edged.settings.limits import LimitsSettings
 from edged.settings.mqtt import MqttSettings
 from edged.settings.sync import DaprSettings, OutboxSettings, SyncSettings
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["FUNCTION_NAME", "ConfigError", "Settings", "is_loopback", "load_settings"]
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+#: What a function may be called, in the config and over the deploy API.
+FUNCTION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the API on this machine (a loopback address, or "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -55,6 +68,7 @@ class Settings(BaseSettings):
     nn_backend: Literal["auto", "litert", "tflite"] = Field(default="auto", description="TFLite runtime.")
     functions: dict[str, FunctionSettings] = Field(default_factory=dict, description="Wasm functions.")
     models: dict[str, ModelSettings] = Field(default_factory=dict, description="Models for WASI-NN.")
+    deploy: DeploySettings = Field(default_factory=DeploySettings, description="Deploying functions over the API.")
 
     @classmethod
     def settings_customise_sources(
@@ -74,7 +88,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         for name, fn in self.functions.items():
-            if not _NAME.match(name):
+            if not FUNCTION_NAME.match(name):
                 raise ValueError(f"functions.{name}: names are lowercase letters, digits, '-' and '_'")
             for model in fn.models:
                 if model not in self.models:
@@ -83,6 +97,13 @@ class Settings(BaseSettings):
             for fn_name in sub.functions:
                 if fn_name not in self.functions:
                     raise ValueError(f"mqtt.subscriptions.{i}.functions: unknown function {fn_name!r}")
+        for model in self.deploy.models:
+            if model not in self.models:
+                raise ValueError(f"deploy.models: no [models.{model}] is declared")
+        if (self.deploy.enabled and not is_loopback(self.http.host) and self.http.token is None
+                and self.http.token_file is None):
+            raise ValueError(f"deploy.enabled with http.host = {self.http.host!r} (not loopback) needs http.token "
+                             "or http.token_file: anyone who reaches the port could run code on this device")
         return self
 
     @property

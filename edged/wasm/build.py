@@ -36,8 +36,10 @@ def build_pool(settings: Settings, *, only: str | None = None, on_call: OnCall |
     declared = settings.models if only is None else {m: settings.models[m] for m in functions[only].models}
     models = model_registry(settings, declared)
     max_result_pixels = max(settings.http.max_pixels, settings.mqtt.max_pixels)
+    # With deploy on, instance slots fit the largest memory an API deploy may grant: a deploy needs no restart.
+    min_slot_mb = settings.deploy.max_memory_mb if settings.deploy.enabled and only is None else 1
     pool = FunctionPool(functions, settings.pool, settings.state_dir / "cache", NnHost(models), on_call=on_call,
-                        budget=budget, max_result_pixels=max_result_pixels)
+                        budget=budget, max_result_pixels=max_result_pixels, min_slot_mb=min_slot_mb)
     return PoolParts(models, pool)
 
 

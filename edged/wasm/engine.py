@@ -154,8 +154,12 @@ class WasmEngine:
 
         Raises OSError when the module cannot be read and WasmtimeError when it does not compile.
         """
+        return self.load_bytes(path.read_bytes(), str(path))
+
+    def load_bytes(self, wasm: bytes, label: str) -> wasmtime.Module:
+        """``wasm`` from the cache, or compiled and cached (``label`` names it in the log); WasmtimeError
+        when it does not compile."""
         started = time.perf_counter()
-        wasm = path.read_bytes()
         cached = self.cache_path(wasm)
         module = self._from_cache(cached)
         how = "cached"
@@ -168,7 +172,7 @@ class WasmEngine:
                 self.stats.hits += 1
             else:
                 self.stats.compiled += 1
-        log.info("module %s loaded (%s) in %.1f ms", path, how, (time.perf_counter() - started) * 1000)
+        log.info("module %s loaded (%s) in %.1f ms", label, how, (time.perf_counter() - started) * 1000)
         return module
 
     def _from_cache(self, cached: Path) -> wasmtime.Module | None:

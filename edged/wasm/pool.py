@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import wasmtime
+
 from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
 from edged.frames import Frame, decode
@@ -28,7 +30,7 @@ from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
-from edged.wasm.outcome import CallResult, FunctionLoadError
+from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
 from edged.wasm.poolstate import PoolState
 from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats
@@ -36,7 +38,7 @@ from edged.wasm.table import FunctionTable, load_runners
 from edged.wasm.ticker import TICK_SECONDS
 
 __all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
-           "OnCall"]
+           "OnCall", "OnOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ MiB = 1024 * 1024
 
 #: ``on_call(function, outcome, seconds)``: outcome is "ok" or an error code; called on the worker thread.
 OnCall = Callable[[str, str, float], None]
+#: ``on_outcome(function, settings, outcome)``: as OnCall, with the settings of the version that ran.
+OnOutcome = Callable[[str, FunctionSettings, str], None]
 _T = TypeVar("_T")
 
 
@@ -58,8 +62,10 @@ class FunctionPool(PoolState):
     def __init__(self, functions: Mapping[str, FunctionSettings], pool: PoolSettings, cache_dir: Path,
                  extension: HostExtension | None = None, *, on_call: OnCall | None = None,
                  budget: MemoryBudget | None = None,
-                 max_result_pixels: int = DEFAULT_MAX_RESULT_PIXELS) -> None:
+                 max_result_pixels: int = DEFAULT_MAX_RESULT_PIXELS, min_slot_mb: int = 1) -> None:
         super().__init__(functions, pool)
+        self._min_slot_mb = min_slot_mb
+        self._on_outcome: OnOutcome | None = None
         self._cache_dir = cache_dir
         self._extension = extension
         self._on_call = on_call
@@ -102,7 +108,7 @@ class FunctionPool(PoolState):
     def _slots(self) -> InstanceSlots:
         """One instance slot per worker (a Store lives only while its call runs), plus one for start-up checks
         and one spare; each as large as the largest memory_mb."""
-        largest = max((fn.memory_mb for fn in self._table.functions.values()), default=1)
+        largest = max([fn.memory_mb for fn in self._table.functions.values()] + [self._min_slot_mb])
         self._slots_mb = largest
         return InstanceSlots(count=self._settings.workers + 2, max_memory_bytes=largest * MiB,
                              keep_resident_bytes=self._settings.keep_resident_mb * MiB)
@@ -132,6 +138,22 @@ class FunctionPool(PoolState):
             for name in functions:
                 self._stats.setdefault(name, FunctionStats())
         old.idle_if_retired()
+
+    def compile(self, wasm: bytes, label: str) -> None:
+        """Validate and compile ``wasm`` on the running engine, into its compiled-module cache (a later
+        swap loads it from there). Raises ValueError saying why when it does not validate or compile."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("the pool is not running")
+        try:
+            engine.load_bytes(wasm, label)
+        except wasmtime.WasmtimeError as exc:
+            raise ValueError(f"{label} is not a valid module: {trap_summary(str(exc))}") from exc
+
+    def watch_outcomes(self, hook: OnOutcome) -> None:
+        """Call ``hook`` after every call (on the worker thread), with the settings of the version that ran:
+        a call that started before a swap reports the old version's."""
+        self._on_outcome = hook
 
     def close(self) -> None:
         """Stop admitting, cancel decodes, let admitted calls finish (each is bounded by its timeout), stop
@@ -335,7 +357,7 @@ class FunctionPool(PoolState):
         except FunctionError as exc:
             log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,
                         extra={"FUNCTION": runner.name, "ERROR_CODE": exc.code})
-            self._record(runner.name, exc.code, time.perf_counter() - began)
+            self._record(runner, exc.code, time.perf_counter() - began)
             raise
         except Overloaded:
             with self._lock:
@@ -343,17 +365,20 @@ class FunctionPool(PoolState):
             raise
         except Exception:
             log.exception("function %s: internal error", runner.name, extra={"FUNCTION": runner.name})
-            self._record(runner.name, "internal", time.perf_counter() - began)
+            self._record(runner, "internal", time.perf_counter() - began)
             raise
         finally:
             memory.release()
-        self._record(runner.name, "ok", time.perf_counter() - began)
+        self._record(runner, "ok", time.perf_counter() - began)
         return result
 
-    def _record(self, name: str, outcome: str, seconds: float) -> None:
+    def _record(self, runner: FunctionRunner, outcome: str, seconds: float) -> None:
+        name = runner.name
         self._stats[name].record(outcome, seconds)
-        if self._on_call is not None:
-            try:
+        try:
+            if self._on_call is not None:
                 self._on_call(name, outcome, seconds)
-            except Exception:
-                log.exception("on_call hook failed")
+            if self._on_outcome is not None:
+                self._on_outcome(name, runner.settings, outcome)
+        except Exception:
+            log.exception("on_call hook failed")

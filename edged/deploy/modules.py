@@ -1,0 +1,65 @@
+"""Uploaded modules, content-addressed: ``state_dir/modules/sha256/<hex>.wasm``, each written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+__all__ = ["ModuleStore", "digest_hex", "write_atomic"]
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def digest_hex(ref: str) -> str | None:
+    """The hex of a ``sha256:<64 lowercase hex>`` reference, None for anything else."""
+    match = _DIGEST.fullmatch(ref)
+    return match.group(1) if match else None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename, fsync of the directory: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+class ModuleStore:
+    """The modules uploaded to this device, by sha256."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "modules" / "sha256"
+
+    def path(self, hexdigest: str) -> Path:
+        return self.root / f"{hexdigest}.wasm"
+
+    def has(self, hexdigest: str) -> bool:
+        return self.path(hexdigest).is_file()
+
+    def put(self, hexdigest: str, wasm: bytes) -> bool:
+        """Store ``wasm`` (whose sha256 the caller checked); False when it was already there."""
+        if self.has(hexdigest):
+            return False
+        write_atomic(self.path(hexdigest), wasm)
+        return True
+
+    def digest_of(self, path: Path) -> str | None:
+        """``sha256:<hex>`` when ``path`` is one of this store's modules, else None."""
+        if path.parent != self.root or path.suffix != ".wasm":
+            return None
+        ref = f"sha256:{path.stem}"
+        return ref if digest_hex(ref) else None
