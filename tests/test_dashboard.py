@@ -302,6 +302,6 @@ def test_dead_letters_show_and_the_button_retries_them(tmp_path: Path) -> None:
             dapr.pubsubs.add("cloud")
             button.click()
             wait_for(driver, lambda dr: _by_id(dr, "retry-result").text == "2 queued again", "the retry answer")
-            dapr.wait(lambda emu: len(emu.published) == 2, what="the dead letters resent")
+            dapr.wait(lambda emu: len(set(emu.ids())) == 2, what="the dead letters resent (at least once)")
             wait_for(driver, lambda dr: _all(dr, "[data-fact='dead letters']")[0].text == "0", "no dead letters")
             assert not button.is_enabled()
