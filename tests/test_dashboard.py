@@ -90,6 +90,14 @@ def _all(driver: Any, css: str) -> list[Any]:
     return found
 
 
+def _texts(driver: Any, css: str) -> list[str]:
+    """The text of each element matching ``css``, read in one script: the status section re-renders every
+    poll, so a WebElement found a moment before may be stale by the time its text is asked for."""
+    texts: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)", css)
+    return texts
+
+
 def _open(driver: Any, url: str) -> None:
     driver.get(url + "/")
     wait_for(driver, lambda d: _by_id(d, "try-form").get_attribute("data-ready") == "true",
@@ -210,7 +218,7 @@ def test_a_non_image_shows_an_error_with_its_code(daemon: Daemon, browser: Any, 
 def test_status_shows_connections_outbox_and_function_stats(daemon: Daemon, browser: Any) -> None:
     _open(browser, daemon.url)
     # The MQTT connection is up, with since when.
-    wait_for(browser, lambda d: "connected" in " ".join(c.text for c in _all(d, "[data-component='mqtt'] td")),
+    wait_for(browser, lambda d: "connected" in " ".join(_texts(d, "[data-component='mqtt'] td")),
              "mqtt connected in the status table")
     assert _all(browser, "[data-component='dapr']")
     wait_for(browser, lambda d: _all(d, "[data-fact='depth']"), "the outbox facts")
@@ -219,12 +227,12 @@ def test_status_shows_connections_outbox_and_function_stats(daemon: Daemon, brow
     _upload(browser, DATA / "coffee.jpg", "grayscale")
     wait_for(browser, lambda d: _loaded(d, "#try-output img"), "the grayscale result")
     _fresh_poll(browser)
-    card = _all(browser, "#functions [data-function='grayscale']")[0]
-    calls = re.search(r"calls (\d+)", card.text)
+    (card,) = _texts(browser, "#functions [data-function='grayscale']")
+    calls = re.search(r"calls (\d+)", card)
     assert calls is not None
     assert int(calls.group(1)) >= 1
-    assert re.search(r"p50 [\d.]+ ms · p99 [\d.]+ ms", card.text), card.text
-    assert len(card.find_elements("css selector", "svg.chart polyline")) == 2
+    assert re.search(r"p50 [\d.]+ ms · p99 [\d.]+ ms", card), card
+    assert len(_texts(browser, "#functions [data-function='grayscale'] svg.chart polyline")) == 2
 
 
 def test_a_phone_viewport_has_no_horizontal_scroll(daemon: Daemon) -> None:
@@ -296,12 +304,12 @@ def test_dead_letters_show_and_the_button_retries_them(tmp_path: Path) -> None:
                 _post_image(d.url, (DATA / "coffee.jpg").read_bytes())
             _open(driver, d.url)
             button = _by_id(driver, "retry-dead")
-            wait_for(driver, lambda dr: [f.text for f in _all(dr, "[data-fact='dead letters']")] == ["2"],
+            wait_for(driver, lambda dr: _texts(dr, "[data-fact='dead letters']") == ["2"],
                      "2 dead letters shown")
             assert button.is_enabled()
             dapr.pubsubs.add("cloud")
             button.click()
             wait_for(driver, lambda dr: _by_id(dr, "retry-result").text == "2 queued again", "the retry answer")
             dapr.wait(lambda emu: len(set(emu.ids())) == 2, what="the dead letters resent (at least once)")
-            wait_for(driver, lambda dr: _all(dr, "[data-fact='dead letters']")[0].text == "0", "no dead letters")
+            wait_for(driver, lambda dr: _texts(dr, "[data-fact='dead letters']") == ["0"], "no dead letters")
             assert not button.is_enabled()
