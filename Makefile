@@ -12,8 +12,9 @@ DESTDIR ?=
 DEB_RUN := python3-venv libsystemd-dev pkg-config gcc python3-dev
 # Rebuilding the functions: the wasm32-wasi Rust toolchain and crates (~250 MiB).
 DEB_FUNCTIONS := rustc cargo libstd-rust-dev-wasm32 librust-image-dev
-# The tests rebuild the functions, and run mosquitto (openssl makes its TLS test certificates).
-DEB_TEST := $(DEB_RUN) $(DEB_FUNCTIONS) mosquitto openssl
+# The tests rebuild the functions, and run mosquitto (openssl makes its TLS test certificates) and the
+# dashboard in headless Chromium (selenium drives it through Debian's chromedriver).
+DEB_TEST := $(DEB_RUN) $(DEB_FUNCTIONS) mosquitto openssl chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test

@@ -20,6 +20,7 @@ from edged.ingest.deploy import add_deploy_routes
 from edged.ingest.events_api import EventSource, add_event_routes
 from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.ingest.openapi import OPENAPI_PATH, openapi_route
+from edged.ingest.web import add_dashboard, is_open_path
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.secrets import resolve_secret
@@ -154,6 +155,7 @@ class HttpApi:
             add_deploy_routes(app, self._deployer, self._settings, self._reserve_body)
         if self._events is not None:
             add_event_routes(app, self._events)
+        add_dashboard(app.router)
         return app
 
     @web.middleware
@@ -181,7 +183,7 @@ class HttpApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if self._token is not None and request.path not in _OPEN_PATHS:
+        if self._token is not None and request.path not in _OPEN_PATHS and not is_open_path(request.path):
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             # Header bytes that are not UTF-8 arrive as lone surrogates: compare them as the bytes sent.

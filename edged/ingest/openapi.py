@@ -295,6 +295,18 @@ def openapi_document(*, outbox: bool = True, legacy: tuple[tuple[str, str], ...]
             paths.setdefault(path, {}).update(item)
     if events:  # event history and live stream
         paths.update(_with_lookups(_event_paths()))
+    # -- dashboard (issue 13 §1): the page and its static files, open like the probes (edged.ingest.web).
+    page = {"description": "the dashboard", "content": {"text/html": {"schema": {"type": "string"}}}}
+    paths["/"] = {"get": _get("the dashboard page (no token: the page asks for it)", page, open_path=True)}
+    static = _get("a script, style sheet or image of the dashboard", {"description": "the file, with an ETag",
+                  "content": {t: {"schema": {"type": "string"}} for t in ("text/javascript", "text/css")}},
+                  open_path=True)
+    static["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                             "description": "a file of edged/web/"}]
+    static["responses"]["304"] = {"description": "not modified (If-None-Match matched the ETag)"}
+    static["responses"]["404"] = _error_response(["not_found"])
+    paths["/static/{name}"] = {"get": static}
+    # -- end dashboard
     return {
         "openapi": "3.1.0",
         "info": {"title": "edged", "version": "1",
