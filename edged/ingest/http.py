@@ -17,8 +17,8 @@ from edged.deploy import Deployer
 from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.ingest.body import body_bound, read_body
 from edged.ingest.deploy import add_deploy_routes
-from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.ingest.openapi import OPENAPI_PATH, openapi_route
+from edged.ingest.routes import MAX_CAMERA_CHARS
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.secrets import resolve_secret

@@ -16,7 +16,7 @@ from aiohttp import web
 
 import edged.errors as errors
 from edged.frames import FORMAT_CODES
-from edged.ingest.mqtt import MAX_CAMERA_CHARS
+from edged.ingest.routes import MAX_CAMERA_CHARS
 from edged.status import State
 
 __all__ = ["OPENAPI_PATH", "error_codes", "openapi_document", "openapi_route"]
