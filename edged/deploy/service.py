@@ -19,15 +19,15 @@ from pydantic import ValidationError
 
 from edged.deploy.ceilings import check_grants
 from edged.deploy.modules import ModuleStore, digest_hex
-from edged.deploy.registry import Deployed, Registry, Version
+from edged.deploy.registry import Deployed, Registry, Version, registry_path
 from edged.deploy.rollback import Report, RollbackWatch
+from edged.deploy.runnable import merge_functions, runnable, settings_of
 from edged.deploy.space import ModuleSpace, referenced
 from edged.errors import (
     BadModule,
     BadRequest,
     DeployConflict,
     DigestMismatch,
-    GrantRefused,
     InvalidSpec,
     ReadOnlyFunction,
     UnknownFunction,
@@ -49,22 +49,6 @@ class DeployTarget(Protocol):
     async def apply_deployed(self, functions: Mapping[str, FunctionSettings]) -> None: ...
 
 
-#: The names the last merge found shadowed: the warning is logged when a name joins them, not on every
-#: merge (each deploy and reload merges again).
-_shadowed: set[str] = set()
-
-
-def merge_functions(settings: Settings, deployed: Mapping[str, FunctionSettings]) -> Settings:
-    """``settings`` running the config's functions and the deployed ones; a name in both is the config's."""
-    global _shadowed  # one warning per change, for the process
-    shadowed = set(deployed) & set(settings.functions)
-    if shadowed - _shadowed:
-        log.warning("deployed functions %s are shadowed by the config file's functions of the same name "
-                    "(the config wins)", ", ".join(sorted(shadowed - _shadowed)))
-    _shadowed = shadowed
-    return settings.model_copy(update={"functions": {**deployed, **settings.functions}})
-
-
 def _invalid(exc: ValidationError) -> InvalidSpec:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(spec)"
@@ -84,7 +68,7 @@ class Deployer:
         self.modules = ModuleStore(settings.state_dir)
         self.space = ModuleSpace(self.modules, self._ceilings, metrics, clock)
         try:
-            self._registry = Registry.load(settings.state_dir / "deploy" / "functions.json")
+            self._registry = Registry.load(registry_path(settings.state_dir))
         except ValueError as exc:
             raise ConfigError([("deploy", str(exc))]) from exc
         #: Held while the registry changes; a reload holds it too, so it swaps in a settled registry.
@@ -99,37 +83,15 @@ class Deployer:
 
     # -- what runs -------------------------------------------------------------------------------------
 
-    def _settings_of(self, spec: Mapping[str, Any]) -> FunctionSettings:
-        hexdigest = digest_hex(str(spec["module"]))
-        assert hexdigest is not None
-        return FunctionSettings.model_validate({**spec, "module": self.modules.path(hexdigest)})
-
     def _track(self, name: str, version: Version, *, watch: bool) -> None:
-        self.watch.track(name, self._settings_of(version.spec), version.number, succeeded=version.succeeded,
+        self.watch.track(name, settings_of(self.modules, version.spec), version.number, succeeded=version.succeeded,
                          watch=watch)
 
     def live(self, models: Mapping[str, ModelSettings],
              registry: Registry | None = None) -> dict[str, FunctionSettings]:
         """The current version of every deployed function that can run: its module is here, its models are
         declared and its grants are within today's ceilings. Any other is logged and left out."""
-        live: dict[str, FunctionSettings] = {}
-        for name, entry in (registry or self._registry).functions.items():
-            fn = self._settings_of(entry.running.spec)
-            why = None
-            if not fn.module.is_file():
-                why = f"its module {entry.running.digest} is missing"
-            elif missing := [m for m in fn.models if m not in models]:
-                why = f"its models {missing} are not declared"
-            else:
-                try:
-                    check_grants(name, fn, self._ceilings)
-                except GrantRefused as exc:
-                    why = exc.detail
-            if why is not None:
-                log.error("deployed function %s (version %d) is not loaded: %s", name, entry.current, why)
-                continue
-            live[name] = fn
-        return live
+        return runnable(registry or self._registry, self.modules, models, self._ceilings)
 
     async def _commit(self, candidate: Registry) -> None:
         try:
