@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +15,19 @@ from prometheus_client import CollectorRegistry
 
 from edged.cli import EXIT_CONFIG
 from edged.deploy import Deployer
-from edged.settings import FunctionSettings, Settings, load_settings
+from edged.settings import load_settings
 from tests.configs import daemon_config, write_config
 from tests.test_cli import GRAYSCALE, PHOTO, edged, lines
 from tests.test_deploy import ref
+from tests.test_deploy_store import Target
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class _Compiled:
-    """The daemon as the deployer sees it, minus the pool: the CLI under test does the compiling."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def compile_module(self, wasm: bytes, label: str) -> None:
-        assert wasm
-
-    async def apply_deployed(self, functions: Mapping[str, FunctionSettings]) -> None:
-        assert functions
 
 
 def deploy_f(state: Path, **spec: Any) -> Path:
     """Deploy GRAYSCALE as ``f`` into ``state``'s registry, as the API would; the stored module's path."""
     settings = load_settings(state_dir=state, deploy={"enabled": True})
-    deployer = Deployer(_Compiled(settings), CollectorRegistry())
+    deployer = Deployer(Target(settings), CollectorRegistry())
     wasm = GRAYSCALE.read_bytes()
 
     async def deploy() -> None:
