@@ -50,6 +50,16 @@ def _load(arg: str | None) -> Settings:
     return load_settings(_config_path(arg))
 
 
+def _with_api_functions(settings: Settings) -> tuple[Settings, int]:
+    """``settings`` with the functions deployed over the API (``[deploy] enabled``, ``state_dir``'s registry)
+    merged in as the daemon merges them at start, and how many the registry holds. One that cannot run is
+    logged (ERROR) and left out, as the daemon does; an unreadable registry is a ConfigError."""
+    from edged.deploy import deployed_functions, merge_functions
+
+    kept, live = deployed_functions(settings)
+    return (merge_functions(settings, live) if kept else settings), kept
+
+
 def _print_problems(problems: list[Problem]) -> None:
     for key, message in problems:
         print(f"config error: {key}: {message}", file=sys.stderr)
@@ -66,13 +76,24 @@ def _setup_logging(level: str) -> logging.Handler:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    config = _load(args.config)
     _setup_logging("WARNING")
-    problems = file_problems(settings) or load_problems(settings)
+    problems = file_problems(config)
+    if not problems:
+        # The API's functions are checked as the daemon's start checks them: left out (one ERROR line) when
+        # their module is gone or their grants are past today's ceilings; a module that no longer compiles
+        # is an error here as it is there.
+        settings, kept = _with_api_functions(config)
+        problems = load_problems(settings)
     _print_problems(problems)
     if problems:
         return EXIT_CONFIG
-    print(f"config ok: {len(settings.functions)} functions, {len(settings.models)} models, "
+    api = len(settings.functions) - len(config.functions)
+    deployed = ""
+    if kept:
+        deployed = f" ({api} deployed over the API" + (f"; {kept - api} more not loaded, said above)"
+                                                       if kept > api else ")")
+    print(f"config ok: {len(settings.functions)} functions{deployed}, {len(settings.models)} models, "
           f"state in {settings.state_dir}")
     return 0
 
@@ -112,8 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_functions(args: argparse.Namespace) -> int:
     from edged.wasm.build import build_pool
 
-    settings = _load(args.config)
     _setup_logging("WARNING")
+    settings, _ = _with_api_functions(_load(args.config))
     # Listing links the WASI-NN imports but runs nothing: the models need not be loaded.
     with build_pool(settings).pool as pool:
         print(json.dumps(pool.describe(), indent=2))
@@ -129,8 +150,8 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     from edged.malloc import pin_mmap_threshold
     from edged.wasm.build import build_pool
 
-    settings = _load(args.config)
     _setup_logging("WARNING")
+    settings, _ = _with_api_functions(_load(args.config))
     pin_mmap_threshold()  # allocate as the daemon does, so a one-off call costs what the daemon's calls cost
     if args.name not in settings.functions:
         return _fail("unknown_function", f"no function named {args.name!r}; the functions are: "

@@ -29,6 +29,7 @@ __all__ = [
     "ImageTooComplex",
     "InvalidSpec",
     "MemoryLimit",
+    "ModuleStoreFull",
     "OutboxFull",
     "Overloaded",
     "Quarantined",
@@ -225,6 +226,14 @@ class ReadOnlyFunction(DeployError):
 
     code = "read_only"
     http_status = 409
+
+
+class ModuleStoreFull(DeployError):
+    """An upload would take the module store past ``deploy.max_modules_bytes``, even with every module that
+    may go removed (unreferenced, older than ``deploy.module_grace``)."""
+
+    code = "store_full"
+    http_status = 507
 
 
 class DeployConflict(DeployError):

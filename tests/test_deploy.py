@@ -20,9 +20,10 @@ import wasmtime
 
 from edged.app import App
 from edged.cli import EXIT_CONFIG, main
+from edged.deploy import merge_functions
 from edged.deploy.client import api_url
 from edged.deploy.registry import Deployed
-from edged.settings import ConfigError, load_settings
+from edged.settings import ConfigError, FunctionSettings, load_settings
 from tests.configs import daemon_config, write_config
 from tests.test_http import GRAY, daemon, encoded
 from tests.test_openapi import documented, registered
@@ -288,3 +289,26 @@ def test_check_config_exits_78_for_deploy_beyond_loopback_without_a_token(tmp_pa
                                                                http={"host": "0.0.0.0"}))
     assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
     assert "needs http.token" in capsys.readouterr().err
+
+
+def test_the_shadowing_warning_is_logged_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
+    deployed = {name: FunctionSettings(module=GRAY) for name in ("shadow-a", "shadow-b", "free")}
+    config_a = load_settings(functions={"shadow-a": {"module": GRAY}})
+    config_ab = load_settings(functions={"shadow-a": {"module": GRAY}, "shadow-b": {"module": GRAY}})
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "shadowed by the config" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="edged.deploy"):
+        for _ in range(3):  # a deploy and two reloads: one line
+            assert set(merge_functions(config_a, deployed).functions) == {"shadow-a", "shadow-b", "free"}
+        assert len(warnings()) == 1
+        assert "shadow-a" in warnings()[0]
+        merge_functions(config_ab, deployed)  # a second name joins: a line for it alone
+        assert len(warnings()) == 2
+        assert "shadow-b" in warnings()[1]
+        assert "shadow-a" not in warnings()[1]
+        merge_functions(load_settings(), deployed)  # nothing shadowed any more ...
+        merge_functions(config_a, deployed)  # ... and then again: a change, said again
+        assert len(warnings()) == 3
+        assert merge_functions(config_a, deployed).functions["shadow-a"] == config_a.functions["shadow-a"]

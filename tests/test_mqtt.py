@@ -28,7 +28,8 @@ from PIL import Image
 
 from edged.errors import Overloaded
 from edged.events import StoredEvent
-from edged.ingest.mqtt import MqttIngest, camera_of, route_for, routes
+from edged.ingest.mqtt import MqttIngest
+from edged.ingest.routes import camera_of, route_for, routes
 from edged.metrics import Metrics
 from edged.pipeline import Outcome, Pipeline
 from edged.settings import Settings, Subscription

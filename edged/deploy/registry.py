@@ -17,11 +17,15 @@ from typing import Any
 
 from edged.deploy.modules import write_atomic
 
-__all__ = ["Deployed", "Registry", "Version"]
+__all__ = ["Deployed", "Registry", "Version", "registry_path"]
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
+
+
+def registry_path(state_dir: Path) -> Path:
+    return state_dir / "deploy" / "functions.json"
 
 
 @dataclass

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -19,14 +19,15 @@ from pydantic import ValidationError
 
 from edged.deploy.ceilings import check_grants
 from edged.deploy.modules import ModuleStore, digest_hex
-from edged.deploy.registry import Deployed, Registry, Version
+from edged.deploy.registry import Deployed, Registry, Version, registry_path
 from edged.deploy.rollback import Report, RollbackWatch
+from edged.deploy.runnable import merge_functions, runnable, settings_of
+from edged.deploy.space import ModuleSpace, referenced
 from edged.errors import (
     BadModule,
     BadRequest,
     DeployConflict,
     DigestMismatch,
-    GrantRefused,
     InvalidSpec,
     ReadOnlyFunction,
     UnknownFunction,
@@ -48,15 +49,6 @@ class DeployTarget(Protocol):
     async def apply_deployed(self, functions: Mapping[str, FunctionSettings]) -> None: ...
 
 
-def merge_functions(settings: Settings, deployed: Mapping[str, FunctionSettings]) -> Settings:
-    """``settings`` running the config's functions and the deployed ones; a name in both is the config's."""
-    shadowed = sorted(set(deployed) & set(settings.functions))
-    if shadowed:
-        log.warning("deployed functions %s are shadowed by the config file's functions of the same name "
-                    "(the config wins)", ", ".join(shadowed))
-    return settings.model_copy(update={"functions": {**deployed, **settings.functions}})
-
-
 def _invalid(exc: ValidationError) -> InvalidSpec:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(spec)"
@@ -67,13 +59,16 @@ def _invalid(exc: ValidationError) -> InvalidSpec:
 class Deployer:
     """The API's functions: their modules, versions and grants, kept under ``state_dir``."""
 
-    def __init__(self, target: DeployTarget, metrics: CollectorRegistry) -> None:
+    def __init__(self, target: DeployTarget, metrics: CollectorRegistry,
+                 clock: Callable[[], float] = time.time) -> None:
         settings = target.settings
         self._target = target
         self._ceilings = settings.deploy
+        self._clock = clock
         self.modules = ModuleStore(settings.state_dir)
+        self.space = ModuleSpace(self.modules, self._ceilings, metrics, clock)
         try:
-            self._registry = Registry.load(settings.state_dir / "deploy" / "functions.json")
+            self._registry = Registry.load(registry_path(settings.state_dir))
         except ValueError as exc:
             raise ConfigError([("deploy", str(exc))]) from exc
         #: Held while the registry changes; a reload holds it too, so it swaps in a settled registry.
@@ -88,37 +83,15 @@ class Deployer:
 
     # -- what runs -------------------------------------------------------------------------------------
 
-    def _settings_of(self, spec: Mapping[str, Any]) -> FunctionSettings:
-        hexdigest = digest_hex(str(spec["module"]))
-        assert hexdigest is not None
-        return FunctionSettings.model_validate({**spec, "module": self.modules.path(hexdigest)})
-
     def _track(self, name: str, version: Version, *, watch: bool) -> None:
-        self.watch.track(name, self._settings_of(version.spec), version.number, succeeded=version.succeeded,
+        self.watch.track(name, settings_of(self.modules, version.spec), version.number, succeeded=version.succeeded,
                          watch=watch)
 
     def live(self, models: Mapping[str, ModelSettings],
              registry: Registry | None = None) -> dict[str, FunctionSettings]:
         """The current version of every deployed function that can run: its module is here, its models are
         declared and its grants are within today's ceilings. Any other is logged and left out."""
-        live: dict[str, FunctionSettings] = {}
-        for name, entry in (registry or self._registry).functions.items():
-            fn = self._settings_of(entry.running.spec)
-            why = None
-            if not fn.module.is_file():
-                why = f"its module {entry.running.digest} is missing"
-            elif missing := [m for m in fn.models if m not in models]:
-                why = f"its models {missing} are not declared"
-            else:
-                try:
-                    check_grants(name, fn, self._ceilings)
-                except GrantRefused as exc:
-                    why = exc.detail
-            if why is not None:
-                log.error("deployed function %s (version %d) is not loaded: %s", name, entry.current, why)
-                continue
-            live[name] = fn
-        return live
+        return runnable(registry or self._registry, self.modules, models, self._ceilings)
 
     async def _commit(self, candidate: Registry) -> None:
         try:
@@ -141,15 +114,36 @@ class Deployer:
             raise BadRequest(f"{ref[:80]!r} is not a module digest: sha256:<64 lowercase hex digits>")
         if sha256 != hexdigest:
             raise DigestMismatch(f"the body's digest is sha256:{sha256}, not {ref}")
-        if self.modules.has(hexdigest):
-            return False
-        try:
-            await asyncio.to_thread(self._target.compile_module, wasm, ref)
-        except ValueError as exc:
-            raise BadModule(str(exc)) from exc
-        new = await asyncio.to_thread(self.modules.put, hexdigest, wasm)
-        log.info("module %s stored (%d bytes)", ref, len(wasm))
+        if not self.modules.has(hexdigest):
+            try:
+                await asyncio.to_thread(self._target.compile_module, wasm, ref)
+            except ValueError as exc:
+                raise BadModule(str(exc)) from exc
+        async with self.lock:  # the registry settled: what is referenced cannot change under make_room
+            if not self.modules.has(hexdigest):
+                await asyncio.to_thread(self.space.make_room, len(wasm), self._referenced())
+            # A known module's upload time is renewed: its grace period starts again.
+            new = await asyncio.to_thread(self.modules.put, hexdigest, wasm, self._clock())
+        if new:
+            log.info("module %s stored (%d bytes)", ref, len(wasm))
         return new
+
+    def _referenced(self) -> set[str]:
+        return referenced(self._registry, self.modules,
+                          (fn.module for fn in self._target.settings.functions.values()))
+
+    async def _collect(self) -> None:
+        """Remove the modules no kept version uses any more (past their grace period); the change that
+        freed them is made either way."""
+        try:
+            await asyncio.to_thread(self.space.collect, self._referenced())
+        except OSError as exc:
+            log.warning("module store: removing unreferenced modules failed: %s", exc)
+
+    def _need_module(self, hexdigest: str) -> None:
+        ref = f"sha256:{hexdigest}"
+        if not self.modules.has(hexdigest):
+            raise UnknownModule(f"no module {ref} was uploaded (PUT /v1/modules/{ref} first)")
 
     def _writable(self, name: str) -> None:
         if not FUNCTION_NAME.fullmatch(name):
@@ -167,8 +161,7 @@ class Deployer:
         hexdigest = digest_hex(ref) if isinstance(ref, str) else None
         if hexdigest is None:
             raise InvalidSpec('module: "sha256:<64 lowercase hex digits>" of an uploaded module')
-        if not self.modules.has(hexdigest):
-            raise UnknownModule(f"no module {ref} was uploaded (PUT /v1/modules/{ref} first)")
+        self._need_module(hexdigest)
         try:
             fn = FunctionSettings.model_validate({**body, "module": self.modules.path(hexdigest)})
         except ValidationError as exc:
@@ -180,13 +173,15 @@ class Deployer:
             entry = self._registry.functions.get(name)
             if entry is not None and entry.running.spec == spec:
                 return self.document(name), False
+            self._need_module(hexdigest)  # again, under the lock: no cleanup runs until it is referenced
             candidate = self._registry.copy()
             entry = candidate.functions.setdefault(name, Deployed(current=0))
             previous = entry.running if entry.versions else None
             if previous is not None and self.watch.succeeded(name, previous.number):
                 previous.succeeded = True
-            version = entry.add(spec, time.time(), self._ceilings.keep_versions)
+            version = entry.add(spec, self._clock(), self._ceilings.keep_versions)
             await self._commit(candidate)
+            await self._collect()  # the versions add() let go of may have been a module's last users
             watch = previous is not None and previous.succeeded and self._ceilings.auto_rollback_after > 0
             self._track(name, version, watch=watch)
             log.info("function %s: version %d deployed (%s)", name, version.number, ref)
@@ -220,6 +215,7 @@ class Deployer:
             del candidate.functions[name]
             await self._commit(candidate)
             self.watch.forget(name)
+            await self._collect()
             log.info("function %s deleted", name)
 
     async def describe(self, name: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, Outb
 from edged.ingest.body import body_bound, read_body
 from edged.ingest.deploy import add_deploy_routes
 from edged.ingest.events_api import EventSource, add_event_routes
-from edged.ingest.mqtt import MAX_CAMERA_CHARS
 from edged.ingest.openapi import OPENAPI_PATH, openapi_route
+from edged.ingest.routes import MAX_CAMERA_CHARS
 from edged.ingest.web import add_dashboard, is_open_path
 from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline

@@ -46,12 +46,10 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from paho.mqtt.client import topic_matches_sub
-from paho.mqtt.properties import Properties
-
 from edged.errors import DecodeCancelled, EdgedError, OutboxFull, Overloaded, Quarantined
 from edged.events import StoredEvent
 from edged.ingest.poison import AttemptStore, PoisonGuard
+from edged.ingest.routes import Route, camera_of, rates, route_for, routes
 from edged.ingest.sampling import Key, Sampler
 from edged.metrics import Metrics
 from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
@@ -60,12 +58,10 @@ from edged.retry import backoff_delay
 from edged.settings import Settings, Subscription
 from edged.status import Components
 
-__all__ = ["MqttIngest", "Results", "Route", "camera_of", "route_for", "routes"]
+__all__ = ["MqttIngest", "Results"]
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_CAMERA = "unknown"
-MAX_CAMERA_CHARS = 128
 #: Retry delays (seconds) of a frame the pool or the outbox could not take yet.
 RETRY_MIN, RETRY_MAX = 0.05, 5.0
 
@@ -78,60 +74,6 @@ class Results(Protocol):
 
     def echo(self, events: Sequence[StoredEvent]) -> None:
         """Publish these stored events again (a duplicate frame was answered from the store)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One subscription, ready to match topics."""
-
-    filter: str
-    functions: tuple[str, ...]
-    qos: int
-    match: str
-    camera_level: int | None
-    max_fps: float | None = None
-
-
-def routes(subscriptions: Sequence[Subscription]) -> list[Route]:
-    out = []
-    for sub in subscriptions:
-        match = sub.topic
-        if match.startswith("$share/"):
-            match = match.split("/", 2)[2]  # shared subscriptions deliver plain topics
-        levels = match.split("/")
-        camera_level = levels.index("+") if "+" in levels else None
-        out.append(Route(sub.topic, sub.functions, min(sub.qos, 1), match, camera_level, sub.max_fps))
-    return out
-
-
-def _rates(table: Sequence[Route]) -> dict[str, float]:
-    # reversed: of two routes with one filter, the first is the one matched (route_for)
-    return {r.filter: r.max_fps for r in reversed(table) if r.max_fps is not None}
-
-
-def route_for(table: Sequence[Route], topic: str) -> Route | None:
-    for route in table:
-        if topic_matches_sub(route.match, topic):
-            return route
-    return None
-
-
-def _clean_camera(value: str) -> str:
-    # The id becomes a topic level of the results: no separators or wildcards in it.
-    cleaned = "".join("_" if ch in "/+#\0" else ch for ch in value.strip())[:MAX_CAMERA_CHARS]
-    return cleaned or UNKNOWN_CAMERA
-
-
-def camera_of(route: Route, topic: str, properties: Properties | None) -> str:
-    """The topic level under the filter's first '+', else the MQTT 5 user property ``camera``."""
-    if route.camera_level is not None:
-        levels = topic.split("/")
-        if route.camera_level < len(levels) and levels[route.camera_level]:
-            return _clean_camera(levels[route.camera_level])
-    for key, value in getattr(properties, "UserProperty", None) or ():
-        if key == "camera":
-            return _clean_camera(value)
-    return UNKNOWN_CAMERA
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +107,7 @@ class MqttIngest(ConnectionHandler):
         self._metrics = metrics
         self._components = components
         self._routes = routes(settings.mqtt.subscriptions)
-        self._sampler = Sampler[_Frame](_rates(self._routes), self._enqueue, self._skip)
+        self._sampler = Sampler[_Frame](rates(self._routes), self._enqueue, self._skip)
         self._conn: MqttConnection | None = None
         self._queue: deque[_Frame] = deque()
         self._queued = asyncio.Event()
@@ -217,7 +159,7 @@ class MqttIngest(ConnectionHandler):
         """Route new messages by ``subscriptions`` from now on, and change the live connection's filters."""
         before = {(r.filter, r.qos) for r in self._routes}
         self._routes = routes(subscriptions)
-        self._sampler.reconfigure(_rates(self._routes))
+        self._sampler.reconfigure(rates(self._routes))
         after = {(r.filter, r.qos) for r in self._routes}
         if self._conn is None:
             return

@@ -16,7 +16,7 @@ from aiohttp import web
 
 import edged.errors as errors
 from edged.frames import FORMAT_CODES
-from edged.ingest.mqtt import MAX_CAMERA_CHARS
+from edged.ingest.routes import MAX_CAMERA_CHARS
 from edged.status import State
 
 __all__ = ["OPENAPI_PATH", "error_codes", "openapi_document", "openapi_route"]
@@ -144,7 +144,7 @@ def _ref(name: str) -> dict[str, str]:
 
 # -- deploy (edged.deploy, edged/ingest/deploy.py): served with [deploy] enabled = true -------------------
 #: The statuses a deploy route answers with (besides 401 and the default).
-_DEPLOY_STATUSES = {400, 403, 404, 408, 409, 413, 415, 422, 500, 503}
+_DEPLOY_STATUSES = {400, 403, 404, 408, 409, 413, 415, 422, 500, 503, 507}
 _NAME = {"name": "name", "in": "path", "required": True, "description": "the function's name",
          "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"}}
 _DIGEST = {"name": "digest", "in": "path", "required": True, "description": "sha256:<64 lowercase hex digits>",
@@ -178,7 +178,7 @@ def _deploy_paths() -> dict[str, Any]:
     wasm = {"application/wasm": {"schema": {"type": "string", "contentMediaType": "application/wasm"}}}
     return {
         "/v1/modules/{digest}": {"put": _deploy_op(
-            "upload a module by its digest (400 digest_mismatch, 422 bad_module)",
+            "upload a module by its digest (400 digest_mismatch, 422 bad_module, 507 store_full)",
             {"201": {**module, "description": "stored and compiled"}, "200": {**module, "description": "known"}},
             [_DIGEST], wasm)},
         "/v1/functions/{name}": {

@@ -19,6 +19,15 @@ class DeploySettings(Model):
                     "when http.host is not a loopback address.",
     )
     max_module_bytes: int = Field(default=32 * MiB, ge=1, description="Largest module upload (413 past it).")
+    max_modules_bytes: int = Field(
+        default=256 * MiB, ge=1,
+        description="Bytes all stored modules may take; an upload past it first removes the oldest unreferenced "
+                    "modules older than module_grace, else is refused (507 store_full).",
+    )
+    module_grace: float = Field(
+        default=3600.0, ge=0,
+        description="Seconds an uploaded module is kept though no kept version uses it (room to PUT its function).",
+    )
     auto_rollback_after: int = Field(
         default=5, ge=0, le=10_000,
         description="A new version whose first this many calls all fail (trap, bad_output, timeout, "
