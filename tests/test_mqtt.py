@@ -137,6 +137,14 @@ async def running(settings: Settings, pipeline_cls: type[Pipeline] = Pipeline,
             for task in loops:
                 task.cancel()
 
+async def subscribed(h: Harness, broker: Mosquitto, settings: Settings, what: str = "a connection") -> None:
+    """Connected, and every subscription in place at the broker: edged says "connected" on CONNACK and only
+    then sends its SUBSCRIBE, so a frame published in between would match nothing and be dropped."""
+    await until(lambda: h.state == "connected", 10, what)
+    for subscription in settings.mqtt.subscriptions:
+        await asyncio.to_thread(broker.wait_subscribed, settings.mqtt_client_id, subscription.topic, 20)
+
+
 
 async def nothing_to_publish(store: Store) -> bool:
     """True once the store has nothing left to publish on MQTT (every PUBACK marked)."""
@@ -219,7 +227,7 @@ async def test_frames_in_results_out(tmp_path: Path, modules: dict[str, Path], b
                                             {"topic": "nvr/frames", "functions": ["size"]}])
     with Peer(broker, "consumer", subscribe=("edged/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             images = [frame(i) for i in range(3)]
             for i, data in enumerate(images):
                 props = v5_props(CorrelationData=f"req-{i}".encode())
@@ -262,7 +270,7 @@ async def test_bad_payloads_get_error_results_and_are_acked(tmp_path: Path, modu
            "too-many-pixels": frame(2, (120, 100))}
     with Peer(broker, "consumer", subscribe=("edged/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             for name, data in bad.items():
                 await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera=name), data)
             await until(lambda: len(consumer.received("edged/errors/")) == 3, 20, "3 error results")
@@ -273,7 +281,7 @@ async def test_bad_payloads_get_error_results_and_are_acked(tmp_path: Path, modu
 
         # Restarted with the same session: nothing is redelivered, the next good frame is simply processed.
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             good = frame(3)
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), good)
             await until(lambda: sha(good) in results_by_sha(consumer.received()), 20, "the good frame's result")
@@ -308,7 +316,7 @@ async def test_burst_larger_than_the_inflight_limit(tmp_path: Path, modules: dic
     with Peer(broker, "consumer", subscribe=("edged/results/#",)) as consumer, Peer(broker, "camera") as camera:
         # The frames wait in edged's session at the broker, then arrive all at once.
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
         for i, data in enumerate(burst):
             camera.client.publish(FRAMES_TOPIC.format(camera=f"cam{i % 4}"), data, qos=1)
         await asyncio.to_thread(camera.publish, "edged/cameras/cam0/flush", b"")  # all of them are at the broker
@@ -350,7 +358,7 @@ async def test_results_made_while_the_broker_is_down_are_published_after(tmp_pat
         async with running(settings, GatedPipeline) as h:
             gated = h.pipeline
             assert isinstance(gated, GatedPipeline)
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             with Peer(broker, "camera") as camera:
                 for data in images:
                     await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
@@ -383,7 +391,7 @@ async def test_broker_restarted_mid_stream_loses_nothing(tmp_path: Path, modules
     camera = Peer(broker, "camera", clean=False).start()
     try:
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
 
             def stream() -> None:
                 for i, data in enumerate(images):

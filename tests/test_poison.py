@@ -49,7 +49,16 @@ from tests.configs import daemon_config, write_config
 from tests.daemon import run_daemon
 from tests.images import scan_bomb
 from tests.mosquitto import Mosquitto, Peer
-from tests.test_mqtt import FRAMES_TOPIC, frame, make_settings, results_by_sha, running, sample, sha
+from tests.test_mqtt import (
+    FRAMES_TOPIC,
+    frame,
+    make_settings,
+    results_by_sha,
+    running,
+    sample,
+    sha,
+    subscribed,
+)
 from tests.waiting import until, wait_until
 from tests.wat import Wat, write_wasm
 
@@ -296,7 +305,7 @@ async def test_images_the_device_can_never_process_are_error_events_and_acked(
     bad = {"too-complex": scan_bomb(MAX_JPEG_SCANS + 10), "never-fits": never_fits, "too-slow": too_slow}
     with Peer(broker, "consumer", subscribe=("edged/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings, pool_cls=pool) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             for name, data in bad.items():
                 await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera=name), data)
             await until(lambda: len(consumer.received("edged/errors/")) == 3, 20, "3 error events")
@@ -307,7 +316,7 @@ async def test_images_the_device_can_never_process_are_error_events_and_acked(
         assert {cam: e["source"]["sha256"] for cam, e in errors.items()} == {cam: sha(d) for cam, d in bad.items()}
 
         async with running(settings, pool_cls=pool) as h:  # acked: nothing comes back
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             good = frame(3)
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), good)
             await until(lambda: sha(good) in results_by_sha(consumer.received()), 20, "the good frame's result")
@@ -325,7 +334,7 @@ async def test_refusals_that_may_pass_later_are_not_acked(tmp_path: Path, module
     pool = refusing_pool({data: refusal})
     with Peer(broker, "consumer", subscribe=("edged/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings, pool_cls=pool) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
             await until(lambda: pool.refused >= 2, 10, "the frame refused and retried")
             assert await h.store.recent_input("cam1", sha(data), 600) is None  # nothing committed
@@ -347,7 +356,7 @@ async def test_a_frame_left_with_max_attempts_is_quarantined_and_acked(tmp_path:
             await store.count_attempt("cam1", sha(data))
     with Peer(broker, "consumer", subscribe=("edged/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
             await until(lambda: len(consumer.received("edged/errors/cam1")) == 1, 20, "the quarantine event")
             assert sample(h, "edged_mqtt_frames_total", outcome="quarantined") == 1

@@ -19,7 +19,16 @@ from edged.pipeline import Outcome, Pipeline
 from edged.settings import Subscription
 from tests import test_mqtt
 from tests.mosquitto import Mosquitto, Peer
-from tests.test_mqtt import FRAMES_TOPIC, frame, make_settings, results_by_sha, running, sample, sha
+from tests.test_mqtt import (
+    FRAMES_TOPIC,
+    frame,
+    make_settings,
+    results_by_sha,
+    running,
+    sample,
+    sha,
+    subscribed,
+)
 from tests.waiting import until
 
 # test_mqtt's fixtures, taken by name: the WAT functions and a mosquitto per test.
@@ -238,7 +247,7 @@ async def test_a_burst_runs_its_first_and_last_frame_and_acks_every_frame(
         async with running(settings, HeldPipeline) as h:
             held = h.pipeline
             assert isinstance(held, HeldPipeline)
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             for data in burst:
                 await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
             skipped = len(burst) - 2  # all but the first (running) and the last (waiting)
@@ -255,7 +264,7 @@ async def test_a_burst_runs_its_first_and_last_frame_and_acks_every_frame(
 
         # The same session again: nothing comes back, every frame was acknowledged.
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             sentinel = frame(999)
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam2"), sentinel)
             await until(lambda: sha(sentinel) in results_by_sha(consumer.received()), 20, "the sentinel's result")
@@ -270,7 +279,7 @@ async def test_without_max_fps_every_frame_of_a_burst_runs(
     burst = [frame(i) for i in range(30)]
     with Peer(broker, "consumer", subscribe=("edged/results/#",)) as consumer, Peer(broker, "camera") as camera:
         async with running(settings) as h:
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             for data in burst:
                 await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
             await until(lambda: len(results_by_sha(consumer.received())) == len(burst), 30, "every result")
@@ -286,7 +295,7 @@ async def test_a_frame_waiting_at_shutdown_is_redelivered(
         async with running(settings, HeldPipeline) as h:
             held = h.pipeline
             assert isinstance(held, HeldPipeline)
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), first)
             await until(lambda: held.started == [sha(first)], 10, "the first frame held")
             await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), waiting)
@@ -309,7 +318,7 @@ async def test_a_reload_without_max_fps_runs_the_waiting_frame(
             held = h.pipeline
             assert isinstance(held, HeldPipeline)
             held.gate.set()
-            await until(lambda: h.state == "connected", 10, "a connection")
+            await subscribed(h, broker, settings, "a connection")
             for data in (first, second):
                 await asyncio.to_thread(camera.publish, FRAMES_TOPIC.format(camera="cam1"), data)
             await until(lambda: sha(first) in results_by_sha(consumer.received()), 20, "the first result")
