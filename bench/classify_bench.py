@@ -11,7 +11,7 @@ with 1 and 2 workers; the model gets one interpreter thread per worker everywher
            keep-alive connections, one client thread per worker; includes the HTTP round trip and the
            durable store commit of the result (SQLite, synchronous=FULL: an fsync per request), with
            state_dir on disk (a temporary directory).
-  http-shm the same with state_dir in /dev/shm: the difference is the cost of that fsync.
+  http-shm the same with state_dir in /dev/shm: the difference is the cost of that fsync (not in --quick).
   native-http  the native code behind a plain aiohttp server (bench/native_server.py, a subprocess; no
            sandbox, no store), same client: context for the HTTP modes, not a target.
 
@@ -300,13 +300,16 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--size", help="resize the photos to WIDTHxHEIGHT first (JPEG quality 90)")
-    parser.add_argument("--quick", action="store_true", help="60 requests x 2 rounds, 1 worker, no idle wait")
+    parser.add_argument("--quick", action="store_true",
+                        help="60 requests x 2 rounds, 1 worker, no idle wait; no http-shm daemon, no CLI processes")
     parser.add_argument("--max-busy", type=float, default=0.1,
                         help="before each round wait (up to 120 s) until other processes use less than this share "
                              "of the CPUs")
     args = parser.parse_args()
-    if args.quick:
-        args.requests, args.rounds, args.warmup, args.workers, args.max_busy = 60, 2, 5, "1", 1.01
+    if args.quick:  # its own sizes, where not given on the command line
+        for name, value in (("requests", 60), ("rounds", 2), ("warmup", 5), ("workers", "1"), ("max_busy", 1.01)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     pin_mmap_threshold()  # as `edged run` and `edged invoke` do (the servers in "http" modes do it themselves)
     worker_counts = [int(w) for w in args.workers.split(",")]
     data = [p.read_bytes() if args.size is None else camera_jpeg(p, args.size) for p in PHOTOS]
@@ -323,8 +326,9 @@ def main() -> None:
             native = native_jobs(data, labels)
             invoke = InvokePath(workers, tmp / "cache")
             daemons = {"http": edged_daemon(workers, tmp, tmp / f"state-{workers}"),
-                       "http-shm": edged_daemon(workers, tmp, Path(shm_name) / f"state-{workers}"),
                        "native-http": native_server(workers)}
+            if not args.quick:  # the fsync's share: context, not a target
+                daemons["http-shm"] = edged_daemon(workers, tmp, Path(shm_name) / f"state-{workers}")
             modes: dict[str, Callable[[int], Job]] = {"native": native, "invoke": invoke.jobs(data)}
             modes.update({name: d.jobs(data) for name, d in daemons.items()})
             try:
@@ -339,7 +343,9 @@ def main() -> None:
                     d.close()
                 invoke.close()
             breakdowns[workers] = invoke.breakdown()
-        cli = [invoke_cli_once(tmp / "edged-1-state-1.toml") for _ in range(3)]
+        # A whole `edged invoke` process (imports, model load): context, not a target; quick runs skip it.
+        cli = [] if args.quick or 1 not in worker_counts else [
+            invoke_cli_once(tmp / "edged-1-state-1.toml") for _ in range(3)]
 
     print(f"\nclassify: {platform.machine()}, {os.cpu_count()} CPUs, {args.rounds} rounds x {args.requests} "
           f"requests per mode and worker count, photos {', '.join(p.name for p in PHOTOS)} alternating\n")
@@ -355,13 +361,13 @@ def main() -> None:
         row = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
                "images_per_s": count / wall}
         table[(name, workers)] = row
-    modes_order = ("native", "invoke", "http", "http-shm", "native-http")
+    modes_order = [m for m in ("native", "invoke", "http", "http-shm", "native-http") if (m, worker_counts[0]) in table]
     for workers in worker_counts:
         for name in modes_order:
             row = table[(name, workers)]
             print(f"| {name} | {workers} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['images_per_s']:.1f} |")
     print()
-    for name in ("invoke", "http", "http-shm"):
+    for name in [m for m in ("invoke", "http", "http-shm") if m in modes_order]:
         for workers in worker_counts:
             ratio = table[(name, workers)]["p50_ms"] / table[("native", workers)]["p50_ms"]
             print(f"{name} p50 / native p50, {workers} worker(s): {ratio:.3f}  (target <= 1.15)")
@@ -371,7 +377,8 @@ def main() -> None:
             return table[(name, w)]["p50_ms"]
 
         ratios[f"http/native-http/{workers}"] = p50("http") / p50("native-http")
-        ratios[f"http-shm/native-http/{workers}"] = p50("http-shm") / p50("native-http")
+        if "http-shm" in modes_order:
+            ratios[f"http-shm/native-http/{workers}"] = p50("http-shm") / p50("native-http")
         ratios[f"invoke/native/{workers}"] = p50("invoke") / p50("native")
         print(f"targets, {workers} worker(s): http / native-http {ratios[f'http/native-http/{workers}']:.3f} "
               f"(<= 1.10), invoke / native {ratios[f'invoke/native/{workers}']:.3f} (<= 1.05)")
@@ -388,8 +395,9 @@ def main() -> None:
     for workers, text in breakdowns.items():
         print(f"invoke path, {workers} worker(s), medians: {text}")
     print(f"CPU busy (other processes) before each round: {', '.join(f'{x:.0%}' for x in loads)}")
-    print(f"\none `edged invoke classify chelsea.jpg` process, start to exit: "
-          f"{', '.join(f'{c * 1000:.0f}' for c in cli)} ms")
+    if cli:
+        print(f"\none `edged invoke classify chelsea.jpg` process, start to exit: "
+              f"{', '.join(f'{c * 1000:.0f}' for c in cli)} ms")
     if args.json:
         args.json.write_text(json.dumps({f"{n}/{w}": row for (n, w), row in table.items()} | {
             "invoke_cli_process_ms": [c * 1000 for c in cli], "ratios": ratios, "photo_size": args.size,

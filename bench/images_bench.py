@@ -5,8 +5,9 @@
 1. Two stores side by side, commits interleaved (same machine noise): grayscale results of a real photo
    (tests/data/chelsea.jpg, 451x300, PNG at zlib level 1 as edged encodes it) committed with their image
    body (a reader is configured: [history] images, sync.include_images or mqtt.publish_images) and
-   without it (only the image's metadata). Prints commit time per result and disk bytes per result
-   (db + WAL after a checkpoint).
+   without it (only the image's metadata). Prints commit time per result, one at a time and with 8
+   cameras at once (their commits share transactions: group commit), and disk bytes per result (db + WAL
+   after a checkpoint).
 2. Commit time while a reader pages 500 events at a time, the reads on the history's own connection
    (as edged does) or on the writer thread (the alternative). Asserts nothing.
 """
@@ -40,6 +41,8 @@ from tests.samples import digest  # noqa: E402
 
 DEVICE = "bench-gw"
 OUTBOX = OutboxSettings(max_bytes=4 * 1024**3)
+#: cameras committing at once in the group-commit run
+CAMERAS = 8
 
 
 def gray_png() -> bytes:
@@ -90,12 +93,32 @@ async def images(root: Path, n: int) -> None:
         for i in range(n):
             for keep, store in ((True, with_body), (False, without)):
                 costs[keep].append(await commit(store, i, gray_event(f"cam{i % 8}", i, png, keep)))
-    print(f"grayscale result: PNG of {len(png):,} bytes; {n} results per store, commits interleaved")
-    print(f"{'image body':<12} {'commit p50 ms':>14} {'commit mean ms':>15} {'disk bytes/result':>18}")
+    at_once = {keep: await all_cameras(root / f"at-once-{keep}.db", n, png, keep) for keep in (True, False)}
+    print(f"grayscale result: PNG of {len(png):,} bytes; {n} results per store; one at a time: commits of the "
+          f"two stores interleaved; {CAMERAS} cameras at once: each camera awaits its previous commit, "
+          "concurrent commits share a transaction (group commit)\n")
+    # at once: the whole fill's wall time over the results (amortised)
+    print(f"| image body | one at a time, p50 ms | one at a time, mean ms | {CAMERAS} cameras at once, ms/result | "
+          "disk bytes/result |")
+    print("|---|---|---|---|---|")
     for keep in (True, False):
         c = costs[keep]
-        print(f"{'kept' if keep else 'not stored':<12} {statistics.median(c) * 1e3:>14.3f} "
-              f"{statistics.fmean(c) * 1e3:>15.3f} {disk_bytes(paths[keep]) / n:>18,.0f}")
+        print(f"| {'kept' if keep else 'not stored'} | {statistics.median(c) * 1e3:.3f} | "
+              f"{statistics.fmean(c) * 1e3:.3f} | {at_once[keep] * 1e3 / n:.3f} | "
+              f"{disk_bytes(paths[keep]) / n:,.0f} |")
+
+
+
+async def all_cameras(path: Path, n: int, png: bytes, keep: bool) -> float:
+    """``n`` results from every camera at once (as the MQTT and HTTP paths commit); the wall seconds."""
+    async with open_store(path) as store:
+        async def stream(camera: int) -> None:
+            for i in range(camera, n, CAMERAS):
+                await commit(store, i, gray_event(f"cam{camera}", i, png, keep))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(c) for c in range(CAMERAS)))
+        return time.perf_counter() - started
 
 
 async def read_loop(store: Store, where: str, stop: asyncio.Event) -> None:
@@ -123,24 +146,25 @@ async def reads(root: Path, n: int) -> None:
             results[where] = [await commit(store, 10_000 + i, event) for i in range(n)]
             stop.set()
             await task
-    print(f"\ncommit time while a reader pages 500 events in a loop ({n} commits each)")
-    print(f"{'reads on':<18} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    print(f"\n## Commit time while a reader pages 500 events in a loop ({n} commits each)\n")
+    print("| reads on | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
     for where, c in results.items():
         c.sort()
-        print(f"{where:<18} {statistics.median(c) * 1e3:>8.3f} {c[int(len(c) * 0.99) - 1] * 1e3:>8.3f} "
-              f"{statistics.fmean(c) * 1e3:>8.3f}")
+        print(f"| {where} | {statistics.median(c) * 1e3:.3f} | {c[int(len(c) * 0.99) - 1] * 1e3:.3f} | "
+              f"{statistics.fmean(c) * 1e3:.3f} |")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300, help="results per store")
-    parser.add_argument("--reads", type=int, default=300, help="commits measured while reading")
+    parser.add_argument("--reads", type=int, default=300, help="commits measured while reading; 0: skip that part")
     parser.add_argument("--dir", type=Path, default=None, help="where the stores go (default: a temp dir)")
     args = parser.parse_args()
-    print(f"load average: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+    print(f"## What a stored image costs (load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs)\n")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         await images(Path(tmp), args.n)
-        await reads(Path(tmp), args.reads)
+        if args.reads:  # 0: the stored-image figures only (make bench-quick)
+            await reads(Path(tmp), args.reads)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.targets import Results, tables  # noqa: E402
+from bench.targets import Results  # noqa: E402
 
 __all__ = ["latency_plot", "render_plots", "rss_plot", "scaling_plot"]
 
@@ -87,10 +87,9 @@ def scaling_plot(results: Results, path: Path) -> Path | None:
 
 
 def rss_plot(results: Results, path: Path) -> Path | None:
-    """RSS against calls made, from pool_bench's soak table."""
-    stdout = results.get("pool", {}).get("stdout") or ""
-    rows = next((rows for title, rows in tables(stdout).items() if title.startswith("RSS over")), [])
-    points = [(float(r["calls"]), float(r["RSS (MB)"])) for r in rows if "calls" in r and "RSS (MB)" in r]
+    """RSS against calls made, from pool_bench's soak (its JSON)."""
+    soak = (results.get("pool", {}).get("json") or {}).get("rss_mb_by_calls") or []
+    points = [(float(calls), float(mb)) for calls, mb in soak]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))

