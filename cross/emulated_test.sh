@@ -13,6 +13,8 @@
 #
 # Left out under emulation: test_500_calls_keep_the_interpreters_loaded_once (500 classify calls would
 # take ~45 minutes) and the two build_sh tests (the Rust toolchain is a host tool, not a device one).
+# Models are preloaded there (TESTS_PRELOAD_MODELS=1): allocated on first use, as by default, the first
+# classify call would pay the interpreter's allocation (seconds under qemu) within its 5 s timeout.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -86,5 +88,6 @@ chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root L
 print(platform.machine(), platform.python_version(), \"wasmtime\", m.version(\"wasmtime\"), \
 \"tflite-runtime\", m.version(\"tflite-runtime\"))')\"
     cd /tmp/edged-test/repo
-    timeout 2400 \$venv/bin/python -m pytest -q -p no:cacheprovider ${tests[*]} -k '$deselect'
+    # Emulated TFLite allocates an interpreter in seconds: preload the models (tests/configs.py).
+    TESTS_PRELOAD_MODELS=1 timeout 2400 \$venv/bin/python -m pytest -q -p no:cacheprovider ${tests[*]} -k '$deselect'
 "

@@ -3,17 +3,24 @@
 ``daemon_config(state_dir, **tables)`` starts from a config that needs nothing outside the machine (HTTP
 on a free loopback port, no broker, no sidecar) and merges the given tables over it, key by key;
 ``write_config(path, config)`` writes any such dict as TOML.
+
+``PRELOAD_MODELS`` (``TESTS_PRELOAD_MODELS=1``, set by cross/emulated_test.sh): under qemu allocating an
+interpreter takes seconds, so a model allocated by its first call would spend that call's timeout; there
+every model in a ``daemon_config`` is preloaded (``[models.NAME] preload``) unless the test says otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["daemon_config", "merge", "toml_text", "write_config"]
+__all__ = ["PRELOAD_MODELS", "daemon_config", "merge", "toml_text", "write_config"]
+
+PRELOAD_MODELS = os.environ.get("TESTS_PRELOAD_MODELS") == "1"
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,7 +45,10 @@ def daemon_config(state_dir: Path, **tables: Any) -> dict[str, Any]:
         "dapr": {"enabled": False},
         "pool": {"workers": 2, "queue": 8},
     }
-    return merge(base, tables)
+    config = merge(base, tables)
+    if PRELOAD_MODELS and isinstance(config.get("models"), Mapping):
+        config["models"] = {name: {"preload": True, **model} for name, model in config["models"].items()}
+    return config
 
 
 def _value(value: Any) -> str:

@@ -33,7 +33,7 @@ from edged.inference.tflite import ModelRegistry, load_backend
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
-from tests.configs import daemon_config, write_config
+from tests.configs import PRELOAD_MODELS, daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.pools import call_sync
 
@@ -261,7 +261,8 @@ def _frame(path: Path) -> Frame:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FunctionPool, ModelRegistry]]:
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
-    registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS)}, max_interpreters=2)
+    registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS, preload=PRELOAD_MODELS)},
+                             max_interpreters=2)
     with registry, FunctionPool({"classify": fn}, PoolSettings(workers=2, queue=4),
                                 tmp_path_factory.mktemp("cache"), extension=NnHost(registry)) as p:
         yield p, registry
@@ -309,7 +310,7 @@ def test_500_calls_keep_the_interpreters_loaded_once(pool: tuple[FunctionPool, M
 def test_model_declared_without_labels_fails_the_call_cleanly(tmp_path: Path) -> None:
     """No labels in the model's declaration: a function_error with a JSON detail, not a trap."""
     fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256)
-    with ModelRegistry({NAME: ModelSettings(path=MODEL)}) as registry, FunctionPool(
+    with ModelRegistry({NAME: ModelSettings(path=MODEL, preload=PRELOAD_MODELS)}) as registry, FunctionPool(
             {"classify": fn}, PoolSettings(workers=1, queue=0), tmp_path / "cache", extension=NnHost(registry)) as p:
         with pytest.raises(FunctionFailed) as info:
             call_sync(p, "classify", _frame(DATA / "chelsea.jpg"))

@@ -1,5 +1,6 @@
-"""Interpreters of declared models are allocated on first use (edged/inference/tflite.py): validated at
-startup by a probe, then held built but unallocated while idle, and never more than ``max_interpreters``."""
+"""Interpreters of declared models are allocated on first use (edged/inference/interpreters.py): validated
+at startup by a probe, then held built but unallocated while idle, and never more than ``max_interpreters``;
+``[models.NAME] preload`` allocates one at startup instead."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from edged.inference.tflite import Backend, Interpreter, Model, ModelError, ModelRegistry, load_backend
-from edged.settings import ModelSettings
+from edged.settings import ConfigError, ModelSettings, load_settings
+from tests.configs import daemon_config, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,12 +98,12 @@ def test_a_loaded_model_holds_one_built_interpreter_and_allocates_it_on_first_us
     assert factory.log == ["build", "allocate", "build"]
     assert model.inputs[0].shape == SHAPE
     assert not factory.made[1].allocated
-    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "in_use": 0, "max": 2}
+    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "allocated": 0, "in_use": 0, "max": 2}
     assert _classify(model, 2) == 2  # the first call allocates it, and it answers correctly
     assert factory.log == ["build", "allocate", "build", "allocate"]
     assert [_classify(model, c) for c in (0, 1, 2)] == [0, 1, 2]
     assert factory.log.count("allocate") == 2  # reused, not allocated again
-    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "in_use": 0, "max": 2}
+    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "allocated": 1, "in_use": 0, "max": 2}
 
 
 def test_lazily_made_interpreters_stay_bounded_by_max_interpreters() -> None:
@@ -116,7 +118,7 @@ def test_lazily_made_interpreters_stay_bounded_by_max_interpreters() -> None:
     first.release()
     second.release()
     assert [_classify(model, c) for c in (1, 0)] == [1, 0]
-    assert model.stats() == {"created": 2, "live": 2, "idle": 2, "in_use": 0, "max": 2}
+    assert model.stats() == {"created": 2, "live": 2, "idle": 2, "allocated": 2, "in_use": 0, "max": 2}
 
 
 def test_an_allocation_that_fails_on_first_use_fails_that_checkout_and_frees_its_slot() -> None:
@@ -142,6 +144,57 @@ def test_a_model_that_does_not_allocate_fails_at_load_not_on_first_use(tmp_path:
 def test_guest_supplied_models_keep_the_probe_as_their_only_interpreter() -> None:
     registry = ModelRegistry({"tiny": ModelSettings(path=TINY_F32)})
     model = registry.load_bytes(TINY_F32.read_bytes())
-    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "in_use": 0, "max": 1}
+    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "allocated": 1, "in_use": 0, "max": 1}
     assert _classify(model, 0) == 0
     assert model.stats()["created"] == 1
+
+
+def test_a_preloaded_model_allocates_its_interpreter_at_startup() -> None:
+    factory = _Factory()
+    model = Model("tiny", TINY_F32.read_bytes(), backend=factory.backend(), max_interpreters=2, lazy=False)
+    # The probe is kept as the first interpreter: one build, one allocation, nothing left for a call to do.
+    assert factory.log == ["build", "allocate"]
+    assert model.stats() == {"created": 1, "live": 1, "idle": 1, "allocated": 1, "in_use": 0, "max": 2}
+    assert _classify(model, 1) == 1
+    assert factory.log == ["build", "allocate"]
+    # Further interpreters (calls at once) are still made on demand, within max_interpreters.
+    first, second = model.checkout(timeout=5), model.checkout(timeout=5)
+    assert first is not None
+    assert second is not None
+    assert model.checkout(timeout=0.05) is None
+    first.release()
+    second.release()
+    assert model.stats() == {"created": 2, "live": 2, "idle": 2, "allocated": 2, "in_use": 0, "max": 2}
+
+
+def test_the_registry_preloads_only_the_models_that_ask() -> None:
+    models = {"lazy": ModelSettings(path=TINY_F32), "ready": ModelSettings(path=TINY_F32, preload=True)}
+    with ModelRegistry(models, max_interpreters=2) as registry:
+        lazy, ready = registry.get("lazy"), registry.get("ready")
+        assert lazy is not None
+        assert ready is not None
+        assert lazy.stats()["allocated"] == 0
+        assert ready.stats()["allocated"] == 1
+        assert ready.stats()["live"] == lazy.stats()["live"] == 1
+        assert [_classify(m, 2) for m in (lazy, ready)] == [2, 2]
+        assert lazy.stats()["allocated"] == 1
+        assert lazy.stats()["created"] == ready.stats()["created"] == 1
+
+
+def test_preload_is_a_boolean_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tests.configs.PRELOAD_MODELS", False)  # as in every run but the emulated one
+    assert ModelSettings(path=TINY_F32).preload is False
+    cfg = write_config(tmp_path / "edged.toml", daemon_config(
+        tmp_path / "state", models={"a": {"path": TINY_F32, "preload": True}, "b": {"path": TINY_F32}}))
+    settings = load_settings(cfg)
+    assert settings.models["a"].preload is True
+    assert settings.models["b"].preload is False
+    # The environment reaches a declared model's key like any other nested setting.
+    monkeypatch.setenv("EDGED_MODELS__B__PRELOAD", "true")
+    assert load_settings(cfg).models["b"].preload is True
+    monkeypatch.delenv("EDGED_MODELS__B__PRELOAD")
+    bad = write_config(tmp_path / "bad.toml", daemon_config(
+        tmp_path / "state", models={"a": {"path": TINY_F32, "preload": "soon"}}))
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    assert [key for key, _ in info.value.problems] == ["models.a.preload"]
