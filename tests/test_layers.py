@@ -20,7 +20,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Leaves: the standard library and third-party packages only.
     "errors": _LEAVES, "events": _LEAVES, "retry": _LEAVES, "secrets": _LEAVES, "cgroup_limit": _LEAVES,
     "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "journal": _LEAVES, "statelock": _LEAVES,
-    "versions": _LEAVES, "logs": _LEAVES,
+    "versions": _LEAVES, "logs": _LEAVES, "atomic": _LEAVES,
     "metrics": frozenset({"versions"}),
     "status": frozenset({"metrics"}),
     # settings reach into wasm for one stdlib-only module, the outbound URL policy (checked below).
@@ -30,7 +30,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "frames": frozenset({"decode_guard", "errors"}),
     "encode": frozenset({"errors", "frames"}),
     "inference": frozenset({"errors", "settings"}),
-    "wasm": frozenset({"budget", "decode_guard", "encode", "errors", "frames", "inference", "metrics", "settings"}),
+    "wasm": frozenset({"atomic", "budget", "decode_guard", "encode", "errors", "frames", "inference", "metrics",
+                       "settings"}),
     "store": frozenset({"errors", "events", "metrics", "settings"}),
     "mqtt": frozenset({"metrics", "retry", "secrets", "settings", "status"}),
     "pipeline": frozenset({"budget", "errors", "events", "frames", "metrics", "settings", "wasm"}),
@@ -40,7 +41,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # What a reload may change, checked as check-config checks (preflight) before the face swaps it in.
     "reload": frozenset({"preflight", "settings"}),
     # Functions deployed over the API: modules, versions, ceilings, rollback; the pool only through the face.
-    "deploy": frozenset({"errors", "settings"}),
+    "deploy": frozenset({"atomic", "errors", "settings"}),
     "ingest": frozenset({"budget", "deploy", "errors", "events", "frames", "metrics", "mqtt", "pipeline", "retry",
                          "secrets", "settings", "status", "store", "sync", "wasm"}),
 }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModuleStore", "Stored", "digest_hex", "write_atomic"]
+from edged.atomic import write_atomic
+
+__all__ = ["ModuleStore", "Stored", "digest_hex"]
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -18,26 +19,6 @@ def digest_hex(ref: str) -> str | None:
     """The hex of a ``sha256:<64 lowercase hex>`` reference, None for anything else."""
     match = _DIGEST.fullmatch(ref)
     return match.group(1) if match else None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync of the directory: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The functions deployed over the API and their versions, kept in ``state_dir/deploy/functions.json``.
 
-Every change is written whole and atomically (edged.deploy.modules.write_atomic) before it counts; the
+Every change is written whole and atomically (edged.atomic.write_atomic) before it counts; the
 event store is not involved. A version's ``spec`` is the function as accepted, every default filled in,
 with ``module`` as ``sha256:<hex>``; ``previous`` is the version that was current when it was made (what
 a rollback goes back to); ``succeeded`` is set the first time one of its calls succeeds.
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.deploy.modules import write_atomic
+from edged.atomic import write_atomic
 
 __all__ = ["Deployed", "Registry", "Version", "registry_path"]
 

@@ -21,9 +21,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import logging
-import os
 import platform
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 
 import wasmtime
 
+from edged.atomic import write_atomic
 from edged.wasm.rawcall import FFI
 
 __all__ = ["ENGINE_SETTINGS", "CacheStats", "InstanceSlots", "WasmEngine"]
@@ -190,19 +189,9 @@ class WasmEngine:
             return None
 
     def _store(self, cached: Path, module: wasmtime.Module) -> None:
-        """Write atomically (temporary file, fsync, rename): a crash leaves no half-written entry behind."""
+        """Write atomically (edged.atomic): a crash leaves no half-written entry behind."""
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".cwasm")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(module.serialize())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, cached)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(cached, module.serialize())
         except OSError as exc:
             # A read-only or full disk costs a recompile next start, nothing else.
             log.warning("cannot cache compiled module in %s: %s", self.cache_dir, exc)
