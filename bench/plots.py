@@ -22,6 +22,14 @@ __all__ = ["latency_plot", "render_plots", "rss_plot", "scaling_plot"]
 DPI = 100
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay the figure out, write it as PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _ecdf(ax: Any, values: list[float], label: str) -> None:
     ordered = sorted(values)
     n = len(ordered)
@@ -54,10 +62,7 @@ def latency_plot(results: Results, path: Path) -> Path | None:
         ax.set_ylabel("share of calls at or below")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scaling_plot(results: Results, path: Path) -> Path | None:
@@ -80,10 +85,7 @@ def scaling_plot(results: Results, path: Path) -> Path | None:
     ax.set_title("throughput against workers", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def rss_plot(results: Results, path: Path) -> Path | None:
@@ -99,10 +101,7 @@ def rss_plot(results: Results, path: Path) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.set_title("RSS over the soak", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def render_plots(results: Results, directory: Path) -> dict[str, Path]:
