@@ -19,8 +19,9 @@ A worker count of N means N pool workers and N client threads (native: N threads
 rounds, interleaved with the others, so slow drift on the machine hits every mode alike. Prints a
 table (p50, p99, images/s) and the two target ratios; asserts nothing.
 
-edged's classify declares ``max_frame = [224, 224]`` as config/edged.toml ships it: a JPEG at least twice
-that size is decoded drafted (the photos as they are, 451x300 and 600x400, are not; ``--size 1920x1080``
+edged's classify declares ``max_frame = [224, 224]`` and ``resize = "bilinear"`` as config/edged.toml ships
+it (the host resizes, Pillow's bilinear as the guest would; the guest's resize is then a copy): a JPEG at
+least twice that size is decoded drafted (the photos as they are, 451x300 and 600x400, are not; ``--size 1920x1080``
 resizes them to a camera's size first, JPEG quality 90). The native baselines decode at full size, as the
 plain Pillow code they stand for does.
 
@@ -66,8 +67,9 @@ WASM = ROOT / "functions" / "classify" / "classify.wasm"
 PHOTOS = [ROOT / "tests" / "data" / "chelsea.jpg", ROOT / "tests" / "data" / "coffee.jpg"]
 NAME = "efficientnet_lite0"
 MAX_PIXELS = 40_000_000
-#: classify's need, as config/edged.toml declares it
+#: classify's need and who resizes to it, as config/edged.toml declares them
 MAX_FRAME = (224, 224)
+RESIZE = "bilinear"
 
 #: (photo index) -> latency seconds, run by one client thread
 Job = Callable[[int], None]
@@ -167,7 +169,7 @@ NnHost._compute = _timed_compute  # type: ignore[method-assign]
 
 class InvokePath:
     def __init__(self, workers: int, cache: Path) -> None:
-        fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256, max_frame=MAX_FRAME)
+        fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256, max_frame=MAX_FRAME, resize=RESIZE)
         COMPUTE.clear()
         self.registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS, threads=1)},
                                       max_interpreters=workers)
@@ -245,7 +247,8 @@ def edged_daemon(workers: int, tmp: Path, state_dir: Path) -> Server:
         state_dir, device_id="bench", log_level="WARNING",
         pool={"workers": workers, "queue": workers * 4},
         models={NAME: {"path": MODEL, "labels": LABELS, "threads": 1}},
-        functions={"classify": {"module": WASM, "models": [NAME], "memory_mb": 256, "max_frame": list(MAX_FRAME)}}))
+        functions={"classify": {"module": WASM, "models": [NAME], "memory_mb": 256, "max_frame": list(MAX_FRAME),
+                                 "resize": RESIZE}}))
     return Server([sys.executable, "-m", "edged", "run", "--config", str(cfg)], {"EDGED_LOG_LEVEL": "INFO"})
 
 

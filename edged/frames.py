@@ -8,10 +8,11 @@ the deadline and cancellation between decoder steps (edged.decode_guard).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +28,7 @@ __all__ = [
     "Frame",
     "FrameNeed",
     "ImageHeader",
+    "Size",
     "decode",
     "read_header",
     "sniff_image",
@@ -50,6 +52,8 @@ _MAGICS = (
 )
 #: The smallest (width, height) every function on a frame can work from; None: the full size.
 FrameNeed = tuple[int, int] | None
+#: A (width, height) the host resizes a frame to for a function (``resize = "bilinear"``).
+Size = tuple[int, int]
 _DRAFT_SCALES = (8, 4, 2)  # the DCT scalings libjpeg offers through Pillow's draft
 
 
@@ -69,6 +73,27 @@ class Frame:
     scale: int = 1
     #: Hex SHA-256 of ``raw`` when the pool hashed it on the worker (the pipeline's decodes), else "".
     sha256: str = ""
+    #: The pixels resized (Pillow's bilinear) to the sizes ``decode`` was asked for, as (size, RGB8) pairs.
+    #: ``pixels`` is empty when no function needed them as decoded.
+    resized: tuple[tuple[Size, bytes], ...] = ()
+
+    @property
+    def pixel_bytes(self) -> int:
+        """The bytes of pixels it holds, at every size."""
+        return len(self.pixels) + sum(len(pixels) for _, pixels in self.resized)
+
+    def at_size(self, size: Size) -> Frame:
+        """This frame resized to exactly ``size``: the one ``decode`` made, else resized from ``pixels`` now."""
+        for have, pixels in self.resized:
+            if have == size:
+                return dataclasses.replace(self, width=size[0], height=size[1], pixels=pixels, resized=())
+        if (self.width, self.height) == size:
+            return dataclasses.replace(self, resized=())
+        if not self.pixels:
+            raise ValueError(f"this frame was decoded for other sizes than {size[0]}x{size[1]} only")
+        img = Image.frombytes("RGB", (self.width, self.height), self.pixels)
+        return dataclasses.replace(self, width=size[0], height=size[1], resized=(),
+                                   pixels=_rgb_bytes(img.resize(size, Image.Resampling.BILINEAR)))
 
     @property
     def format_code(self) -> int:
@@ -92,12 +117,15 @@ class ImageHeader:
     file_bytes: int
     #: The JPEG draft's divisor the pixels will be decoded at (1: the full ``width`` x ``height``).
     scale: int = 1
+    #: What the resized copies ``decode`` makes hold at their peak (Pillow's 4 bytes a pixel, then packed).
+    resize_bytes: int = 0
 
     @property
     def decode_cost(self) -> int:
         """Upper bound of the host memory decoding it peaks at, in bytes (``decode_guard.decode_cost``)."""
-        return decode_cost(self.width, self.height, self.mode, self.format, progressive=self.progressive,
-                           bands=self.bands, file_bytes=self.file_bytes, scale=self.scale)
+        return self.resize_bytes + decode_cost(self.width, self.height, self.mode, self.format, scale=self.scale,
+                                               progressive=self.progressive, bands=self.bands,
+                                               file_bytes=self.file_bytes)
 
 
 def read_header(data: bytes, *, max_pixels: int, deadline: float | None = None,
@@ -110,7 +138,8 @@ def read_header(data: bytes, *, max_pixels: int, deadline: float | None = None,
 
 def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
            cancel: threading.Event | None = None,
-           admit: Callable[[ImageHeader], None] | None = None, need: FrameNeed = None) -> Frame:
+           admit: Callable[[ImageHeader], None] | None = None, need: FrameNeed = None,
+           resize_to: Collection[Size] = (), full: bool = True) -> Frame:
     """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat, TooManyPixels or ImageTooComplex.
 
     ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set from another thread) are checked
@@ -118,7 +147,8 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
     DecodeTimeout, once cancelled DecodeCancelled. ``admit`` is called with the header after the
     checks and before any pixel is decoded; it may raise (to refuse) or reserve memory. ``need``: a JPEG
     at least twice that size in both dimensions is decoded smaller (DCT scaling), never below it; the
-    pixel limit and the structure checks apply to the file's full size all the same.
+    pixel limit and the structure checks apply to the file's full size all the same. ``resize_to``: sizes the
+    frame also gets its pixels at (``Frame.resized``), resized once here; without ``full`` only those.
     """
     reader = GuardedReader(data, deadline, cancel)
     with _open(data, reader, max_pixels) as img:
@@ -126,7 +156,7 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
         size = img.size
         scale = _draft(img, need)
         if admit is not None:
-            admit(_header(img, len(data), size, scale))
+            admit(_header(img, len(data), size, scale, _resize_peak(resize_to, img.size)))
         try:
             img.load()  # decoding happens here: a truncated or corrupt image fails now
             reader.check()
@@ -134,15 +164,16 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
             rgb = img if img.mode == "RGB" else img.convert("RGB")
         except _CORRUPT as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
-        pixels = _rgb_bytes(rgb)
-    return Frame(
-        raw=data,
-        format=fmt,
-        width=img.width,
-        height=img.height,
-        pixels=pixels,
-        scale=scale,
-    )
+        resized = tuple((s, _rgb_bytes(rgb.resize(s, Image.Resampling.BILINEAR))) for s in dict.fromkeys(resize_to))
+        pixels = _rgb_bytes(rgb) if full else b""
+    return Frame(raw=data, format=fmt, width=img.width, height=img.height, pixels=pixels, scale=scale, resized=resized)
+
+
+def _resize_peak(sizes: Collection[Size], decoded: Size) -> int:
+    """What resizing a ``decoded``-sized frame to ``sizes`` holds at most: Pillow's pass between the two
+    filters and its result (4 bytes a pixel each), and the packed copy (3)."""
+    width, height = decoded
+    return sum(4 * max(w * height, width * h) + 7 * w * h for w, h in sizes)
 
 
 def _draft(img: Image.Image, need: FrameNeed) -> int:
@@ -194,12 +225,13 @@ def _open(data: bytes, reader: GuardedReader, max_pixels: int) -> Image.Image:
     return img
 
 
-def _header(img: Image.Image, file_bytes: int, size: tuple[int, int], scale: int) -> ImageHeader:
+def _header(img: Image.Image, file_bytes: int, size: tuple[int, int], scale: int, resize_bytes: int = 0) -> ImageHeader:
     """The header: ``size`` as read from the file, before ``img`` was drafted to ``scale``."""
     progressive = bool(img.info.get("progressive") or img.info.get("progression"))
     width, height = size
     return ImageHeader(format=img.format or "", width=width, height=height, mode=img.mode,
-                       progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes, scale=scale)
+                       progressive=progressive, bands=len(img.getbands()), file_bytes=file_bytes, scale=scale,
+                       resize_bytes=resize_bytes)
 
 
 def _pack_whole(img: Image.Image, size: int) -> bytes | None:

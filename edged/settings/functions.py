@@ -50,6 +50,13 @@ class FunctionSettings(Model):
                     "never below it) unless another function on the same frame needs more. Unset: the full "
                     "size. Wins over the module's edged.max_frame custom section.",
     )
+    resize: Literal["none", "bilinear"] = Field(
+        default="none",
+        description="bilinear: the host hands the function its frame resized to exactly max_frame (aspect ratio "
+                    "not kept) with Pillow's bilinear filter, in C on the one decoded frame; what a function that "
+                    "resizes that way itself (classify) then gets is already its size. Needs max_frame. none: the "
+                    "frame as decoded.",
+    )
     timeout_ms: int = Field(default=5000, ge=1, le=600_000, description="Wall-clock limit of one call.")
     memory_mb: int = Field(default=128, ge=1, le=4096, description="Linear memory limit of one call.")
     max_output_bytes: int = Field(default=32 * MiB, ge=1, description="Largest result a call may return.")
@@ -73,6 +80,12 @@ class FunctionSettings(Model):
         stray = [origin for origin in self.private_hosts if origin not in self.allowed_hosts]
         if stray:
             raise ValueError(f"private_hosts {stray} must also be in allowed_hosts")
+        return self
+
+    @model_validator(mode="after")
+    def _resize_has_a_size(self) -> FunctionSettings:
+        if self.resize != "none" and (self.max_frame is None or self.input == "raw"):
+            raise ValueError('resize needs a decoded frame (input = "frame") and its size (max_frame)')
         return self
 
     @model_validator(mode="after")

@@ -55,7 +55,7 @@ class FrameHold:
     def decoded(self, frame: Frame) -> None:
         """Decoding is over: keep only the frame's pixels."""
         if self._reservation is not None:
-            self._reservation.shrink(len(frame.pixels))
+            self._reservation.shrink(frame.pixel_bytes)
 
     def release(self) -> None:
         if self._reservation is not None:

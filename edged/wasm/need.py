@@ -4,18 +4,20 @@ A function declares the smallest frame it works as well from: the ``max_frame`` 
 module's ``edged.max_frame`` custom section (UTF-8 ``WIDTHxHEIGHT``, e.g. ``224x224``), else nothing,
 which means the full size. A function taking the raw bytes (``input = "raw"``) reads no pixels: it asks
 for none. A frame shared by several functions is decoded once, at the largest of their needs
-(``edged.frames.decode`` turns that into a JPEG draft).
+(``edged.frames.decode`` turns that into a JPEG draft). A function with ``resize = "bilinear"`` gets
+its frame resized to exactly its ``max_frame`` by the host, once per size from the one decoded frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from edged.frames import FrameNeed
+from edged.frames import Frame, FrameNeed, Size
 from edged.settings import FunctionSettings
 
-__all__ = ["MAX_FRAME_SECTION", "NO_PIXELS", "MaxFrameSectionError", "combined_need", "declared_need",
-           "module_max_frame"]
+__all__ = ["FULL_FRAME", "MAX_FRAME_SECTION", "NO_PIXELS", "FramePlan", "MaxFrameSectionError", "combined_need",
+           "declared_need", "frame_for", "frame_plan", "host_size", "module_max_frame"]
 
 #: The custom section a module declares its ``max_frame`` in.
 MAX_FRAME_SECTION = "edged.max_frame"
@@ -23,6 +25,20 @@ MAX_FRAME_SECTION = "edged.max_frame"
 NO_PIXELS: FrameNeed = (1, 1)
 _WASM_MAGIC = b"\0asm"
 _MAX_SIDE = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class FramePlan:
+    """How to decode a frame for some functions (``edged.frames.decode``'s arguments): the smallest size
+    they can work from, the sizes the host resizes it to, and whether any takes the pixels as decoded."""
+
+    need: FrameNeed
+    resize_to: tuple[Size, ...]
+    full: bool
+
+
+#: A frame decoded at full size for whoever asks (``FunctionPool.decode``).
+FULL_FRAME = FramePlan(None, (), True)
 
 
 class MaxFrameSectionError(ValueError):
@@ -47,6 +63,25 @@ def combined_need(needs: Iterable[FrameNeed]) -> FrameNeed:
             return None
         width, height = max(width, need[0]), max(height, need[1])
     return (width, height) if width and height else None
+
+
+def host_size(settings: FunctionSettings) -> Size | None:
+    """The size the host resizes a function's frames to (``resize``), or None: it takes them as decoded."""
+    return settings.max_frame if settings.resize != "none" else None
+
+
+def frame_plan(functions: Iterable[tuple[FunctionSettings, FrameNeed]]) -> FramePlan:
+    """The plan for one frame shared by ``functions`` (each with its declared need)."""
+    functions = list(functions)
+    sizes = [host_size(settings) for settings, _need in functions]
+    resize_to = tuple(dict.fromkeys(size for size in sizes if size is not None))
+    return FramePlan(combined_need(need for _settings, need in functions), resize_to, None in sizes)
+
+
+def frame_for(settings: FunctionSettings, frame: Frame) -> Frame:
+    """The frame as the function gets it: resized to its size when it asks the host for that."""
+    size = host_size(settings)
+    return frame if size is None else frame.at_size(size)
 
 
 def _leb128(data: bytes, pos: int) -> tuple[int, int]:

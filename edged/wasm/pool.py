@@ -27,12 +27,12 @@ import wasmtime
 
 from edged.budget import MemoryBudget
 from edged.errors import FunctionError, Overloaded, UnknownFunction
-from edged.frames import Frame, FrameNeed, decode
+from edged.frames import Frame, decode
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.admission import DEFAULT_MAX_RESULT_PIXELS, NO_BUDGET, CallMemory, FrameHold
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.host.link import HostExtension
-from edged.wasm.need import combined_need
+from edged.wasm.need import FULL_FRAME, FramePlan, frame_for, frame_plan
 from edged.wasm.outcome import CallResult, FunctionLoadError, trap_summary
 from edged.wasm.poolstate import OnCall, OnOutcome, PoolState
 from edged.wasm.runner import FunctionRunner
@@ -246,7 +246,7 @@ class FunctionPool(PoolState):
         """``edged.frames.decode`` on a worker, within ``timeout_ms`` (from when it starts) and the memory
         budget while it runs; counts against the same bound as calls. The frame is the caller's."""
         job = self._submit(self._table, self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True,
-                           None)
+                           FULL_FRAME)
         frame, _started = await asyncio.wrap_future(job)
         return frame
 
@@ -280,7 +280,7 @@ class FunctionPool(PoolState):
         timeout_ms = min(r.settings.timeout_ms for r in runners)
         frame, started = await asyncio.wrap_future(
             self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False,
-                         combined_need(r.need for r in runners), digests, sha256))
+                         frame_plan((r.settings, r.need) for r in runners), digests, sha256))
         try:
             jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started, digests)) for r in runners]
         except BaseException:
@@ -315,16 +315,16 @@ class FunctionPool(PoolState):
         return outcome
 
     def _decode_now(self, data: bytes, max_pixels: int, timeout_ms: int | None, hold: FrameHold,
-                    release: bool, need: FrameNeed, digest: bool = False,
+                    release: bool, plan: FramePlan, digest: bool = False,
                     sha256: str | None = None) -> tuple[Frame, float]:
-        """Decode within ``timeout_ms`` from now, no smaller than ``need``; return the frame and when this
-        started. ``hold`` keeps the pixels reserved unless ``release`` (released on any error). With
-        ``digest`` the frame carries ``sha256`` (hashed here when not given)."""
+        """Decode within ``timeout_ms`` from now, as ``plan`` says; return the frame and when this started.
+        ``hold`` keeps the pixels reserved unless ``release`` (released on any error). With ``digest`` the
+        frame carries ``sha256`` (hashed here when not given)."""
         started = time.monotonic()
         deadline = None if timeout_ms is None else started + timeout_ms / 1000
         try:
             frame = decode(data, max_pixels=max_pixels, deadline=deadline, cancel=self._cancel, admit=hold.admit,
-                           need=need)
+                           need=plan.need, resize_to=plan.resize_to, full=plan.full)
         except BaseException:
             hold.release()
             raise
@@ -339,8 +339,8 @@ class FunctionPool(PoolState):
     def _decode_and_run(self, runner: FunctionRunner, data: bytes, max_pixels: int, digest: bool = False,
                         sha256: str | None = None) -> tuple[Frame, CallResult | FunctionError]:
         hold = FrameHold(self.budget)
-        frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False, runner.need,
-                                          digest, sha256)
+        frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False,
+                                          frame_plan([(runner.settings, runner.need)]), digest, sha256)
         try:
             return frame, self._run(runner, frame, started, digest)
         except FunctionError as exc:
@@ -357,7 +357,7 @@ class FunctionPool(PoolState):
         memory = CallMemory(self.budget, runner.name, runner.settings)
         try:
             memory.reserve_guest()
-            result = runner.call(frame, self._files.get(), deadline=deadline, memory=memory,
+            result = runner.call(frame_for(runner.settings, frame), self._files.get(), deadline=deadline, memory=memory,
                                  max_result_pixels=self._max_result_pixels)
         except FunctionError as exc:
             log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,

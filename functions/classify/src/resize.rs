@@ -186,6 +186,14 @@ unsafe fn vertical_row_u8(src: &[u8], stride: usize, lo: usize, ks: &[i32], out:
 /// 0..255, in `dst` (`out_w * out_h * 3` values, NHWC).
 pub fn resize_rgb_to_f32(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, dst: &mut [f32]) {
     assert!(w > 0 && h > 0 && src.len() >= w * h * 3 && dst.len() >= out_w * out_h * 3);
+    if w == out_w && h == out_h {
+        // Already the size (the host resized it: `resize = "bilinear"`). Pillow's filter at scale 1 is the
+        // identity (weights 1 and 0), so the tensor is the pixels as they are.
+        for (d, &b) in dst.iter_mut().zip(&src[..w * h * 3]) {
+            *d = f32::from(b);
+        }
+        return;
+    }
     let horiz = taps(w, out_w);
     let vert = taps(h, out_h);
     let in_stride = w * 3;
