@@ -64,6 +64,28 @@ class Rendered:
     properties: Properties | None
 
 
+class _PackedOnce(Properties):
+    """Properties never changed once built: packed on the first publish only (paho packs them per publish)."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)  # past Properties.__setattr__, which allows only properties
+        return packed
+
+
+def _json_properties() -> Properties:
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = "application/json"
+    props.PayloadFormatIndicator = 1
+    return props
+
+
+#: Those of every JSON event, shared (building and packing them cost more than the JSON encode).
+_JSON_PROPERTIES = _json_properties()
+
+
 def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -> Rendered:
     """The MQTT message of one event: results on {prefix}/results/{camera}/{function}, errors on
     {prefix}/errors/{camera}; the JSON event body, or with ``publish_images`` (MQTT 5 only) an image
@@ -72,9 +94,8 @@ def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -
         topic = f"{prefix}/errors/{event.camera}"
     else:
         topic = f"{prefix}/results/{event.camera}/{event.function}"
-    props = new_properties(PacketTypes.PUBLISH) if v5 else None
     if publish_images and v5 and event.kind == "result" and event.body is not None:
-        assert props is not None
+        props = new_properties(PacketTypes.PUBLISH)
         source = event.data.get("source") or {}
         props.ContentType = event.content_type or "application/octet-stream"
         props.UserProperty = [
@@ -85,10 +106,7 @@ def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -
         if source.get("correlation") is not None:
             props.UserProperty = ("correlation", str(source["correlation"]))
         return Rendered(topic, event.body, props)
-    if props is not None:
-        props.ContentType = "application/json"
-        props.PayloadFormatIndicator = 1
-    return Rendered(topic, json.dumps(event.data, separators=(",", ":")).encode(), props)
+    return Rendered(topic, json.dumps(event.data, separators=(",", ":")).encode(), _JSON_PROPERTIES if v5 else None)
 
 
 class ResultPublisher(ConnectionHandler):
