@@ -18,6 +18,7 @@ events up to its highest seq, so a handed-over event at or below that seq is not
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -156,12 +157,16 @@ class ResultPublisher(ConnectionHandler):
         self._wake.set()
 
     def committed(self, events: Sequence[StoredEvent]) -> None:
-        """These events were just committed with their "to publish" mark: send them as they are."""
-        if len(self._fresh) + len(events) > MAX_FRESH:
+        """These events were just committed with their "to publish" mark: send them as they are.
+
+        Only their JSON is held (an image body is published only with ``publish_images``, and then
+        read from the store), so at most ``MAX_FRESH`` small events wait here."""
+        if self._settings.publish_images or len(self._fresh) + len(events) > MAX_FRESH:
             self._behind = True  # they are in the store
         else:
-            self._fresh.extend(events)
-            self._handed = max([self._handed, *(event.seq for event in events)])
+            for event in events:
+                self._fresh.append(dataclasses.replace(event, body=None) if event.body is not None else event)
+                self._handed = max(self._handed, event.seq)
         self._wake.set()
 
     def echo(self, events: Sequence[StoredEvent]) -> None:
