@@ -3,9 +3,10 @@
 Path of one frame: paho delivers it (on the loop, see ``edged.mqtt``) -> an internal queue -> the
 ``edged.mqtt.ingest`` loop starts a ``edged.mqtt.frame`` task -> ``Pipeline.process`` (dedupe, decode
 once, functions, ONE commit that also marks the events "to publish") -> manual PUBACK. The
-``edged.mqtt.publish`` loop then sends the committed events from the store (``edged.sync.mqtt_results``,
-given to this component as its ``Results``), on a second connection (``{client_id}-results``, a clean
-session) so result acknowledgements never queue behind frames.
+``edged.mqtt.publish`` loop then sends the committed events (handed over in memory, and from the store
+whenever the hand-over may have missed some: ``edged.sync.mqtt_results``, given to this component as its
+``Results``), on a second connection (``{client_id}-results``, a clean session) so result acknowledgements
+never queue behind frames.
 
 Overload policy (memory stays bounded, nothing is dropped):
 - Frames taken and not yet acked are bounded. With MQTT 5 the broker is told ``mqtt.max_inflight`` as
@@ -70,7 +71,10 @@ class Results(Protocol):
     """Where committed results leave for the broker (edged.sync.mqtt_results.ResultPublisher)."""
 
     def wake(self) -> None:
-        """New events were committed."""
+        """Events to publish may be in the store."""
+
+    def committed(self, events: Sequence[StoredEvent]) -> None:
+        """These events to publish were just committed."""
 
     def echo(self, events: Sequence[StoredEvent]) -> None:
         """Publish these stored events again (a duplicate frame was answered from the store)."""
@@ -333,7 +337,7 @@ class MqttIngest(ConnectionHandler):
             error = outcome.ingest_error
             label = "quarantined" if isinstance(error, Quarantined) else "rejected" if error else "processed"
             self._metrics.mqtt_frames.labels(label).inc()
-            self._results.wake()
+            self._results.committed(outcome.events)
         msg = frame.msg
         if not self._conn.ack(msg.mid, msg.qos, msg.generation):
             # A resumed session redelivers it, and the copy is answered from the store.

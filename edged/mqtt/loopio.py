@@ -1,8 +1,12 @@
 """One paho client's socket, driven from the asyncio loop.
 
-The socket is registered with ``add_reader``/``add_writer``, and paho's ``loop_read``/``loop_write`` are
-called from those callbacks, so every paho callback (messages, PUBACKs, CONNACK) runs on the loop
-thread. Reading can be paused: that is how the ingest side applies TCP backpressure to the broker.
+The socket is registered with ``add_reader``, and paho's ``loop_read``/``loop_write`` are called from the
+loop, so every paho callback (messages, PUBACKs, CONNACK) runs on the loop thread. Reading can be paused:
+that is how the ingest side applies TCP backpressure to the broker.
+
+Writes: when paho queues a packet, one ``loop_write`` is scheduled for the end of the loop's current
+round, so the packets queued in that round (acks, results) go out together; a writer is registered only
+when the socket would block. That saves two ``epoll_ctl`` and a loop round per packet.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class LoopSocket:
         self._on_closed = on_closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading_paused = False
+        self._write_due = False
+        self._writer_added = False
         #: The attached socket; None while detached.
         self.sock: socket.socket | None = None
         #: Set whenever no socket is attached (close() waits on it after DISCONNECT).
@@ -53,6 +59,7 @@ class LoopSocket:
         self._client.on_socket_unregister_write = None
         sock, self.sock = self.sock, None
         self.detached.set()
+        self._writer_added = False
         if sock is not None and self._loop is not None:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
@@ -89,12 +96,25 @@ class LoopSocket:
         self._on_closed()
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and self.sock is not None:
-            self._loop.add_writer(self.sock, self._writable)
+        if self._loop is not None and self.sock is not None and not self._write_due:
+            self._write_due = True
+            self._loop.call_soon(self._write_soon)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and self.sock is not None:
+        if self._writer_added and self._loop is not None and self.sock is not None:
+            self._writer_added = False
             self._loop.remove_writer(self.sock)
+
+    def _write_soon(self) -> None:
+        """Send what paho queued; wait for the socket to be writable only if some is left."""
+        self._write_due = False
+        if self.sock is None:
+            return
+        self._client.loop_write()
+        if self.sock is not None and self._client.want_write() and not self._writer_added:
+            assert self._loop is not None
+            self._writer_added = True
+            self._loop.add_writer(self.sock, self._writable)
 
     def _readable(self) -> None:
         self._client.loop_read()

@@ -1,9 +1,11 @@
 """Attempts: how often each MQTT frame started processing without being committed (poison frames).
 
 One row per frame (``codec.frame_key`` of camera and sha256) in ``attempts``. ``count`` writes it, and
-returns only once it is on disk (synchronous=FULL), before the frame's functions run; the transaction
-that commits the frame deletes it (``forget_in``). A frame whose row says it was cut short too often
-is set aside by the MQTT side (edged.ingest.poison).
+returns only once it is in the database file's WAL, before the frame's functions run: there for any crash
+of the process (a poison frame crashes edged, not the machine), fsynced with the next durable commit, not
+on its own (edged.store.group, not ``durable``). The transaction that commits the frame deletes it
+(``forget_in``). A frame whose row says it was cut short too often is set aside by the MQTT side
+(edged.ingest.poison).
 
 Counts are writer jobs of the group commit (edged.store.group): the attempts of frames taken at once,
 and the commits of other frames queued beside them, share one transaction, so under load most attempts
@@ -86,7 +88,7 @@ class Attempts:
             else:
                 self._counts.pop(key, None)
 
-        return await self._db.commit(body, settle=settle)
+        return await self._db.commit(body, settle=settle, durable=False)
 
     def forget_in(self, db: sqlite3.Connection, key: int) -> int | None:
         """Delete the row of frame ``key`` (codec.frame_key) inside the caller's transaction; give what this

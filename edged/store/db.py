@@ -151,12 +151,13 @@ class Database:
     # -- group commit ------------------------------------------------------------------------------------
 
     async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
-                     settle: Settle | None = None) -> _T:
+                     settle: Settle | None = None, durable: bool = True) -> _T:
         """Run ``body`` in a transaction shared with the jobs queued beside it, each in its own savepoint
         (edged.store.group); return once that transaction is on disk, or raise the body's error.
-        ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written."""
+        ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written.
+        Not ``durable``: survives a crash of the process, fsynced with the next durable transaction."""
         waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        if self._jobs.put(Job(body, size, settle, waiter)):
+        if self._jobs.put(Job(body, size, settle, waiter, durable)):
             self._submit_drain()
         return await waiter
 

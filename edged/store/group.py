@@ -7,6 +7,10 @@ SAVEPOINT: a job that raises (OutboxFull, a constraint) is rolled back alone and
 Later drains find nothing left, or the rest. Nothing waits for company: a job alone commits at once, as
 before, and without a savepoint (its failure rolls back a transaction holding nothing else).
 
+A job may be marked not ``durable`` (MQTT publish marks, attempt counts): a batch of such jobs only commits
+with ``synchronous = NORMAL``, on disk for any crash of the process (the WAL is written before COMMIT
+returns) but fsynced only with the next durable transaction. A batch holding one durable job is fsynced.
+
 After the COMMIT returned (synchronous=FULL: on disk), each committed job's counter changes are applied,
 every job is settled in queue order, and then the callers' futures are resolved with ONE wake-up of their
 event loop (not one per job: each wake-up hands the GIL to the loop). While a batch runs,
@@ -53,6 +57,8 @@ class Job(Generic[_T]):
     size: int = 0
     settle: Settle | None = None
     waiter: asyncio.Future[_T] | None = None
+    #: False: the rows need to survive a crash of the process, not a power cut (no fsync of their own).
+    durable: bool = True
     delta: Delta = field(default_factory=Delta)
     result: _T | None = None
     error: BaseException | None = None
@@ -117,11 +123,13 @@ class Batch:
         self._wrap_error = wrap_error
         #: The counter changes of the jobs already committed to the open transaction.
         self.staged = Delta()
+        self._synchronous = "FULL"
 
     def run(self, con: sqlite3.Connection, jobs: list[Job[Any]]) -> None:
         """Run ``jobs`` in ONE transaction, each in its own savepoint; every job ends with a result or an
         error (the shared COMMIT failing is every job's error), and is settled in order."""
         self.staged = Delta()
+        self._sync(con, "FULL" if any(job.durable for job in jobs) else "NORMAL")
         con.execute("BEGIN IMMEDIATE")
         try:
             for job in jobs:
@@ -143,6 +151,11 @@ class Batch:
         finally:
             self.staged = Delta()
         self._settle(jobs)
+
+    def _sync(self, con: sqlite3.Connection, mode: str) -> None:
+        if mode != self._synchronous:
+            con.execute(f"PRAGMA synchronous = {mode}")
+            self._synchronous = mode
 
     def _one(self, con: sqlite3.Connection, job: Job[Any], *, savepoint: bool) -> None:
         if savepoint:

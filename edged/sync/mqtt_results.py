@@ -2,15 +2,23 @@
 their own, marked published on PUBACK.
 
 The store is the queue: ``Store.mqtt_pending`` lists committed events still to publish, oldest first, and
-``Store.mqtt_published`` clears the mark once the broker acknowledged them. Nothing waits in memory
-for a broker: while it is away the events just stay pending, and after a reconnect the loop starts over
-from the store (paho's unacknowledged publishes are dropped on disconnect, so nothing goes out twice
-from two places).
+``Store.mqtt_published`` clears the mark once the broker acknowledged them (in the group commit of the
+frames committed beside it). Nothing waits in memory for a broker: while it is away the events just stay
+pending, and after a reconnect the loop starts over from the store (paho's unacknowledged publishes are
+dropped on disconnect, so nothing goes out twice from two places).
+
+While the loop keeps up, the events the ingest side just committed are handed over as they are
+(``committed``) and sent without reading them back from the store: a read, a JSON decode and a writer
+thread trip less per frame. The store is read again whenever that hand-over may have missed something:
+at start and after every reconnect, when more were handed over than ``MAX_FRESH``, after a refusal, on
+``wake()`` and at least every ``POLL_SECONDS``. A store read that returns every pending event covers all
+events up to its highest seq, so a handed-over event at or below that seq is not sent a second time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -40,6 +48,8 @@ BATCH = 64
 POLL_SECONDS = 5.0
 #: Duplicates answered from the store wait at most this many at once for a free publish slot.
 MAX_ECHOES = 1024
+#: Committed events handed over in memory, at most; past it they are read back from the store.
+MAX_FRESH = 1024
 
 
 class PublishStore(Protocol):
@@ -55,6 +65,28 @@ class Rendered:
     properties: Properties | None
 
 
+class _PackedOnce(Properties):
+    """Properties never changed once built: packed on the first publish only (paho packs them per publish)."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)  # past Properties.__setattr__, which allows only properties
+        return packed
+
+
+def _json_properties() -> Properties:
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = "application/json"
+    props.PayloadFormatIndicator = 1
+    return props
+
+
+#: Those of every JSON event, shared (building and packing them cost more than the JSON encode).
+_JSON_PROPERTIES = _json_properties()
+
+
 def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -> Rendered:
     """The MQTT message of one event: results on {prefix}/results/{camera}/{function}, errors on
     {prefix}/errors/{camera}; the JSON event body, or with ``publish_images`` (MQTT 5 only) an image
@@ -63,9 +95,8 @@ def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -
         topic = f"{prefix}/errors/{event.camera}"
     else:
         topic = f"{prefix}/results/{event.camera}/{event.function}"
-    props = new_properties(PacketTypes.PUBLISH) if v5 else None
     if publish_images and v5 and event.kind == "result" and event.body is not None:
-        assert props is not None
+        props = new_properties(PacketTypes.PUBLISH)
         source = event.data.get("source") or {}
         props.ContentType = event.content_type or "application/octet-stream"
         props.UserProperty = [
@@ -76,10 +107,7 @@ def render(event: StoredEvent, *, prefix: str, publish_images: bool, v5: bool) -
         if source.get("correlation") is not None:
             props.UserProperty = ("correlation", str(source["correlation"]))
         return Rendered(topic, event.body, props)
-    if props is not None:
-        props.ContentType = "application/json"
-        props.PayloadFormatIndicator = 1
-    return Rendered(topic, json.dumps(event.data, separators=(",", ":")).encode(), props)
+    return Rendered(topic, json.dumps(event.data, separators=(",", ":")).encode(), _JSON_PROPERTIES if v5 else None)
 
 
 class ResultPublisher(ConnectionHandler):
@@ -104,6 +132,16 @@ class ResultPublisher(ConnectionHandler):
         self._claimed: set[str] = set()
         self._acked: list[str] = []
         self._echoes: deque[StoredEvent] = deque()
+        #: Events handed over by ``committed``, in commit order, not sent yet.
+        self._fresh: deque[StoredEvent] = deque()
+        #: True while the store must be read: something pending may be neither in flight nor in _fresh.
+        self._behind = True
+        #: Every pending event with a seq up to this one came with a store read (sent from there).
+        self._covered = 0
+        #: The highest seq handed over so far, and when the store was last read (the safety net).
+        self._handed = 0
+        self._read_at = 0.0
+        self._flushing: asyncio.Task[None] | None = None
         self._discovery = discovery
         #: mids of Home Assistant messages in flight (not results: nothing to mark in the store).
         self._announcing: set[int] = set()
@@ -114,7 +152,21 @@ class ResultPublisher(ConnectionHandler):
     # -- called by the ingest side and, as its ConnectionHandler, by the results connection (loop thread) --
 
     def wake(self) -> None:
-        """New events were committed, or the connection came back."""
+        """Something may be pending in the store: read it there."""
+        self._behind = True
+        self._wake.set()
+
+    def committed(self, events: Sequence[StoredEvent]) -> None:
+        """These events were just committed with their "to publish" mark: send them as they are.
+
+        Only their JSON is held (an image body is published only with ``publish_images``, and then
+        read from the store), so at most ``MAX_FRESH`` small events wait here."""
+        if self._settings.publish_images or len(self._fresh) + len(events) > MAX_FRESH:
+            self._behind = True  # they are in the store
+        else:
+            for event in events:
+                self._fresh.append(dataclasses.replace(event, body=None) if event.body is not None else event)
+                self._handed = max(self._handed, event.seq)
         self._wake.set()
 
     def echo(self, events: Sequence[StoredEvent]) -> None:
@@ -150,6 +202,7 @@ class ResultPublisher(ConnectionHandler):
             self._metrics.mqtt_published.labels("refused").inc()
             if event_id is not None:
                 self._claimed.discard(event_id)
+                self._behind = True  # still pending in the store: picked from there again
             delay = self._refused.next()
             self._hold_until = time.monotonic() + delay
             log.error("the broker refused result %s (%s); it stays queued, retrying in %.0fs", event_id, reason,
@@ -161,6 +214,7 @@ class ResultPublisher(ConnectionHandler):
             # QoS 0: nothing to acknowledge. A retained birth message just announces everything once more.
             self.conn.subscribe([(self._discovery.birth_topic, 0)])
             self._discovery.republish()
+        self._behind = True
         self._wake.set()
 
     def on_message(self, message: Received) -> None:
@@ -175,6 +229,7 @@ class ResultPublisher(ConnectionHandler):
                 self._claimed.discard(event_id)
         self._by_mid.clear()
         self._announcing.clear()  # all of it is announced again on the next connection
+        self._behind = True
 
     async def __aenter__(self) -> ResultPublisher:
         return self
@@ -195,7 +250,9 @@ class ResultPublisher(ConnectionHandler):
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            await self._flush()
+            self._start_flush()
+            if time.monotonic() - self._read_at >= POLL_SECONDS:
+                self._behind = True  # the safety net: whatever was committed without being handed over
             wait = POLL_SECONDS
             if self.conn.connected:
                 hold = self._hold_until - time.monotonic()
@@ -214,7 +271,14 @@ class ResultPublisher(ConnectionHandler):
     async def close(self) -> None:
         """Disconnect, then mark what the broker acknowledged, so it is not published again after a restart."""
         await self.conn.close()
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing])
         await self._flush()
+
+    def _start_flush(self) -> None:
+        """Mark what the broker acknowledged, beside the publishing (one flush at a time)."""
+        if self._acked and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.create_task(self._flush(), name="edged.mqtt.published")
 
     async def _flush(self) -> None:
         if not self._acked:
@@ -222,9 +286,13 @@ class ResultPublisher(ConnectionHandler):
         ids, self._acked = self._acked, []
         try:
             await self._store.mqtt_published(ids)
+        except Exception:
+            # Picked again and published twice: at-least-once either way.
+            log.exception("could not mark %d published results; they are published again", len(ids))
+            self._behind = True
         finally:
-            # On a store error these are picked again and published twice: at-least-once either way.
             self._claimed.difference_update(ids)
+            self._wake.set()  # acks may have come meanwhile
 
     async def _fill(self) -> None:
         free = self._free()
@@ -235,20 +303,49 @@ class ResultPublisher(ConnectionHandler):
             free -= 1
         if free <= 0:
             return
+        if self._behind:
+            free = await self._fill_from_store(free)
+        if self._behind:
+            return
+        while free > 0 and self._fresh:
+            event = self._fresh[0]
+            if event.seq > self._covered and event.id not in self._claimed:
+                if not self._send(event, event.id):
+                    return
+                self._claimed.add(event.id)
+                free -= 1
+            self._fresh.popleft()
+
+    async def _fill_from_store(self, free: int) -> int:
+        """Send pending events read from the store; once a read saw every one, go back to the hand-over."""
+        if self._flushing is not None and not self._flushing.done():
+            # Its rows may still be pending in this read, yet no longer claimed once it ends.
+            await asyncio.wait([self._flushing])
         generation = self.conn.generation
         limit = len(self._claimed) + BATCH
+        handed = self._handed  # committed before the read below: in its rows if still pending
+        self._behind = False  # a hand-over failing during the read sets it again
+        self._read_at = time.monotonic()
         rows = await self._store.mqtt_pending(limit)
+        complete = len(rows) < limit
         for event in rows:
             if free <= 0 or not self.conn.connected or self.conn.generation != generation:
+                complete = False
                 break
             if event.id in self._claimed:
                 continue
             if not self._send(event, event.id):
+                complete = False
                 break
             self._claimed.add(event.id)
             free -= 1
-        if free > 0 and len(rows) >= limit:
-            self._wake.set()  # more may be waiting beyond this batch
+        if complete:
+            self._covered = max(self._covered, handed, rows[-1].seq if rows else 0)
+        else:
+            self._behind = True
+            if free > 0:
+                self._wake.set()  # more may be waiting beyond this batch
+        return free
 
     def _send(self, event: StoredEvent, event_id: str | None) -> bool:
         msg = render(event, prefix=self._settings.prefix, publish_images=self._settings.publish_images,
