@@ -11,7 +11,10 @@ and runs start_bench there through qemu-user: same config, cold then warm starts
 Needs root (chroot, mounting /proc) and qemu-aarch64 registered in binfmt_misc. Without them, or without
 the rootfs, ``measure`` returns ``{"skipped": reason}`` and start_bench prints it instead of a table.
 
-    sudo .venv/bin/python bench/start_aarch64.py [--runs 2] [--json FILE]
+``--installed PYTHON`` skips the bundle and the install and uses a venv already in the rootfs (a path
+inside it), e.g. the one ``make cross-test`` left: ``/tmp/edged-test/root/opt/edged/.venv/bin/python``.
+
+    sudo .venv/bin/python bench/start_aarch64.py [--runs 2] [--json FILE] [--installed PYTHON]
 """
 
 from __future__ import annotations
@@ -104,16 +107,16 @@ def _seconds(command: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-def emulation(rootfs: Path, runs: int = 5) -> dict[str, dict[str, float]]:
+def emulation(rootfs: Path, python: str, runs: int = 5) -> dict[str, dict[str, float]]:
     """``python -c pass`` and ``import aiohttp``, the installed venv under qemu against this venv natively."""
-    guest = ["chroot", str(rootfs), VENV]
+    guest = ["chroot", str(rootfs), python]
     native = [sys.executable]
     return {label: {"native_s": _seconds([*native, "-c", code], runs),
                     "emulated_s": _seconds([*guest, "-c", code], runs)}
             for label, code in (("python -c pass", "pass"), ("import aiohttp", "import aiohttp"))}
 
 
-def measure(runs: int = 2) -> dict[str, Any]:
+def measure(runs: int = 2, installed: str | None = None) -> dict[str, Any]:
     """The emulated start figures (start_bench's JSON shape plus ``emulation``), or ``{"skipped": why}``."""
     reason = why_not()
     if reason is not None:
@@ -122,15 +125,17 @@ def measure(runs: int = 2) -> dict[str, Any]:
     scratch = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip())
     mounted = False
     try:
-        _install(rootfs, scratch)
+        python = installed or VENV
+        if installed is None:
+            _install(rootfs, scratch)
         _copy_repo(rootfs)
         subprocess.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], check=True)
         mounted = True
-        _chroot(rootfs, f"cd {GUEST}/repo && {VENV} bench/start_bench.py --runs {runs} --settle 1 "
+        _chroot(rootfs, f"cd {GUEST}/repo && {python} bench/start_bench.py --runs {runs} --settle 1 "
                         f"--json {GUEST}/start.json")
         figures: dict[str, Any] = json.loads((rootfs / GUEST.lstrip("/") / "start.json").read_text())
-        figures["machine"] = _chroot(rootfs, f"{VENV} -c 'import platform; print(platform.machine())'").strip()
-        figures["emulation"] = emulation(rootfs)
+        figures["machine"] = _chroot(rootfs, f"{python} -c 'import platform; print(platform.machine())'").strip()
+        figures["emulation"] = emulation(rootfs, python)
         return figures
     finally:
         if mounted:
@@ -158,8 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="cold starts and warm starts each")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--installed", help="a venv's python already installed in the rootfs (skips the install)")
     args = parser.parse_args()
-    figures = measure(args.runs)
+    figures = measure(args.runs, args.installed)
     report(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
