@@ -132,6 +132,7 @@ def measure(runs: int = 2, installed: str | None = None) -> dict[str, Any]:
         subprocess.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], check=True)
         mounted = True
         _chroot(rootfs, f"cd {GUEST}/repo && {python} bench/start_bench.py --runs {runs} --settle 1 "
+                        f"--start-timeout {TIMEOUT:.0f} "
                         f"--json {GUEST}/start.json")
         figures: dict[str, Any] = json.loads((rootfs / GUEST.lstrip("/") / "start.json").read_text())
         figures["machine"] = _chroot(rootfs, f"{python} -c 'import platform; print(platform.machine())'").strip()

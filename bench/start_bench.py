@@ -73,7 +73,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_once(cfg: Path, settle: float, tree: Path = ROOT) -> tuple[float, float, float]:
+def start_once(cfg: Path, settle: float, tree: Path = ROOT,
+               timeout: float = START_SECONDS) -> tuple[float, float, float]:
     """One start: seconds from spawn to the first /readyz 200, the CPU seconds the daemon used until then,
     and its idle RSS in MB after ``settle`` seconds."""
     # The environment a service manager gives the daemon: no CA bundle overrides from this shell.
@@ -84,8 +85,8 @@ def start_once(cfg: Path, settle: float, tree: Path = ROOT) -> tuple[float, floa
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     daemon = Daemon(proc)
     try:
-        daemon.wait_listening(START_SECONDS)
-        wait_until(lambda: ready(daemon.url), START_SECONDS, "/readyz 200", interval=0.005)
+        daemon.wait_listening(timeout)
+        wait_until(lambda: ready(daemon.url), timeout, "/readyz 200", interval=0.005)
         seconds = time.perf_counter() - started
         cpu = cpu_seconds(proc.pid)
         # Idle: nothing to wait for but time itself (background loops settle); an Event never set bounds it.
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--tree", type=Path, action="append", default=[],
                         help="also start the daemon from this source tree, in turn with this one (repeatable)")
+    parser.add_argument("--start-timeout", type=float, default=START_SECONDS,
+                        help="seconds a start may take (emulated, a cold start compiles each module for minutes)")
     parser.add_argument("--aarch64", action="store_true",
                         help="also measure inside the emulated arm64 rootfs of make cross-test (start_aarch64.py)")
     args = parser.parse_args()
@@ -133,9 +136,9 @@ def main() -> None:
         for run in range(args.runs):
             for n, tree in enumerate(trees):
                 cfg = config(tmp / f"edged-{run}-{n}.toml", tmp / f"state-{run}-{n}")
-                seconds, _, _ = start_once(cfg, 0.0, tree)
+                seconds, _, _ = start_once(cfg, 0.0, tree, args.start_timeout)
                 cold[tree].append(seconds)
-                seconds, used, mb = start_once(cfg, args.settle, tree)
+                seconds, used, mb = start_once(cfg, args.settle, tree, args.start_timeout)
                 warm[tree].append(seconds)
                 cpu[tree].append(used)
                 rss[tree].append(mb)
