@@ -59,8 +59,9 @@ NOTES = (
     "prints the ratio for the sandbox cost alone.",
     "The outbox write cost is outbox_bench's 8 cameras at once: the whole fill's wall time over the results "
     "(concurrent commits share a transaction and its fsync); the one-at-a-time cost is beside it.",
-    "Start to `/readyz` under emulated aarch64 is not in this report (cross/README.md's emulated Debian; "
-    "emulated Python is ~5-6x slower).",
+    "Start to `/readyz` under emulated aarch64 runs only where `make cross-test` left its arm64 rootfs and the "
+    "report runs as root (bench/start_aarch64.py); it is qemu-user emulation, not a board: the start section "
+    "puts a bare `python -c pass` and `import aiohttp` under qemu beside native for scale.",
     "Raw figures of the run (every latency sample) are in build/bench-results.json; "
     "`python bench/report.py --render FILE` re-renders a report from such a file.",
 )

@@ -61,8 +61,9 @@ def worker_counts() -> str:
 def benches(max_busy: float) -> tuple[Bench, ...]:
     busy = ("--max-busy", str(max_busy))
     return (
-        Bench("start", "start_bench.py", ("--runs", "3"), ("--runs", "1", "--settle", "1"), ("--runs", "2"),
-              json=True),
+        # --aarch64: also inside make cross-test's emulated arm64 rootfs, when it exists (bench/start_aarch64.py).
+        Bench("start", "start_bench.py", ("--runs", "3", "--aarch64"), ("--runs", "1", "--settle", "1"),
+              ("--runs", "2", "--aarch64"), json=True),
         # pool_bench, one mode per section; the quick run takes only the no-op overhead of its call tables.
         Bench("pool", "pool_bench.py", ("latency",), ("noop", "--quick"), ("latency", "--quick"), json=True),
         Bench("decode", "pool_bench.py", ("decode",), ("decode", "--quick"), ("decode", "--quick"), json=True),

@@ -13,14 +13,17 @@ import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from edged.cadir import ca_directory_lookup
+
+# aiohttp builds its client TLS contexts at import: let them look CAs up lazily (edged.cadir).
+with ca_directory_lookup():
+    from aiohttp import web
 
 from edged import __version__
 from edged.budget import MemoryBudget, budget_origin, detect_work_budget
 from edged.cgroup_limit import detect_memory_limit
-from edged.deploy import Deployer, merge_functions
 from edged.inference.tflite import ModelRegistry
 from edged.ingest.body import budget_reservation
 from edged.ingest.http import HttpApi
@@ -42,6 +45,9 @@ from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool, model_registry
 from edged.wasm.host.nn import NnHost
+
+if TYPE_CHECKING:  # the deploy service is imported at start only when [deploy] enabled
+    from edged.deploy import Deployer
 
 __all__ = ["App", "ListenError", "run"]
 
@@ -68,7 +74,11 @@ class App:
         self.budget = MemoryBudget(detect_work_budget(settings.limits))
         self.metrics.watch_budget(self.budget)
         # Functions deployed over the API run beside the config's (edged.deploy); None while deploy is off.
-        self.deployer = Deployer(self, self.metrics.registry) if settings.deploy.enabled else None
+        self.deployer: Deployer | None = None
+        if settings.deploy.enabled:
+            from edged.deploy import Deployer
+
+            self.deployer = Deployer(self, self.metrics.registry)
         self._swapping = asyncio.Lock()
         # Models are read once, when the stack enters the registry; the pool only borrows interpreters.
         self.models, self.pool = build_pool(self._with_deployed(settings), on_call=self.metrics.on_call,
@@ -185,6 +195,8 @@ class App:
         """``settings`` with the deployed functions beside its own: the one place the two are merged."""
         if self.deployer is None:
             return settings
+        from edged.deploy import merge_functions
+
         return merge_functions(settings, self.deployer.live(settings.models) if deployed is None else deployed)
 
     def compile_module(self, wasm: bytes, label: str) -> None:

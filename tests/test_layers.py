@@ -20,7 +20,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Leaves: the standard library and third-party packages only.
     "errors": _LEAVES, "events": _LEAVES, "retry": _LEAVES, "secrets": _LEAVES, "cgroup_limit": _LEAVES,
     "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "journal": _LEAVES, "statelock": _LEAVES,
-    "versions": _LEAVES, "logs": _LEAVES, "atomic": _LEAVES,
+    "versions": _LEAVES, "logs": _LEAVES, "atomic": _LEAVES, "cadir": _LEAVES,
     "metrics": frozenset({"versions"}),
     "status": frozenset({"metrics"}),
     # settings reach into wasm for one stdlib-only module, the outbound URL policy (checked below).

@@ -7,13 +7,16 @@ import hashlib
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from edged.deploy import Deployer
 from edged.errors import InvalidSpec
 from edged.ingest.body import body_bound, read_body
 from edged.settings import Settings
+
+if TYPE_CHECKING:  # the deploy service is imported only where deploy is enabled (edged.app)
+    from edged.deploy import Deployer
 
 __all__ = ["MAX_SPEC_BYTES", "add_deploy_routes"]
 

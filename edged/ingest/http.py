@@ -8,12 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edged.deploy import Deployer
 from edged.errors import BadRequest, BodyTimeout, BodyTooLarge, EdgedError, OutboxFull, Overloaded, UnknownFunction
 from edged.ingest.body import body_bound, read_body
 from edged.ingest.deploy import add_deploy_routes
@@ -29,6 +28,9 @@ from edged.status import Components
 from edged.store import OutboxState
 from edged.sync.status import SyncStatus
 from edged.wasm.pool import FunctionPool
+
+if TYPE_CHECKING:  # imported only where deploy is enabled (edged.app)
+    from edged.deploy import Deployer
 
 __all__ = ["LEGACY_API_NAMES", "BodyReservation", "HttpApi", "camera_of", "outbox_document"]
 
