@@ -219,3 +219,41 @@ async def test_a_cancelled_write_is_not_written(tmp_path: Path) -> None:
         assert await store.recent_input("cam1", digest(1), 1e12) is None
     assert len(rows(path, "SELECT seq FROM events")) == 1
 
+
+
+async def test_a_failing_commit_written_with_its_neighbours_fails_alone(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits side by side are written together; when that fails (here: an id already taken), they are
+    written one by one, and only the failing one fails."""
+    path = tmp_path / "edged.db"
+    async with make_store(path) as store:
+        taken = (await commit(store, 0))[0].id
+        fresh = iter(["0" * 31 + "1", taken, "0" * 31 + "3"])
+        monkeypatch.setattr("edged.store.events.new_event_id", lambda: next(fresh))
+        async with held_writer(store, 3):
+            first, clashing, last = tasks(commit(store, 1), commit(store, 2), commit(store, 3))
+        with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+            await clashing
+        assert [(await first)[0].id, (await last)[0].id] == ["0" * 31 + "1", "0" * 31 + "3"]
+        assert await store.recent_input("cam1", digest(2), 1e12) is None
+        assert (await store.outbox_state()).depth == 3
+    # The failed write took no seq along (as a rolled-back AUTOINCREMENT insert takes none).
+    assert rows(path, "SELECT seq FROM events ORDER BY seq") == [(1,), (2,), (3,)]
+
+
+async def test_seqs_of_commits_written_together_are_never_handed_out_twice(tmp_path: Path) -> None:
+    """Seqs continue after the highest ever given, as AUTOINCREMENT's would, even once those rows are gone."""
+    path = tmp_path / "edged.db"
+    async with make_store(path) as store:
+        async with held_writer(store, 4):
+            running = tasks(*(commit(store, i, f"cam{i}") for i in range(4)))
+        assert [s[0].seq for s in await asyncio.gather(*running)] == [1, 2, 3, 4]
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("DELETE FROM outbox WHERE seq >= 3")
+        con.execute("DELETE FROM events WHERE seq >= 3")
+    con.close()
+    async with make_store(path) as store:
+        async with held_writer(store, 2):
+            running = tasks(commit(store, 10), commit(store, 11))
+        assert [s[0].seq for s in await asyncio.gather(*running)] == [5, 6]

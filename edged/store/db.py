@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from edged.errors import EdgedError
 from edged.store.counters import Counters, Delta
-from edged.store.group import Batch, Job, JobQueue, Settle, fail
+from edged.store.group import Batch, Job, JobQueue, Many, Settle, fail
 from edged.store.migrate import migrate_v1, migrate_v2, migrate_v3
 
 __all__ = ["SCHEMA", "Database", "StoreError", "chunks", "marks"]
@@ -151,13 +151,15 @@ class Database:
     # -- group commit ------------------------------------------------------------------------------------
 
     async def commit(self, body: Callable[[sqlite3.Connection, Delta], _T], *, size: int = 0,
-                     settle: Settle | None = None, durable: bool = True) -> _T:
+                     settle: Settle | None = None, durable: bool = True, many: Many | None = None,
+                     item: Any = None) -> _T:
         """Run ``body`` in a transaction shared with the jobs queued beside it, each in its own savepoint
-        (edged.store.group); return once that transaction is on disk, or raise the body's error.
-        ``settle`` runs on the writer thread just before. Cancelled before it ran: nothing is written.
-        Not ``durable``: survives a crash of the process, fsynced with the next durable transaction."""
+        (edged.store.group; or ``many`` writes it with its neighbours, from ``item``); return once that
+        transaction is on disk, or raise the body's error. ``settle`` runs on the writer thread just
+        before. Cancelled before it ran: nothing is written. Not ``durable``: survives a crash of the
+        process, fsynced with the next durable transaction."""
         waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        if self._jobs.put(Job(body, size, settle, waiter, durable)):
+        if self._jobs.put(Job(body, size, settle, waiter, durable, many=many, item=item)):
             self._submit_drain()
         return await waiter
 

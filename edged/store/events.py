@@ -22,6 +22,7 @@ from edged.store.attempts import Attempts
 from edged.store.codec import KINDS, ROW_COST, frame_key, id_bytes, id_text, pack, unpack, with_id
 from edged.store.counters import Delta
 from edged.store.db import Database, chunks, marks
+from edged.store.group import Job
 from edged.store.outbox import OutboxEntry
 from edged.store.space import Space
 
@@ -38,8 +39,17 @@ Admit = Callable[[OutboxEntry], Queueing]
 SELECT_EVENTS = "SELECT id, seq, camera, function, kind, data, body, content_type, created_at FROM events "
 
 
+_INSERT_EVENTS = ("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, created_at, "
+                  "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# The seq AUTOINCREMENT would hand out next, minus one: the rows of a batch get theirs in one go.
+_LAST_SEQ = ("SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), "
+             "COALESCE((SELECT MAX(seq) FROM events), 0))")
+# One encoder for every body (json.dumps with arguments builds a new one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODE(value).encode()
 
 
 def stored_event(row: tuple[Any, ...]) -> StoredEvent:
@@ -59,6 +69,20 @@ class _Prepared:
     queueing: Queueing
 
 
+@dataclass(slots=True)
+class _Input:
+    """One commit_input job: what it writes, its events prepared once (ids, packed bodies, admit)."""
+
+    camera: str
+    key: int
+    received_at: float
+    events: list[NewEvent]
+    publish_mqtt: bool
+    now: float = 0.0
+    prepared: list[_Prepared] | None = None
+    forgotten: int | None = None
+
+
 class EventRows:
     """The ``inputs`` and ``events`` tables; the public coroutines are wrapped by edged.store.Store."""
 
@@ -75,32 +99,34 @@ class EventRows:
     async def commit_input(self, *, transport: str, camera: str, sha256: str, received_at: float,
                            correlation: bytes | None, events: list[NewEvent],
                            publish_mqtt: bool) -> list[StoredEvent]:
-        key = frame_key(camera, sha256)
-        forgotten: int | None = None
-
-        def body(db: sqlite3.Connection, delta: Delta) -> list[StoredEvent]:
-            nonlocal forgotten
-            stored = self._write(db, delta, camera, key, received_at, events, publish_mqtt)
-            # Committed: its attempts (if it was an MQTT frame that had some) no longer count.
-            forgotten = self._attempts.forget_in(db, key)
-            return stored
+        inp = _Input(camera, frame_key(camera, sha256), received_at, events, publish_mqtt)
 
         def settle(error: BaseException | None) -> None:
             if error is None:
-                self._attempts.forgotten(forgotten)
+                # Committed: its attempts (if it was an MQTT frame that had some) no longer count.
+                self._attempts.forgotten(inp.forgotten)
             elif isinstance(error, OutboxFull):
                 self._db.counters.refused()
                 if self._metrics is not None:
                     self._metrics.outbox_rejected.inc()
             self._space.vacuum()
 
-        # Concurrent commits (and attempts) share one transaction and fsync: edged.store.group.
+        # Concurrent commits (and attempts) share one transaction and fsync: edged.store.group; commits
+        # next to each other in it are written together (_write_many).
         size = sum(ROW_COST + len(ev.body or b"") for ev in events)
-        stored = await self._db.commit(body, size=size, settle=settle)
+        stored = await self._db.commit(lambda db, delta: self._write(db, delta, inp), size=size, settle=settle,
+                                       many=self._write_many, item=inp)
         self._queued.set()
         return stored
 
-    def _prepare(self, event: NewEvent, camera: str, now: float) -> _Prepared:
+    def _prepare(self, inp: _Input) -> list[_Prepared]:
+        """The input's events with their ids, stored bodies and admit decisions, made once per job."""
+        if inp.prepared is None:
+            inp.now = now = self._clock()
+            inp.prepared = [self._prepare_one(ev, inp.camera, now) for ev in inp.events]
+        return inp.prepared
+
+    def _prepare_one(self, event: NewEvent, camera: str, now: float) -> _Prepared:
         event_id = new_event_id()
         body = _dumps(event.data)
         packed = pack(body)
@@ -109,41 +135,62 @@ class EventRows:
         size = len(packed) + (len(event.body) if event.body is not None else 0) + ROW_COST
         return _Prepared(event, event_id, packed, size, self._admit(entry))
 
-    def _write(self, db: sqlite3.Connection, delta: Delta, camera: str, key: int, received_at: float,
-               events: list[NewEvent], publish_mqtt: bool) -> list[StoredEvent]:
-        """The rows of one input (writer thread, inside its job's savepoint)."""
-        now = self._clock()
-        prepared = [self._prepare(ev, camera, now) for ev in events]
-        self._space.expire(db, delta, now)
+    def _write(self, db: sqlite3.Connection, delta: Delta, inp: _Input) -> list[StoredEvent]:
+        """The rows of one input, after freeing what room they need (writer thread, in its job's savepoint)."""
+        prepared = self._prepare(inp)
+        self._space.expire(db, delta, inp.now)
         self._space.make_room(db, delta, sum(p.size for p in prepared))
-        stored: list[StoredEvent] = []
-        for p in prepared:
-            ev = p.event
-            cur = db.execute(
-                "INSERT INTO events (id, camera, function, kind, data, body, content_type, created_at, "
-                "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (id_bytes(p.id), camera, ev.function, KINDS.index(ev.kind), p.packed, ev.body, ev.content_type,
-                 now, int(publish_mqtt)))
-            seq = cur.lastrowid
-            assert seq is not None
-            delta.events += 1
-            delta.committed += 1
-            delta.events_bytes += p.size
-            if p.queueing == "oversize":
-                delta.evict("oversize", 1, [p.id])
-            else:
-                db.execute("INSERT INTO outbox (seq, with_image) VALUES (?, ?)",
-                           (seq, int(p.queueing == "with_image")))
-                delta.queued += 1
-                delta.outbox_bytes += p.size
-            stored.append(StoredEvent(p.id, seq, camera, ev.function, ev.kind, {"id": p.id, **ev.data}, ev.body,
-                                      ev.content_type, now))
-        delta.quarantined += sum(p.event.kind == "error" and (p.event.data.get("error") or {}).get("code")
-                                 == Quarantined.code for p in prepared)
-        # One job by the one writer: an input's events have consecutive seqs.
-        db.execute("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)",
-                   (key, received_at, stored[0].seq if stored else 0, len(stored)))
-        return stored
+        return self._insert(db, [(inp, delta)])[0]
+
+    def _write_many(self, db: sqlite3.Connection, jobs: list[Job[Any]]) -> bool:
+        """The rows of several inputs at once (edged.store.group ``Many``); False when one of them needs
+        room freed or expiry is due: then each goes through ``_write``."""
+        inputs: list[_Input] = [job.item for job in jobs]
+        incoming = sum(p.size for inp in inputs for p in self._prepare(inp))
+        if not self._space.room_for(max(inp.now for inp in inputs), incoming):
+            return False
+        for job, stored in zip(jobs, self._insert(db, [(job.item, job.delta) for job in jobs]), strict=True):
+            job.result = stored
+        return True
+
+    def _insert(self, db: sqlite3.Connection, inputs: list[tuple[_Input, Delta]]) -> list[list[StoredEvent]]:
+        """Insert prepared inputs (one statement per table), each counted in its own delta; their events."""
+        seq = db.execute(_LAST_SEQ).fetchone()[0]
+        event_rows: list[tuple[Any, ...]] = []
+        outbox_rows: list[tuple[int, int]] = []
+        input_rows: list[tuple[int, float, int, int]] = []
+        out: list[list[StoredEvent]] = []
+        for inp, delta in inputs:
+            assert inp.prepared is not None
+            camera, now, stored = inp.camera, inp.now, []
+            for p in inp.prepared:
+                seq += 1
+                ev = p.event
+                event_rows.append((seq, id_bytes(p.id), camera, ev.function, KINDS.index(ev.kind), p.packed, ev.body,
+                                   ev.content_type, now, int(inp.publish_mqtt)))
+                delta.events += 1
+                delta.committed += 1
+                delta.events_bytes += p.size
+                if p.queueing == "oversize":
+                    delta.evict("oversize", 1, [p.id])
+                else:
+                    outbox_rows.append((seq, int(p.queueing == "with_image")))
+                    delta.queued += 1
+                    delta.outbox_bytes += p.size
+                stored.append(StoredEvent(p.id, seq, camera, ev.function, ev.kind, {"id": p.id, **ev.data}, ev.body,
+                                          ev.content_type, now))
+            delta.quarantined += sum(ev.kind == "error" and (ev.data.get("error") or {}).get("code")
+                                     == Quarantined.code for ev in inp.events)
+            # One job by the one writer: an input's events have consecutive seqs.
+            input_rows.append((inp.key, inp.received_at, stored[0].seq if stored else 0, len(stored)))
+            out.append(stored)
+        db.executemany(_INSERT_EVENTS, event_rows)
+        if outbox_rows:
+            db.executemany("INSERT INTO outbox (seq, with_image) VALUES (?, ?)", outbox_rows)
+        db.executemany("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)", input_rows)
+        for inp, _ in inputs:
+            inp.forgotten = self._attempts.forget_in(db, inp.key)
+        return out
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
         return await self._db.run(self._recent_input, camera, sha256, window_s)

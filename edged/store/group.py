@@ -11,6 +11,11 @@ A job may be marked not ``durable`` (MQTT publish marks, attempt counts): a batc
 with ``synchronous = NORMAL``, on disk for any crash of the process (the WAL is written before COMMIT
 returns) but fsynced only with the next durable transaction. A batch holding one durable job is fsynced.
 
+Jobs of one kind next to each other in a batch (``Job.many``, e.g. commits of inputs) are written together,
+one statement per table for all of them (executemany), inside ONE savepoint: when ``many`` declines
+(space to free, expiry due) or raises, that savepoint is rolled back and the same jobs run one by one as
+above, so each still fails alone.
+
 After the COMMIT returned (synchronous=FULL: on disk), each committed job's counter changes are applied,
 every job is settled in queue order, and then the callers' futures are resolved with ONE wake-up of their
 event loop (not one per job: each wake-up hands the GIL to the loop). While a batch runs,
@@ -32,7 +37,7 @@ from typing import Any, Generic, TypeVar
 
 from edged.store.counters import Counters, Delta
 
-__all__ = ["MAX_BYTES", "MAX_JOBS", "Batch", "Job", "JobQueue", "Settle", "fail"]
+__all__ = ["MAX_BYTES", "MAX_JOBS", "Batch", "Job", "JobQueue", "Many", "Settle", "fail"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,16 @@ MAX_BYTES = 16 * 1024 * 1024
 #: Called on the writer thread once the job's transaction ended: with None when it committed, else
 #: with the job's error. It must not raise.
 Settle = Callable[[BaseException | None], None]
+#: Writes several jobs at once (writer thread, inside a savepoint), setting each job's result and delta;
+#: False when they must go one by one instead (nothing written).
+Many = Callable[[sqlite3.Connection, "list[Job[Any]]"], bool]
 
 
 @dataclass(slots=True, eq=False)
 class Job(Generic[_T]):
     """One caller's writes: its body, its size in bytes (for the bound), its settle hook and the future its
-    caller awaits on its loop (None: run directly, ``Database.transaction``)."""
+    caller awaits on its loop (None: run directly, ``Database.transaction``); ``many`` writes it together
+    with its neighbours of the same ``many``, from ``item``."""
 
     body: Callable[[sqlite3.Connection, Delta], _T]
     size: int = 0
@@ -62,6 +71,8 @@ class Job(Generic[_T]):
     delta: Delta = field(default_factory=Delta)
     result: _T | None = None
     error: BaseException | None = None
+    many: Many | None = None
+    item: Any = None
 
 
 class JobQueue:
@@ -132,8 +143,10 @@ class Batch:
         self._sync(con, "FULL" if any(job.durable for job in jobs) else "NORMAL")
         con.execute("BEGIN IMMEDIATE")
         try:
-            for job in jobs:
-                self._one(con, job, savepoint=len(jobs) > 1)
+            for run in _runs(jobs):
+                if len(run) == 1 or not self._many(con, run):
+                    for job in run:
+                        self._one(con, job, savepoint=len(jobs) > 1)
             self._persist(con)
             con.execute("COMMIT")
         except BaseException as exc:
@@ -174,6 +187,27 @@ class Batch:
             con.execute("RELEASE job")
         self.staged.add(job.delta)
 
+    def _many(self, con: sqlite3.Connection, run: list[Job[Any]]) -> bool:
+        """Write ``run`` at once in one savepoint; False (rolled back) when it must go one job at a time."""
+        many = run[0].many
+        assert many is not None
+        con.execute("SAVEPOINT many")
+        try:
+            written = many(con, run)
+        except Exception:
+            if not con.in_transaction:
+                raise  # SQLite rolled the whole transaction back (disk full, I/O error): all of it goes
+            written = False
+        if not written:
+            con.execute("ROLLBACK TO many")
+            for job in run:
+                job.delta, job.result = Delta(), None
+        con.execute("RELEASE many")
+        if written:
+            for job in run:
+                self.staged.add(job.delta)
+        return written
+
     def _persist(self, con: sqlite3.Connection) -> None:
         """The committed jobs' evictions and quarantines, kept in ``meta`` in the same transaction."""
         persisted = [(f"evicted.{reason}", n) for reason, n in self.staged.evicted.items()]
@@ -195,6 +229,17 @@ class Batch:
                     job.error = job.error or exc
         self._counters.publish_gauges()
         _wake(jobs)
+
+
+def _runs(jobs: list[Job[Any]]) -> list[list[Job[Any]]]:
+    """``jobs`` in order, cut into runs of neighbours written by the same ``many`` (a job without one: alone)."""
+    runs: list[list[Job[Any]]] = []
+    for job in jobs:
+        if runs and job.many is not None and runs[-1][-1].many == job.many:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return runs
 
 
 def fail(jobs: list[Job[Any]], error: BaseException) -> None:

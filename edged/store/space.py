@@ -97,6 +97,14 @@ class Space:
     def expiry_due(self) -> bool:
         return self._clock() >= self._next_expire
 
+    def room_for(self, now: float, incoming: int) -> bool:
+        """True when writes of ``incoming`` bytes at ``now`` need nothing of this room: no expiry due, no
+        history over its cap, and room under max_bytes beside the jobs already in the transaction."""
+        counters = self._db.counters
+        return (now < self._next_expire
+                and counters.events_bytes - counters.outbox_bytes <= self._history.max_bytes
+                and counters.used + self._db.staged.events_bytes + incoming <= counters.outbox.max_bytes)
+
     def make_room(self, db: sqlite3.Connection, delta: Delta, incoming: int) -> None:
         """Free space for ``incoming`` bytes: history first, then the outbox policy."""
         self.trim_history(db, delta)
