@@ -38,7 +38,7 @@ _ffi: Any = FFI
 #: wasmtime-py internals used here beyond rawcall's (tests/test_rawstore.py keeps this complete).
 PRIVATE_NAMES = frozenset({
     "wasmtime._ffi.dll", "wasmtime._func.maybe_raise_last_exn", "Engine.ptr", "InstancePre.ptr",
-    "WasiConfig._consume", "Caller._context",
+    "WasiConfig._consume", "Caller._context", "Trap._from_ptr", "WasmtimeError._from_ptr",
 })
 
 _VOID = ctypes.c_void_p
