@@ -198,7 +198,8 @@ class FunctionPool(PoolState):
 
     def _permitted(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run ``fn`` holding one of the ``workers`` permits (shared with callers that run jobs themselves)."""
-        with self._running, self._ticker.busy():
+        with self._running:
+            self._ticker.hold()
             with self._lock:
                 self._executing += 1
             try:
@@ -206,6 +207,7 @@ class FunctionPool(PoolState):
             finally:
                 with self._lock:
                     self._executing -= 1
+                self._ticker.let_go()
 
     def _submit(self, table: FunctionTable, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
         """Admit ``fn(*args)`` and queue it for a worker; await the result (on the calling loop)."""
@@ -356,7 +358,7 @@ class FunctionPool(PoolState):
         memory = CallMemory(self.budget, runner.name, runner.settings)
         try:
             memory.reserve_guest()
-            result = runner.call(frame, self._files.get(), deadline=deadline, memory=memory,
+            result = runner.call(frame, self._files.get(check=runner.uses_wasi), deadline=deadline, memory=memory,
                                  max_result_pixels=self._max_result_pixels)
         except FunctionError as exc:
             log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,

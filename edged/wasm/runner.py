@@ -80,6 +80,11 @@ class FunctionRunner(ABC):
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
         self._validated = False
 
+    @property
+    def uses_wasi(self) -> bool:
+        """Whether its calls get a WASI context (and so may touch the worker's stdio files)."""
+        return self._uses_wasi
+
     # -- what each ABI says --------------------------------------------------------------------------
 
     @abstractmethod
