@@ -39,6 +39,13 @@ class GuestMemory:
         self._base = ctypes.cast(memory.data_ptr(store), ctypes.c_void_p).value or 0
 
     @classmethod
+    def at(cls, base: int, size: int) -> GuestMemory:
+        """A snapshot from the memory's base address and size (edged.wasm.rawstore reads both raw)."""
+        memory = cls.__new__(cls)
+        memory._base, memory.size = base, int(size)
+        return memory
+
+    @classmethod
     def of_caller(cls, caller: wasmtime.Caller) -> GuestMemory | None:
         """The calling instance's export ``memory``, or None when it exports none."""
         memory = caller.get("memory")

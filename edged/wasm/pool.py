@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import wasmtime
 
@@ -39,6 +37,7 @@ from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats
 from edged.wasm.table import FunctionTable, load_runners
 from edged.wasm.ticker import TICK_SECONDS
+from edged.wasm.workers import Job, Workers
 
 __all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
            "OnCall", "OnOutcome"]
@@ -69,7 +68,7 @@ class FunctionPool(PoolState):
         self.budget = budget if budget is not None else MemoryBudget(NO_BUDGET)
         self._max_result_pixels = max_result_pixels
         self._slots_mb = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Workers | None = None
         #: Set when close() starts: decodes stop at their next read.
         self._cancel = threading.Event()
         #: Jobs running at once, on the workers or on callers' threads (decode_and_call_sync).
@@ -94,7 +93,7 @@ class FunctionPool(PoolState):
                 runners = load_runners(engine, self._table.functions, TICK_SECONDS * 1000, self._extension)
             self._table = FunctionTable(self._table.functions, runners)
             self._files.open()
-            self._executor = ThreadPoolExecutor(self._settings.workers, thread_name_prefix="edged-wasm")
+            self._executor = Workers(self._settings.workers, "edged-wasm")
         except BaseException:
             self._ticker.stop()
             self._engine = None
@@ -155,7 +154,7 @@ class FunctionPool(PoolState):
             executor, self._executor = self._executor, None
         if executor is not None:
             # The ticker must outlive the workers: it is what interrupts a runaway guest.
-            executor.shutdown(wait=True)
+            executor.shutdown()
         with self._settled:
             # Jobs running on callers' threads (decode_and_call_sync) need the ticker and scratch too.
             self._settled.wait_for(lambda: self._admitted == 0)
@@ -182,7 +181,7 @@ class FunctionPool(PoolState):
 
     # -- admission -----------------------------------------------------------------------------------
 
-    def _admit(self, table: FunctionTable) -> ThreadPoolExecutor:
+    def _admit(self, table: FunctionTable) -> Workers:
         """Count one more admitted job on ``table`` (raise Overloaded when full); the caller must
         ``_release`` it."""
         with self._lock:
@@ -199,7 +198,8 @@ class FunctionPool(PoolState):
 
     def _permitted(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run ``fn`` holding one of the ``workers`` permits (shared with callers that run jobs themselves)."""
-        with self._running, self._ticker.busy():
+        with self._running:
+            self._ticker.hold()
             with self._lock:
                 self._executing += 1
             try:
@@ -207,19 +207,21 @@ class FunctionPool(PoolState):
             finally:
                 with self._lock:
                     self._executing -= 1
+                self._ticker.let_go()
 
-    def _submit(self, table: FunctionTable, fn: Callable[..., _T], *args: object) -> Future[_T]:
+    def _submit(self, table: FunctionTable, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        """Admit ``fn(*args)`` and queue it for a worker; await the result (on the calling loop)."""
         executor = self._admit(table)
+        # on_end runs on completion and on cancellation (a caller gave up before a worker took the call).
+        job = Job(self._permitted, (fn, *args), lambda: self._release(table))
         try:
-            future = executor.submit(self._permitted, fn, *args)
+            executor.submit(job)
         except RuntimeError as exc:  # shut down between the check and the submit
-            self._release(table, None)
+            self._release(table)
             raise Overloaded("the function pool is shutting down") from exc
-        # Runs on completion and on cancellation (a caller gave up before a worker took the call).
-        future.add_done_callback(functools.partial(self._release, table))
-        return future
+        return job.future
 
-    def _release(self, table: FunctionTable, _future: Future[Any] | None) -> None:
+    def _release(self, table: FunctionTable) -> None:
         with self._lock:
             self._admitted -= 1
             table.users -= 1
@@ -240,14 +242,14 @@ class FunctionPool(PoolState):
     async def call(self, name: str, frame: Frame) -> CallResult:
         """Run function ``name`` on ``frame``; raise UnknownFunction, Overloaded or a FunctionError."""
         table = self._table
-        return await asyncio.wrap_future(self._submit(table, self._run, self._runner(table, name), frame, None))
+        return await self._submit(table, self._run, self._runner(table, name), frame, None)
 
     async def decode(self, data: bytes, max_pixels: int, timeout_ms: int | None = None) -> Frame:
         """``edged.frames.decode`` on a worker, within ``timeout_ms`` (from when it starts) and the memory
         budget while it runs; counts against the same bound as calls. The frame is the caller's."""
         job = self._submit(self._table, self._decode_now, data, max_pixels, timeout_ms, FrameHold(self.budget), True,
                            FULL_FRAME)
-        frame, _started = await asyncio.wrap_future(job)
+        frame, _started = await job
         return frame
 
     async def decode_and_call(self, data: bytes, max_pixels: int, name: str, *, digests: bool = False,
@@ -262,7 +264,7 @@ class FunctionPool(PoolState):
         table = self._table
         job = self._submit(table, self._decode_and_run, self._runner(table, name), data, max_pixels, digests,
                            sha256)
-        return await asyncio.wrap_future(job)
+        return await job
 
     async def decode_and_call_each(self, data: bytes, max_pixels: int, names: Sequence[str], *, digests: bool = False,
                                    sha256: str | None = None) -> tuple[Frame, list[CallResult | FunctionError]]:
@@ -278,11 +280,10 @@ class FunctionPool(PoolState):
         runners = [self._runner(table, name) for name in names]
         hold = FrameHold(self.budget)
         timeout_ms = min(r.settings.timeout_ms for r in runners)
-        frame, started = await asyncio.wrap_future(
-            self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False,
-                         frame_plan((r.settings, r.need) for r in runners), digests, sha256))
+        frame, started = await self._submit(table, self._decode_now, data, max_pixels, timeout_ms, hold, False,
+                                            frame_plan((r.settings, r.need) for r in runners), digests, sha256)
         try:
-            jobs = [asyncio.wrap_future(self._submit(table, self._run, r, frame, started, digests)) for r in runners]
+            jobs = [self._submit(table, self._run, r, frame, started, digests) for r in runners]
         except BaseException:
             hold.release()
             raise
@@ -309,7 +310,7 @@ class FunctionPool(PoolState):
         try:
             _frame, outcome = self._permitted(self._decode_and_run, runner, data, max_pixels)
         finally:
-            self._release(table, None)
+            self._release(table)
         if isinstance(outcome, FunctionError):
             raise outcome
         return outcome
@@ -357,7 +358,8 @@ class FunctionPool(PoolState):
         memory = CallMemory(self.budget, runner.name, runner.settings)
         try:
             memory.reserve_guest()
-            result = runner.call(frame_for(runner.settings, frame), self._files.get(), deadline=deadline, memory=memory,
+            result = runner.call(frame_for(runner.settings, frame), self._files.get(check=runner.uses_wasi),
+                                 deadline=deadline, memory=memory,
                                  max_result_pixels=self._max_result_pixels)
         except FunctionError as exc:
             log.warning("function %s failed: %s: %s", runner.name, exc.code, exc.detail,

@@ -48,11 +48,12 @@ _ffi: Any = FFI
 
 #: Every private name of wasmtime-py the fast path touches (tests/test_rawcall.py keeps this complete).
 PRIVATE_NAMES = frozenset({
-    "wasmtime._ffi", "wasmtime._extern.wrap_extern", "wasmtime._func.enter_wasm",
+    "wasmtime._ffi", "wasmtime._ffi.dll", "wasmtime._extern.wrap_extern", "wasmtime._func.enter_wasm",
     "Store._context", "Instance._instance", "Func._func", "Func._from_raw", "Memory._from_raw",
-    "WasmtimeError._from_ptr", "Caller._invalidate", "Trap._consume",
+    "WasmtimeError._from_ptr", "Caller._invalidate", "Caller._context", "Trap._consume",
 })
-_FFI_NAMES = ("wasmtime_instance_export_get", "wasmtime_func_call_unchecked", "wasmtime_val_raw_t",
+_FFI_NAMES = ("dll", "wasmtime_context_t", "wasmtime_instance_export_get", "wasmtime_func_call_unchecked",
+              "wasmtime_val_raw_t",
               "wasmtime_extern_t", "wasmtime_func_t", "wasmtime_instance_t", "WASMTIME_EXTERN_FUNC",
               "WASMTIME_EXTERN_MEMORY", "wasmtime_linker_define_func_unchecked",
               "wasmtime_func_unchecked_callback_t", "wasmtime_caller_t", "wasmtime_caller_export_get")
@@ -85,7 +86,8 @@ def missing() -> list[str]:
                             (wasmtime.Instance, "_from_raw")):
             if not callable(getattr(cls, method, None)):
                 lacking.append(f"{cls.__name__}.{method}")
-        for other, method in ((wasmtime.Caller, "_invalidate"), (wasmtime.Trap, "_consume")):
+        for other, method in ((wasmtime.Caller, "_invalidate"), (wasmtime.Caller, "_context"),
+                              (wasmtime.Trap, "_consume")):
             if not callable(getattr(other, method, None)):
                 lacking.append(f"{other.__name__}.{method}")
         if not lacking:
@@ -112,11 +114,20 @@ _host_ids = itertools.count(1)
 
 
 class _RawCaller(wasmtime.Caller):
-    """A Caller whose ``get`` looks the export up as ``export`` does (no buffer copy, no import per call)."""
+    """A Caller whose ``get`` looks the export up as ``export`` does (no buffer copy, no import per call),
+    and whose store context is only asked for when used (``Caller.__init__`` always asks, through a C call
+    that hands the GIL over)."""
 
-    def __init__(self, ptr: Any) -> None:
-        super().__init__(ptr)
+    def __init__(self, ptr: Any) -> None:  # noqa: PLW0231 (Caller.__init__ is what this replaces)
         self.raw_ptr: Any = ptr
+        self.raw_context: Any = None
+
+    def _context(self) -> Any:
+        if self.raw_ptr is None:
+            raise ValueError("caller is no longer valid")
+        if self.raw_context is None:
+            self.raw_context = _caller_context(self.raw_ptr)
+        return self.raw_context
 
     def get(self, name: str) -> Any:
         if self.raw_ptr is None:
@@ -128,6 +139,7 @@ class _RawCaller(wasmtime.Caller):
 
     def _invalidate(self) -> None:
         self.raw_ptr = None
+        self.raw_context = None
         super()._invalidate()
 
 
@@ -152,6 +164,9 @@ if FAST:
     _EXTERN_FUNC = int(getattr(_ffi.WASMTIME_EXTERN_FUNC, "value", _ffi.WASMTIME_EXTERN_FUNC))
     _EXTERN_MEMORY = int(getattr(_ffi.WASMTIME_EXTERN_MEMORY, "value", _ffi.WASMTIME_EXTERN_MEMORY))
     # Made once and kept for the life of the process: wasmtime holds their addresses.
+    # Quick, never blocks: keeps the GIL (PYFUNCTYPE); the result type is wasmtime-py's, for its Memory methods.
+    _caller_context = ctypes.PYFUNCTYPE(ctypes.POINTER(_ffi.wasmtime_context_t), ctypes.c_void_p)(
+        ("wasmtime_caller_context", _ffi.dll))
     _TRAMPOLINE = _ffi.wasmtime_func_unchecked_callback_t(_host_call)
     _FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_forget)
 

@@ -1,15 +1,24 @@
 """The ``frame-v1`` runner (docs/ABI.md): a reactor that takes its input in memory and answers through
-``edged.output``."""
+``edged.output``.
+
+Calls take the raw path (edged.wasm.rawstore: exports by index, no wasmtime-py wrappers) when the
+wasmtime-py in use allows it and the module's export indexes were checked at load; else the public one.
+"""
 
 from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
 
 import wasmtime
 
 from edged.errors import BadOutput, FunctionError
 from edged.frames import Frame
 from edged.settings import FunctionSettings
+from edged.wasm import rawstore
 from edged.wasm.abi import ABI_VERSION, HEADER_SIZE, KIND_FRAME, KIND_RAW, Output, pack_header
-from edged.wasm.host.context import CallContext
+from edged.wasm.host.context import CallContext, enter
 from edged.wasm.host.link import HostExtension
 from edged.wasm.memory import GuestMemory, GuestMemoryError, u32
 from edged.wasm.outcome import Attempt, FunctionLoadError, trap_summary
@@ -19,11 +28,22 @@ from edged.wasm.scratch import Scratch
 
 __all__ = ["FrameRunner"]
 
+log = logging.getLogger(__name__)
+
 _EXPECTED_EXPORTS = {
     "edged_abi_version": ((), ("i32",)),
     "edged_alloc": (("i32",), ("i32",)),
     "edged_run": (("i32", "i32"), ("i32",)),
 }
+
+
+class _Exports(NamedTuple):
+    """The export indexes a raw call uses (``initialize``: -1 when the module has none)."""
+
+    memory: int
+    alloc: int
+    run: int
+    initialize: int
 
 
 class FrameRunner(FunctionRunner):
@@ -36,6 +56,8 @@ class FrameRunner(FunctionRunner):
         super().__init__(name, settings, module, engine, tick_ms, extension)
         self._has_initialize = any(e.name == "_initialize" for e in module.exports)
         self._raw_input = settings.input == "raw"
+        #: Set at load when calls may take the raw path (edged.wasm.rawstore).
+        self._exports: _Exports | None = None
 
     def _export_problem(self, exports: dict[str, object]) -> str | None:
         if not isinstance(exports.get("memory"), wasmtime.MemoryType):
@@ -66,6 +88,24 @@ class FrameRunner(FunctionRunner):
             store.close()
         if version != ABI_VERSION:
             raise FunctionLoadError(self.name, f"edged_abi_version() returned {version}; edged speaks {ABI_VERSION}")
+        self._exports = self._raw_exports(pre) if rawstore.FAST else None
+
+    def _raw_exports(self, pre: wasmtime.InstancePre) -> _Exports | None:
+        """The indexes raw calls use, once an instance confirmed each one's name; None: take the public path."""
+        found = rawstore.indexes(self.module, ("memory", "edged_alloc", "edged_run", "_initialize"))
+        exports = _Exports(found["memory"], found["edged_alloc"], found["edged_run"], found.get("_initialize", -1))
+        raw = rawstore.RawCall(self.engine, pre, len(self.module.exports))
+        try:
+            raw.open(self._memory_limit, self._ticks, self._wasi_config(None))
+            raw.instantiate(exports.memory)
+            names = {i: raw.export_name(i) for i in exports if i >= 0}
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            log.debug("function %s: no raw calls: %s", self.name, exc)
+            return None
+        finally:
+            raw.close()
+        expected = {i: name for name, i in found.items()}
+        return exports if names == expected else None
 
     def _initialize(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
         """Run a reactor's ``_initialize`` when it has one (checked to be () -> () by validate)."""
@@ -77,14 +117,78 @@ class FrameRunner(FunctionRunner):
     def _stdio(self, wasi: wasmtime.WasiConfig, scratch: Scratch) -> None:
         wasi.stderr_file = str(scratch.stderr)
 
-    def _run(self, store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
-             frame: Frame, attempt: Attempt) -> None:
+    def _input(self, frame: Frame) -> tuple[bytes, bytes]:
+        """The header and data handed to ``edged_alloc``'s buffer."""
         if self._raw_input:
             data = frame.raw
-            header = pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data))
-        else:
-            data = frame.pixels
-            header = pack_header(KIND_FRAME, frame.width, frame.height, 3, frame.format_code, len(data))
+            return pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data)), data
+        data = frame.pixels
+        return pack_header(KIND_FRAME, frame.width, frame.height, 3, frame.format_code, len(data)), data
+
+    @staticmethod
+    def _hand_over(guest: GuestMemory, ptr: int, header: bytes, data: bytes, attempt: Attempt) -> bool:
+        """Copy the input to the guest's buffer at ``ptr``; False (and why, in ``attempt``) when it is outside."""
+        try:
+            guest.write(ptr, header)
+            guest.write(ptr + HEADER_SIZE, data)
+        except GuestMemoryError as exc:
+            attempt.bad_pointer = f"edged_alloc({HEADER_SIZE + len(data)}) returned {ptr:#x}: {exc}"
+            return False
+        return True
+
+    def _attempt(self, ctx: CallContext, frame: Frame, scratch: Scratch, ticks: int) -> Attempt:
+        """The public path's steps (``FunctionRunner._attempt``) on raw handles, when the module allows."""
+        exports = self._exports
+        if exports is None:
+            return super()._attempt(ctx, frame, scratch, ticks)
+        attempt = Attempt()
+        t0 = time.perf_counter()
+        raw: rawstore.RawCall | None = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self._local.raw = rawstore.RawCall(self.engine, self._instance_pre(), len(self.module.exports))
+        run_started: float | None = None
+        try:
+            raw.open(self._memory_limit, ticks, self._wasi_config(scratch))
+        except BaseException:
+            raw.close()
+            raise
+        enter(ctx)
+        try:
+            raw.instantiate(exports.memory)
+            ctx.memory_view = raw.memory
+            run_started = time.perf_counter()
+            attempt.instantiate_ms = (run_started - t0) * 1000
+            self._run_raw(raw, exports, frame, attempt)
+        except wasmtime.ExitTrap as exc:
+            attempt.status = exc.code
+        except wasmtime.Trap as exc:
+            attempt.trap = exc.with_traceback(None)
+            attempt.memory_bytes = raw.memory_size()
+        except wasmtime.WasmtimeError as exc:
+            attempt.error = exc.with_traceback(None)
+        finally:
+            ctx.memory_view = None
+            raw.close()
+            enter(None)
+        if run_started is not None:
+            attempt.run_ms = (time.perf_counter() - run_started) * 1000
+        return attempt
+
+    def _run_raw(self, raw: rawstore.RawCall, exports: _Exports, frame: Frame, attempt: Attempt) -> None:
+        header, data = self._input(frame)
+        total = HEADER_SIZE + len(data)
+        if exports.initialize >= 0:
+            raw.call(exports.initialize, results=0)
+        ptr = u32(raw.call(exports.alloc, total))
+        if ptr == 0:
+            attempt.alloc_failed = total
+            return
+        if self._hand_over(raw.memory(), ptr, header, data, attempt):  # after edged_alloc, which may grow it
+            attempt.status = raw.call(exports.run, ptr, total)
+
+    def _run(self, store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
+             frame: Frame, attempt: Attempt) -> None:
+        header, data = self._input(frame)
         total = HEADER_SIZE + len(data)
         self._initialize(store, instance)
         alloc, run = export(store, instance, "edged_alloc"), export(store, instance, "edged_run")
@@ -96,14 +200,9 @@ class FrameRunner(FunctionRunner):
         if ptr == 0:
             attempt.alloc_failed = total
             return
-        guest = GuestMemory(memory, store)  # after edged_alloc, which may have grown the memory
-        try:
-            guest.write(ptr, header)
-            guest.write(ptr + HEADER_SIZE, data)
-        except GuestMemoryError as exc:
-            attempt.bad_pointer = f"edged_alloc({total}) returned {ptr:#x}: {exc}"
-            return
-        attempt.status = call_i32(store, run, ptr, total)
+        # After edged_alloc, which may have grown the memory.
+        if self._hand_over(GuestMemory(memory, store), ptr, header, data, attempt):
+            attempt.status = call_i32(store, run, ptr, total)
 
     def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:
         """edged.output refused the result: that is the call's failure, even if the guest then failed."""

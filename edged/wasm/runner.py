@@ -80,6 +80,11 @@ class FunctionRunner(ABC):
         #: Calls trust the export signatures (edged.wasm.rawcall): only a validated runner may run.
         self._validated = False
 
+    @property
+    def uses_wasi(self) -> bool:
+        """Whether its calls get a WASI context (and so may touch the worker's stdio files)."""
+        return self._uses_wasi
+
     # -- what each ABI says --------------------------------------------------------------------------
 
     @abstractmethod
@@ -141,16 +146,22 @@ class FunctionRunner(ABC):
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self._memory_limit)
         store.set_epoch_deadline(self._ticks if ticks is None else ticks)
+        wasi = self._wasi_config(scratch)
+        if wasi is not None:
+            store.set_wasi(wasi)
+        return store
+
+    def _wasi_config(self, scratch: Scratch | None) -> wasmtime.WasiConfig | None:
+        """The call's WASI context (see ``_store``), or None for a module without WASI imports."""
         if not self._uses_wasi:
-            return store
+            return None
         wasi = wasmtime.WasiConfig()
         wasi.argv = [self.name]
         for preopen in self.settings.preopens:
             wasi.preopen_dir(str(preopen.host), preopen.guest, fs_mutable=preopen.writable)
         if scratch is not None:
             self._stdio(wasi, scratch)
-        store.set_wasi(wasi)
-        return store
+        return wasi
 
     def validate(self) -> None:
         """Check preopens, exports and imports, then the ABI's own check. Needs the pool's epoch ticker.

@@ -40,10 +40,13 @@ class WorkerFiles:
     def open(self) -> None:
         self._root = make_scratch_root()
 
-    def get(self) -> Scratch:
-        """This thread's Scratch, made on its first call, and made again (root too) when someone removed it."""
+    def get(self, *, check: bool = True) -> Scratch:
+        """This thread's Scratch, made on its first call, and made again (root too) when someone removed it.
+
+        ``check=False`` skips looking (a stat) for a call that will not touch the files (no WASI context).
+        """
         scratch: Scratch | None = getattr(self._local, "scratch", None)
-        if scratch is not None and not scratch.dir.is_dir():
+        if scratch is not None and check and not scratch.dir.is_dir():
             log.warning("scratch directory %s was removed by someone else: making it again", scratch.dir)
             self.watch.discard(scratch)
             scratch = None
@@ -70,8 +73,10 @@ class WorkerFiles:
 class Ticker:
     """The epoch ticker thread of one engine; ``start`` and ``stop`` may be called again.
 
-    It ticks only while some work holds ``busy()`` (a running call or decode, start-up checks) and parks
-    on an Event with no timeout otherwise: an idle daemon does not wake for it.
+    It ticks only while some work holds it (``hold``/``let_go``, or ``busy()``: a running call or decode,
+    start-up checks) and parks on an Event with no timeout once a tick finds nothing held: an idle daemon
+    does not wake for it. Parking at the next tick rather than when the last holder lets go keeps a
+    stream of calls from waking the thread (and taking the GIL from the worker) once per call.
     """
 
     def __init__(self, watch: StdioWatch) -> None:
@@ -97,19 +102,25 @@ class Ticker:
             if self._holders == 0:
                 self._active.clear()
 
+    def hold(self) -> None:
+        """Tick until the matching ``let_go`` (and while any other holder holds it)."""
+        with self._lock:
+            self._holders += 1
+            if not self._active.is_set():
+                self._active.set()
+
+    def let_go(self) -> None:
+        with self._lock:
+            self._holders -= 1
+
     @contextmanager
     def busy(self) -> Iterator[None]:
         """Tick while this block runs (and while any other holder's does)."""
-        with self._lock:
-            self._holders += 1
-            self._active.set()
+        self.hold()
         try:
             yield
         finally:
-            with self._lock:
-                self._holders -= 1
-                if self._holders == 0 and not self._stop.is_set():
-                    self._active.clear()
+            self.let_go()
 
     @property
     def parked(self) -> bool:
@@ -123,3 +134,6 @@ class Ticker:
                 return
             engine.increment_epoch()
             self._watch.check()
+            with self._lock:
+                if self._holders == 0 and not self._stop.is_set():
+                    self._active.clear()

@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import wasmtime
 
 from edged.settings import FunctionSettings
 from edged.wasm.abi import Output
 from edged.wasm.admission import CallMemory
+from edged.wasm.memory import GuestMemory
 
-__all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "escape_text"]
+__all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "enter", "escape_text"]
 
 #: What a guest may write to the log (edged.log) or stderr in one call.
 LOG_BUDGET = 64 * 1024
@@ -50,6 +53,15 @@ class CallContext:
     log_bytes: int = 0
     #: Per-call state of host extensions (e.g. WASI-NN graphs), keyed by extension name.
     extensions: dict[str, object] = field(default_factory=dict)
+    #: How a host import sees the calling instance's memory when the runner knows it (edged.wasm.rawstore);
+    #: None: look its ``memory`` export up through the Caller.
+    memory_view: Callable[[wasmtime.Caller], GuestMemory] | None = None
+
+    def guest_memory(self, caller: wasmtime.Caller) -> GuestMemory | None:
+        """The calling instance's memory as it is now, or None when it exports none."""
+        if self.memory_view is not None:
+            return self.memory_view(caller)
+        return GuestMemory.of_caller(caller)
 
     def remaining(self) -> float:
         """Seconds left before the call's timeout (epochs only interrupt guest code, not host code)."""
@@ -64,6 +76,11 @@ def current() -> CallContext | None:
     """The call running on this thread, or None (e.g. while a module is validated at startup)."""
     ctx: CallContext | None = getattr(_local, "call", None)
     return ctx
+
+
+def enter(ctx: CallContext | None) -> None:
+    """Make ``ctx`` this thread's current call (None: no call); ``activate`` without a context manager."""
+    _local.call = ctx
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import wasmtime
 from edged.wasm.abi import Errno
 from edged.wasm.host.context import LOG_BUDGET, current, escape_text
 from edged.wasm.host.guard import EDGED_ERRNOS, host_function
-from edged.wasm.memory import GuestMemory, u32
+from edged.wasm.memory import u32
 
 __all__ = ["LEVELS", "edged_log", "log_lines"]
 
@@ -36,7 +36,7 @@ def edged_log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int
             ctx.logger.warning("log budget of %d bytes per call used up; further lines are dropped", LOG_BUDGET)
             ctx.log_bytes = LOG_BUDGET + 1
         return Errno.TOO_LARGE
-    memory = GuestMemory.of_caller(caller)
+    memory = ctx.guest_memory(caller)
     if memory is None:
         return Errno.INVALID_ARGUMENT
     data = memory.read(u32(ptr), length)  # outside the memory: the guard answers invalid_argument

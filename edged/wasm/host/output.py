@@ -7,7 +7,7 @@ import wasmtime
 from edged.wasm.abi import Errno, OutputRejected, parse_output
 from edged.wasm.host.context import current
 from edged.wasm.host.guard import EDGED_ERRNOS, host_function
-from edged.wasm.memory import GuestMemory, GuestMemoryError, u32
+from edged.wasm.memory import GuestMemoryError, u32
 
 __all__ = ["edged_output"]
 
@@ -24,7 +24,7 @@ def edged_output(caller: wasmtime.Caller, ptr: int, length: int, kind: int) -> i
     if length > limit:
         ctx.reject_output(f"result of {length} bytes is over max_output_bytes ({limit})")
         return Errno.TOO_LARGE
-    memory = GuestMemory.of_caller(caller)
+    memory = ctx.guest_memory(caller)
     if memory is None:
         ctx.reject_output("the module exports no memory")
         return Errno.INVALID_ARGUMENT
