@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from edged.errors import FunctionError
+from edged.frames import Frame
 from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.pool import CallResult, FunctionPool
 from tests.pools import call_sync, decode_sync
@@ -191,6 +192,20 @@ def test_luma_is_pillows(pool: FunctionPool, images: dict[str, bytes], mode: str
             continue  # decoded in the sandbox by another JPEG decoder: test_sandbox_jpeg_*
         diff = _check_output(call_sync(pool, mode, decode_sync(pool, data, MAX_PIXELS)), data)
         assert not diff.any(), f"{name}: {np.count_nonzero(diff)} pixels differ from Pillow's convert('L')"
+
+
+def test_frame_luma_is_pillows_for_every_rgb_value(pool: FunctionPool) -> None:
+    """The frame path's SIMD loop (16 pixels a step) and its scalar tail give Pillow's luma for each of
+    the 2^24 RGB values, and for pixel counts that are not a multiple of 16."""
+    rgb = np.arange(1 << 24, dtype=np.uint32)
+    every = np.stack([rgb >> 16, (rgb >> 8) & 255, rgb & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    frames = [every[rows:rows + 1024] for rows in range(0, 4096, 1024)]  # 12 MB each: within memory_mb
+    frames += [every[5:8, 7:24], every[:1, :15], every[100:579, 33:674]]  # 51, 15 and 479x641 pixels
+    for pixels in frames:
+        img = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+        frame = Frame(raw=b"", format="PNG", width=img.width, height=img.height, pixels=img.tobytes())
+        with Image.open(io.BytesIO(call_sync(pool, "frame", frame).body)) as out:
+            assert out.tobytes() == img.convert("L").tobytes(), img.size
 
 
 @pytest.mark.parametrize("mode", ["raw", "cmd"])
