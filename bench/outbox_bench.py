@@ -142,6 +142,60 @@ async def drain_local(path: Path, batch: int) -> tuple[int, float]:
         return sent, time.perf_counter() - started
 
 
+async def floor(filled: Path, target: Path, per_transaction: int) -> tuple[float, float]:
+    """SQLite's own share: the rows ``filled`` holds (events, outbox, inputs), inserted again into an empty
+    store of the same schema and pragmas by bare sqlite3, ``per_transaction`` inputs a transaction (one
+    executemany per table, synchronous=FULL), with nothing else per result; (wall, CPU) µs per result."""
+    async with Store(target, OUTBOX, CloudEvents(DEVICE, SyncSettings()).admit):
+        pass  # the schema, as edged makes it
+    src = sqlite3.connect(filled)
+    try:
+        events = src.execute("SELECT seq, id, camera, function, kind, data, body, content_type, created_at, "
+                             "mqtt_pending FROM events ORDER BY seq").fetchall()
+        outbox = dict(src.execute("SELECT seq, with_image FROM outbox"))
+        inputs = src.execute("SELECT frame, received_at, first_seq, events FROM inputs ORDER BY id").fetchall()
+    finally:
+        src.close()
+    by_seq = {row[0]: row for row in events}
+    con = sqlite3.connect(target, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA synchronous = FULL")
+        began, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(inputs), per_transaction):
+            group = inputs[start:start + per_transaction]
+            seqs = [seq for _f, _r, first, n in group for seq in range(first, first + n)]
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, "
+                            "created_at, mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [by_seq[seq] for seq in seqs])
+            con.executemany("INSERT INTO outbox (seq, with_image) VALUES (?, ?)",
+                            [(seq, outbox[seq]) for seq in seqs if seq in outbox])
+            con.executemany("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)", group)
+            con.execute("COMMIT")
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    finally:
+        con.close()
+    return wall * 1e6 / len(inputs), cpu * 1e6 / len(inputs)
+
+
+def fsync_us(directory: Path, n: int = 200) -> float:
+    """p50 of one 4 KiB write + fsync on this disk, µs."""
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"\0" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1e6
+
+
 def db_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
@@ -193,6 +247,13 @@ async def main() -> None:
                      f"{costs_us[len(costs_us) // 2]:,.0f} / {costs_us[int(len(costs_us) * 0.99)]:,.0f}"))
         if transactions:
             rows.append((f"results per transaction, {args.cameras} cameras at once", f"{args.n / transactions:,.1f}"))
+        if transactions:
+            wall_floor, cpu_floor = await floor(base, Path(tmp) / "floor.db", round(args.n / transactions))
+            remove_db(Path(tmp) / "floor.db")
+            rows.append((f"floor: the same rows by bare sqlite3, {round(args.n / transactions)} a transaction, "
+                         "wall (µs/result)", f"{wall_floor:,.0f}"))
+            rows.append(("floor: the same, CPU (µs/result)", f"{cpu_floor:,.0f}"))
+        rows.append(("fsync of 4 KiB on this disk, p50 (µs)", f"{fsync_us(Path(tmp)):,.0f}"))
         left = db_bytes(base)
         checkpoint(base)
         size = db_bytes(base)
