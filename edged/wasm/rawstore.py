@@ -149,13 +149,15 @@ class RawCall:
     def instantiate(self, memory_index: int, exports: Sequence[int] = ()) -> None:
         """A fresh instance in the open Store; its export ``memory_index`` is the memory host imports see.
         ``exports``: the other exports this call uses, looked up now (negative ones are skipped)."""
-        trap = self._trap
-        _raise(_instantiate(self._pre_ptr, self._ctx, self._instance_ref, self._trap_ref), trap)
-        self.export(memory_index)
-        self._memory_ref = self._memory_refs[memory_index]
-        for index in exports:
+        ctx, instance, name, name_len = self._ctx, self._instance_ref, self._name_ref, self._name_len_ref
+        _raise(_instantiate(self._pre_ptr, ctx, instance, self._trap_ref), self._trap)
+        items, live = self._item_refs, self._live
+        for index in (memory_index, *exports):
             if index >= 0:
-                self.export(index)
+                if not _export_nth(ctx, instance, index, name, name_len, items[index]):
+                    raise wasmtime.WasmtimeError(f"the instance has no export {index}")
+                live[index] = True
+        self._memory_ref = self._memory_refs[memory_index]
 
     def export(self, index: int) -> Any:
         """Look export ``index`` up into its struct (``wasmtime_extern_t``), which is returned."""
