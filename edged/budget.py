@@ -129,7 +129,11 @@ class MemoryBudget:
             raise ValueError(f"a memory budget needs a positive total, not {total}")
         self.total = total
         self._in_use = self._peak = self._admitted = self._refused = 0
-        self._freed = threading.Condition(threading.Lock())
+        # The quick paths take the lock itself (Condition's own enter/exit are Python frames).
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        #: Threads in ``reserve`` waiting for bytes: a give-back wakes them only when there are some.
+        self._waiting = 0
 
     def fits_ever(self, nbytes: int) -> bool:
         """Whether ``nbytes`` could be reserved with nothing else running."""
@@ -139,7 +143,7 @@ class MemoryBudget:
         """Reserve ``nbytes`` now, or return None (counted as refused) if they do not fit now."""
         if nbytes < 0:
             raise ValueError(f"cannot reserve {nbytes} bytes")
-        with self._freed:
+        with self._lock:
             return self._take(nbytes, count_refusal=True)
 
     def reserve(self, nbytes: int, timeout: float) -> Reservation | None:
@@ -155,7 +159,11 @@ class MemoryBudget:
                     if taken is None:
                         self._refused += 1
                     return taken
-                self._freed.wait(remaining)
+                self._waiting += 1
+                try:
+                    self._freed.wait(remaining)
+                finally:
+                    self._waiting -= 1
 
     def stats(self) -> BudgetStats:
         with self._freed:
@@ -172,6 +180,7 @@ class MemoryBudget:
         return Reservation(self, nbytes)
 
     def _give_back(self, nbytes: int) -> None:
-        with self._freed:
+        with self._lock:
             self._in_use -= nbytes
-            self._freed.notify_all()
+            if self._waiting:
+                self._freed.notify_all()

@@ -81,9 +81,14 @@ class OutputRejected(Exception):
         self.detail = detail
 
 
+#: What ``json.loads`` decodes with when given no options; called directly, as loads would for bytes, to
+#: skip its checks of its arguments on every result.
+_DECODER = json.JSONDecoder()
+
+
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)
+        value = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
     except (UnicodeDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None

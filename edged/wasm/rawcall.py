@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,8 @@ HostI32 = Callable[..., int]
 #: Imports defined by ``define_i32``, by the id wasmtime hands back to the trampoline; an entry goes when
 #: wasmtime drops the last linker or instance that uses it (the finalizer).
 _HOSTS: dict[int, tuple[HostI32, int]] = {}
+#: An argument's value (``wasmtime_val_raw_t.i32``).
+_I32 = operator.attrgetter("i32")
 _host_ids = itertools.count(1)
 
 
@@ -147,7 +150,7 @@ def _host_call(env: int | None, caller_ptr: Any, values: Any, _count: int) -> in
     caller = _RawCaller(caller_ptr)
     try:
         fn, params = _HOSTS[env or 0]
-        values[0].i32 = _to_i32(fn(caller, *[values[i].i32 for i in range(params)]))
+        values[0].i32 = _to_i32(fn(caller, *map(_I32, values[:params])))
         return 0
     except BaseException as exc:  # noqa: BLE001 (a ctypes callback must not raise: trap instead)
         trap = wasmtime.Trap(f"host import raised {type(exc).__name__}")._consume()

@@ -108,8 +108,9 @@ def _raise(error: int | None, trap: ctypes.c_void_p) -> None:
 
 
 class RawCall:
-    """One thread's calls of one module: ``open`` a Store, ``instantiate``, ``call`` exports by index,
-    ``close``. Reused call after call on the thread that made it (its structs are scratch space)."""
+    """One thread's calls of one module: ``open`` a Store, ``instantiate`` (looking up the exports a call
+    uses, in one pass), ``call`` them by index, ``close``. Reused call after call on the thread that made it:
+    its structs, and the ctypes references to them, are made once and are scratch space."""
 
     def __init__(self, engine: wasmtime.Engine, pre: wasmtime.InstancePre, exports: int) -> None:
         self._engine = engine.ptr()
@@ -123,7 +124,17 @@ class RawCall:
         self._name = ctypes.c_void_p()
         self._name_len = ctypes.c_size_t()
         self._args = (_ffi.wasmtime_val_raw_t * 2)()
-        self._memory_index = -1
+        # Made once: a reference per struct (and per export's func/memory member) for the C calls.
+        byref = ctypes.byref
+        self._instance_ref, self._trap_ref = byref(self._instance), byref(self._trap)
+        self._name_ref, self._name_len_ref = byref(self._name), byref(self._name_len)
+        self._item_refs = [byref(item) for item in self._items]
+        self._func_refs = [byref(item.of.func) for item in self._items]
+        self._memory_refs = [byref(item.of.memory) for item in self._items]
+        self._slots = (self._args[0], self._args[1])
+        self._memory_ref: Any = None
+        #: Whether export i was looked up in the open Store's instance (a stale struct names another Store).
+        self._live = [False] * exports
 
     def open(self, memory_limit: int, ticks: int, wasi: wasmtime.WasiConfig | None) -> None:
         """A fresh Store with the call's memory limit, epoch deadline and WASI context (or none)."""
@@ -135,20 +146,26 @@ class RawCall:
         if wasi is not None:
             _raise(_set_wasi(ctx, wasi._consume()), self._trap)
 
-    def instantiate(self, memory_index: int) -> None:
-        """A fresh instance in the open Store; its export ``memory_index`` is the memory host imports see."""
-        trap = self._trap
-        _raise(_instantiate(self._pre_ptr, self._ctx, ctypes.byref(self._instance), ctypes.byref(trap)), trap)
-        self._memory_index = memory_index
-        self.export(memory_index)
+    def instantiate(self, memory_index: int, exports: Sequence[int] = ()) -> None:
+        """A fresh instance in the open Store; its export ``memory_index`` is the memory host imports see.
+        ``exports``: the other exports this call uses, looked up now (negative ones are skipped)."""
+        ctx, instance, name, name_len = self._ctx, self._instance_ref, self._name_ref, self._name_len_ref
+        _raise(_instantiate(self._pre_ptr, ctx, instance, self._trap_ref), self._trap)
+        items, live = self._item_refs, self._live
+        for index in (memory_index, *exports):
+            if index >= 0:
+                if not _export_nth(ctx, instance, index, name, name_len, items[index]):
+                    raise wasmtime.WasmtimeError(f"the instance has no export {index}")
+                live[index] = True
+        self._memory_ref = self._memory_refs[memory_index]
 
     def export(self, index: int) -> Any:
         """Look export ``index`` up into its struct (``wasmtime_extern_t``), which is returned."""
-        item = self._items[index]
-        if not _export_nth(self._ctx, ctypes.byref(self._instance), index, ctypes.byref(self._name),
-                           ctypes.byref(self._name_len), ctypes.byref(item)):
+        if not _export_nth(self._ctx, self._instance_ref, index, self._name_ref, self._name_len_ref,
+                           self._item_refs[index]):
             raise wasmtime.WasmtimeError(f"the instance has no export {index}")
-        return item
+        self._live[index] = True
+        return self._items[index]
 
     def export_name(self, index: int) -> str:
         """The name of export ``index`` (a load-time check that indexes match names)."""
@@ -156,32 +173,35 @@ class RawCall:
         return ctypes.string_at(self._name.value or 0, self._name_len.value).decode("utf-8", "replace")
 
     def call(self, index: int, *args: int, results: int = 1) -> int:
-        """Call the exported function ``index`` (looked up now), whose type is ``(i32 * len(args)) -> (i32 *
-        results)``, validated at load. Returns its result (0 with no result)."""
-        item = self.export(index)
-        buffer, trap = self._args, self._trap
+        """Call the exported function ``index`` (looked up now unless ``instantiate`` did), whose type is
+        ``(i32 * len(args)) -> (i32 * results)``, validated at load. Returns its result (0 with no result)."""
+        if not self._live[index]:
+            self.export(index)
+        slots = self._slots
         for i, value in enumerate(args):
-            buffer[i].i32 = ((value & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000
-        error = _call(self._ctx, ctypes.byref(item.of.func), buffer, 2, ctypes.byref(trap))
-        _raise(error, trap)
-        return int(buffer[0].i32) if results else 0
+            slots[i].i32 = ((value & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000
+        error = _call(self._ctx, self._func_refs[index], self._args, 2, self._trap_ref)
+        if error or self._trap.value:
+            _raise(error, self._trap)
+        return int(slots[0].i32) if results else 0
 
     def memory(self, caller: wasmtime.Caller | None = None) -> GuestMemory:
         """The instance's memory as it is now; from inside a host import, pass its ``caller``."""
         ctx = self._ctx if caller is None else caller._context()
-        mem = ctypes.byref(self._items[self._memory_index].of.memory)
+        mem = self._memory_ref
         return GuestMemory.at(_memory_data(ctx, mem) or 0, _memory_size(ctx, mem))
 
     def memory_size(self) -> int:
         """Bytes of the instance's memory now (0 before instantiation)."""
-        if self._store is None or self._memory_index < 0:
+        if self._store is None or self._memory_ref is None:
             return 0
-        return int(_memory_size(self._ctx, ctypes.byref(self._items[self._memory_index].of.memory)))
+        return int(_memory_size(self._ctx, self._memory_ref))
 
     def close(self) -> None:
         """Drop the Store, and with it the instance; its slot is free again."""
         store, self._store = self._store, None
-        self._memory_index = -1
+        self._memory_ref = None
+        self._live = [False] * len(self._live)
         if store is not None:
             _store_delete(store)
 

@@ -45,6 +45,11 @@ class _Exports(NamedTuple):
     run: int
     initialize: int
 
+    @property
+    def called(self) -> tuple[int, int, int]:
+        """The functions a call uses, looked up with its instance."""
+        return self.initialize, self.alloc, self.run
+
 
 class FrameRunner(FunctionRunner):
     """``edged_alloc`` + ``edged_run`` on a fresh reactor instance; no stdin or stdout, stderr is logged."""
@@ -154,7 +159,7 @@ class FrameRunner(FunctionRunner):
             raise
         enter(ctx)
         try:
-            raw.instantiate(exports.memory)
+            raw.instantiate(exports.memory, exports.called)
             ctx.memory_view = raw.memory
             run_started = time.perf_counter()
             attempt.instantiate_ms = (run_started - t0) * 1000
