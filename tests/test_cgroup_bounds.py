@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from edged.frames import FRAME_MAGIC
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
 from tests.cgroup import MemoryCgroup, memory_cgroup
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
@@ -26,8 +27,6 @@ from tests.wat import Wat, write_wasm
 pytestmark = pytest.mark.timeout(300)
 
 MiB = 1024 * 1024
-REPO = Path(__file__).resolve().parents[1]
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
 UNIT_MEMORY_MAX = 512 * MiB
 HEAP = 65536
 SIDE_40MP = 6324  # 39.99 MP: under the default max_pixels (40,000,000)

@@ -33,18 +33,14 @@ from edged.inference.tflite import ModelRegistry, load_backend
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
+from tests.assets import CLASSIFY_WASM as WASM
+from tests.assets import DATA, LABELS, MODEL, REPO
 from tests.configs import PRELOAD_MODELS, daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.pools import call_sync
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
-MODEL_DIR = REPO / "functions" / "classify" / "model"
-MODEL = MODEL_DIR / "efficientnet_lite0.tflite"
-LABELS = MODEL_DIR / "labels.txt"
-WASM = REPO / "functions" / "classify" / "classify.wasm"
 NAME = "efficientnet_lite0"
 CATS = {"Egyptian cat", "tabby", "tiger cat"}
 MAX_PIXELS = 40_000_000

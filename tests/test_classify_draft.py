@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,13 +21,11 @@ from edged.inference.tflite import ModelRegistry
 from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.pool import FunctionPool
+from tests.assets import CLASSIFY_WASM as WASM
+from tests.assets import DATA, MODEL_DIR
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
-MODEL_DIR = REPO / "functions" / "classify" / "model"
-WASM = REPO / "functions" / "classify" / "classify.wasm"
 NAME = "efficientnet_lite0"
 SIZES = [(640, 480), (1280, 960), (1920, 1080), (2560, 1920)]
 

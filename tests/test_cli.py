@@ -16,16 +16,15 @@ from prometheus_client import generate_latest
 
 from edged.cli import DEFAULT_CONFIG, EXIT_BUSY, EXIT_CONFIG
 from edged.metrics import Metrics
+from tests.assets import CHELSEA as PHOTO
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
+from tests.assets import MODEL, REPO
 from tests.configs import daemon_config, write_config
 from tests.daemon import run_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
 DEV_CONFIG = REPO / "config" / "edged.toml"
-PHOTO = REPO / "tests" / "data" / "chelsea.jpg"
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
-MODEL = REPO / "functions" / "classify" / "model" / "efficientnet_lite0.tflite"
 
 
 def edged(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

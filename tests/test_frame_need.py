@@ -30,10 +30,10 @@ from edged.wasm.need import (
 )
 from edged.wasm.outcome import FunctionLoadError
 from edged.wasm.pool import FunctionPool
+from tests.assets import GRAYSCALE_WASM as GRAY
+from tests.assets import REPO
 from tests.images import encode, picture
 
-REPO = Path(__file__).resolve().parents[1]
-GRAY = REPO / "functions" / "grayscale" / "grayscale.wasm"
 BIG = 10**9
 
 

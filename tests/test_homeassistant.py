@@ -14,7 +14,6 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,15 +22,16 @@ from PIL import Image
 from edged.events import StoredEvent
 from edged.settings import MqttSettings
 from edged.sync.homeassistant import Discovery, object_id
+from tests.assets import CHELSEA as CHELSEA_JPG
+from tests.assets import CLASSIFY_DIR as CLASSIFY
+from tests.assets import REPO
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.mosquitto import Mosquitto, Peer
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSIFY = REPO / "functions" / "classify"
-CHELSEA = (REPO / "tests" / "data" / "chelsea.jpg").read_bytes()
+CHELSEA = CHELSEA_JPG.read_bytes()
 CATS = {"Egyptian cat", "tabby", "tiger cat"}
 ID = re.compile(r"^[A-Za-z0-9_-]+$")
 CONFIGS = "homeassistant/device/+/config"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,18 +25,14 @@ from edged.settings import FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.host.nn import NnHost
 from edged.wasm.need import frame_plan
 from edged.wasm.pool import FunctionPool
+from tests.assets import CLASSIFY_WASM as CLASSIFY
+from tests.assets import DATA, LABELS, MODEL
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
 from tests.configs import PRELOAD_MODELS
 from tests.pools import call_sync
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
-MODEL_DIR = REPO / "functions" / "classify" / "model"
-MODEL = MODEL_DIR / "efficientnet_lite0.tflite"
-LABELS = MODEL_DIR / "labels.txt"
-CLASSIFY = REPO / "functions" / "classify" / "classify.wasm"
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
 NAME = "efficientnet_lite0"
 BIG = 40_000_000
 

@@ -17,6 +17,8 @@ from PIL import Image
 
 from edged.app import App
 from edged.settings import FunctionSettings, Settings
+from tests.assets import CHELSEA as PHOTO
+from tests.assets import GRAYSCALE_WASM as GRAY
 from tests.configs import daemon_config
 from tests.test_pool import m_endless, m_grow_until_limit, m_no_output, m_ok, m_trap
 from tests.waiting import until
@@ -24,9 +26,6 @@ from tests.wat import write_wasm
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
-GRAY = REPO / "functions" / "grayscale" / "grayscale.wasm"
-PHOTO = REPO / "tests" / "data" / "chelsea.jpg"
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:

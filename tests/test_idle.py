@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
 from tests.configs import daemon_config, write_config
 from tests.daemon import run_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
 MEASURE_SECONDS = 4.0
 MAX_WAKEUPS_PER_SECOND = 5
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 
 from edged.journal import under_journald
+from tests.assets import CHELSEA as PHOTO
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
+from tests.assets import REPO
 from tests.configs import daemon_config, write_config
 from tests.waiting import wait_until
 from tests.wat import Wat, write_wasm
 
-REPO = Path(__file__).resolve().parents[1]
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
-PHOTO = REPO / "tests" / "data" / "chelsea.jpg"
 Entry = dict[str, bytes]
 
 

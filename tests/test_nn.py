@@ -27,6 +27,7 @@ from edged.wasm.abi import Errno
 from edged.wasm.host.context import CallContext, activate
 from edged.wasm.host.nn import MAX_GRAPHS, NnErrno, NnHost
 from edged.wasm.pool import FunctionLoadError, FunctionPool
+from tests.assets import CLASSIFY_WASM
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +35,6 @@ DATA = Path(__file__).parent / "data"
 TINY_F32 = DATA / "tiny_f32.tflite"
 TINY_U8 = DATA / "tiny_u8.tflite"
 LABELS = DATA / "tiny_labels.txt"
-CLASSIFY_WASM = Path(__file__).resolve().parents[1] / "functions" / "classify" / "classify.wasm"
 
 SIGNATURES = {"load": 5, "load_by_name": 3, "init_execution_context": 2, "set_input": 3, "compute": 1,
               "get_output": 5, "model_name": 4, "model_labels": 5}

@@ -16,8 +16,7 @@ from edged.metrics import Metrics
 from edged.pipeline import IngestPolicy, Pipeline
 from edged.settings import FunctionSettings, HttpSettings, MqttSettings, PoolSettings, Settings
 from edged.wasm.pool import CallResult, FunctionPool
-
-GRAY = Path(__file__).resolve().parents[1] / "functions" / "grayscale" / "grayscale.wasm"
+from tests.assets import GRAYSCALE_WASM as GRAY
 
 
 def test_http_policy_comes_from_the_http_settings() -> None:

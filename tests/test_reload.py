@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
 from tests.configs import daemon_config, write_config
 from tests.daemon import Daemon, run_daemon
 from tests.mosquitto import Mosquitto, Peer
@@ -24,8 +25,6 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[1]
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
 RELOADED = "reloaded (functions:"
 
 

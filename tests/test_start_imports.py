@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from edged.cadir import hashed_ca_directory
+from tests.assets import CLASSIFY_DIR as CLASSIFY
+from tests.assets import GRAYSCALE_WASM as GRAYSCALE
+from tests.assets import REPO
 from tests.configs import daemon_config, write_config
 
-REPO = Path(__file__).resolve().parents[1]
-GRAYSCALE = REPO / "functions" / "grayscale" / "grayscale.wasm"
-CLASSIFY = REPO / "functions" / "classify"
 #: Needed only on a path that uses them: a declared model, [deploy] enabled.
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 DEPLOY_SERVICE = ("edged.deploy", "edged.deploy.service")
