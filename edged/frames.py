@@ -92,8 +92,7 @@ class Frame:
         if not self.pixels:
             raise ValueError(f"this frame was decoded for other sizes than {size[0]}x{size[1]} only")
         img = Image.frombytes("RGB", (self.width, self.height), self.pixels)
-        return dataclasses.replace(self, width=size[0], height=size[1], resized=(),
-                                   pixels=_rgb_bytes(img.resize(size, Image.Resampling.BILINEAR)))
+        return dataclasses.replace(self, width=size[0], height=size[1], resized=(), pixels=_resized(img, size))
 
     @property
     def format_code(self) -> int:
@@ -164,9 +163,14 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
             rgb = img if img.mode == "RGB" else img.convert("RGB")
         except _CORRUPT as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
-        resized = tuple((s, _rgb_bytes(rgb.resize(s, Image.Resampling.BILINEAR))) for s in dict.fromkeys(resize_to))
+        resized = tuple((s, _resized(rgb, s)) for s in dict.fromkeys(resize_to))
         pixels = _rgb_bytes(rgb) if full else b""
     return Frame(raw=data, format=fmt, width=img.width, height=img.height, pixels=pixels, scale=scale, resized=resized)
+
+
+def _resized(img: Image.Image, size: Size) -> bytes:
+    """``img`` resized to exactly ``size`` as RGB8: the one resampling the host uses (classify's own, byte for byte)."""
+    return _rgb_bytes(img.resize(size, Image.Resampling.BILINEAR))
 
 
 def _resize_peak(sizes: Collection[Size], decoded: Size) -> int:
