@@ -114,11 +114,20 @@ def drive(make_job: Callable[[int], Job], workers: int, total: int) -> tuple[lis
 
 # -- native ------------------------------------------------------------------------------------------------
 
-#: native per call: Pillow decode + resize, tensor + invoke + top-5 (seconds)
-NATIVE_PHASES: list[tuple[float, float]] = []
+#: The phases of one call, in the order the side-by-side table prints them: (key, what it is).
+PHASES = (
+    ("decode", "decode + resize to 224x224 (edged: the host, drafted where it pays)"),
+    ("instantiate", "fresh instance (Store, limits, WASI, link, instantiate)"),
+    ("guest", "own work: float tensor from RGB8, top-5, JSON (edged: in the guest, incl. its host calls)"),
+    ("set_input", "copy the tensor into the interpreter (edged: WASI-NN set_input)"),
+    ("invoke", "TFLite invoke (edged: WASI-NN compute)"),
+    ("get_output", "copy the scores out (edged: WASI-NN get_output)"),
+    ("result", "the result object (edged: output bounds, JSON check)"),
+)
 
 
-def native_jobs(data: list[bytes], labels: list[str]) -> Callable[[int], Job]:
+def native_jobs(data: list[bytes], labels: list[str], phases: list[dict[str, float]]) -> Callable[[int], Job]:
+    """Native Pillow + TFLite jobs; each call appends its phases (seconds, PHASES' keys) to ``phases``."""
     backend = load_backend("auto")
     content = MODEL.read_bytes()
     interpreters: dict[int, Any] = {}
@@ -135,14 +144,21 @@ def native_jobs(data: list[bytes], labels: list[str]) -> Callable[[int], Job]:
         def job(k: int) -> None:
             t0 = time.perf_counter()
             with Image.open(io.BytesIO(data[k])) as img:
-                rgb = img.convert("RGB").resize((224, 224), Image.BILINEAR)
+                rgb = img.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
             t1 = time.perf_counter()
-            interpreter.set_tensor(inp, np.asarray(rgb, np.float32)[None])
+            tensor = np.asarray(rgb, np.float32)[None]
+            t2 = time.perf_counter()
+            interpreter.set_tensor(inp, tensor)
+            t3 = time.perf_counter()
             interpreter.invoke()
+            t4 = time.perf_counter()
             scores = interpreter.get_tensor(out)[0]
+            t5 = time.perf_counter()
             top = np.argsort(-scores)[:5]
             json.dumps({"label": labels[top[0]], "top": [[labels[i], float(scores[i])] for i in top]})
-            NATIVE_PHASES.append((t1 - t0, time.perf_counter() - t1))
+            t6 = time.perf_counter()
+            phases.append({"decode": t1 - t0, "instantiate": 0.0, "guest": (t2 - t1) + (t6 - t5),
+                           "set_input": t3 - t2, "invoke": t4 - t3, "get_output": t5 - t4, "result": 0.0})
 
         return job
 
@@ -151,58 +167,68 @@ def native_jobs(data: list[bytes], labels: list[str]) -> Callable[[int], Job]:
 
 # -- edged, in process (the invoke path) ---------------------------------------------------------------------
 
-#: TFLite invoke time inside WASI-NN compute() in this process (the invoke path), seconds
-COMPUTE: list[float] = []
-_compute = NnHost._compute
+#: time spent in each WASI-NN host call by the calling thread during its current call (the invoke path)
+_NN = threading.local()
+NN_CALLS = ("_set_input", "_compute", "_get_output")
 
 
-def _timed_compute(self: NnHost, *args: Any) -> Any:
-    t0 = time.perf_counter()
-    try:
-        return _compute(self, *args)
-    finally:
-        COMPUTE.append(time.perf_counter() - t0)
+def _timed(name: str) -> Callable[..., Any]:
+    original = getattr(NnHost, name)
+
+    def timed(self: NnHost, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args)
+        finally:
+            spent = getattr(_NN, "spent", None)
+            if spent is not None:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+    return timed
 
 
-NnHost._compute = _timed_compute  # type: ignore[method-assign]
+for _name in NN_CALLS:
+    setattr(NnHost, _name, _timed(_name))
 
 
 class InvokePath:
     def __init__(self, workers: int, cache: Path) -> None:
         fn = FunctionSettings(module=WASM, models=(NAME,), memory_mb=256, max_frame=MAX_FRAME, resize=RESIZE)
-        COMPUTE.clear()
         self.registry = ModelRegistry({NAME: ModelSettings(path=MODEL, labels=LABELS, threads=1)},
                                       max_interpreters=workers)
         self.registry.load()
         self.pool = FunctionPool({"classify": fn}, PoolSettings(workers=workers, queue=workers),
                                  cache, extension=NnHost(self.registry))
         self.pool.start()
-        #: per call: decode-and-call wall, CallResult duration / instantiate / run (seconds)
-        self.phases: list[tuple[float, float, float, float]] = []
+        #: per call, seconds: decode-and-call wall, CallResult duration / instantiate / run, then the time in
+        #: WASI-NN set_input / compute / get_output (host side, incl. the copies in and out of guest memory)
+        self.phases: list[tuple[float, ...]] = []
         self._lock = threading.Lock()
 
     def jobs(self, data: list[bytes]) -> Callable[[int], Job]:
         def make(worker: int) -> Job:
             def job(k: int) -> None:
+                spent: dict[str, float] = {}
+                _NN.spent = spent
                 t0 = time.perf_counter()
                 result = self.pool.decode_and_call_sync(data[k], MAX_PIXELS, "classify")
                 t1 = time.perf_counter()
+                _NN.spent = None
                 assert result.json is not None
                 with self._lock:
                     self.phases.append((t1 - t0, result.duration_ms / 1000, result.instantiate_ms / 1000,
-                                        result.run_ms / 1000))
+                                        result.run_ms / 1000, *(spent.get(n, 0.0) for n in NN_CALLS)))
 
             return job
 
         return make
 
-    def breakdown(self) -> str:
-        def med(i: int) -> float:
-            return pct([p[i] for p in self.phases], 0.5) * 1000
-
-        return (f"decode and call {med(0):.2f} ms (wall); the call in the worker {med(1):.2f} ms, of which "
-                f"instantiate {med(2):.2f}, edged_run {med(3):.2f} (guest resize, WASI-NN incl. TFLite invoke, "
-                f"JSON); WASI-NN compute {pct(COMPUTE, 0.5) * 1000:.2f} ms")
+    def breakdown(self) -> list[dict[str, float]]:
+        """Each call's phases in seconds, keyed as PHASES."""
+        return [{"decode": wall - duration, "instantiate": inst, "guest": run - set_input - compute - get_output,
+                 "set_input": set_input, "invoke": compute, "get_output": get_output,
+                 "result": duration - inst - run}
+                for wall, duration, inst, run, set_input, compute, get_output in self.phases]
 
     def close(self) -> None:
         self.pool.close()
@@ -255,6 +281,21 @@ def edged_daemon(workers: int, tmp: Path, state_dir: Path) -> Server:
 def native_server(workers: int) -> Server:
     """bench/native_server.py: the model behind a plain aiohttp server (no sandbox, no store)."""
     return Server([sys.executable, str(Path(__file__).with_name("native_server.py")), str(workers)])
+
+
+def print_phases(workers: int, native: list[dict[str, float]], invoke: list[dict[str, float]],
+                 native_p50: float, invoke_p50: float) -> None:
+    """One classify call, native and edged's invoke path side by side, phase by phase (medians, ms).
+
+    Medians of phases do not add up to the median of the whole; the last row gives the whole's p50."""
+    print(f"\n#### One classify call, phase by phase: native vs edged invoke, {workers} worker(s) (median ms)\n")
+    print("| phase | native | edged invoke | edged - native |")
+    print("| --- | --- | --- | --- |")
+    for key, what in PHASES:
+        n = pct([p[key] for p in native], 0.5) * 1000
+        e = pct([p[key] for p in invoke], 0.5) * 1000
+        print(f"| {what} | {n:.2f} | {e:.2f} | {e - n:+.2f} |")
+    print(f"| whole call, p50 | {native_p50:.2f} | {invoke_p50:.2f} | {invoke_p50 - native_p50:+.2f} |\n")
 
 
 def invoke_cli_once(cfg: Path) -> float:
@@ -319,14 +360,16 @@ def main() -> None:
     labels = LABELS.read_text().splitlines()
 
     results: dict[tuple[str, int], list[tuple[list[float], float]]] = {}
-    breakdowns: dict[int, str] = {}
+    #: (mode, workers) -> each call's phases, for the side-by-side table
+    breakdowns: dict[tuple[str, int], list[dict[str, float]]] = {}
     loads: list[float] = []
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # noqa: S108 (a private mkdtemp inside)
     with tempfile.TemporaryDirectory(prefix="classify-bench-") as tmp_name, \
             tempfile.TemporaryDirectory(prefix="classify-bench-", dir=shm) as shm_name:
         tmp = Path(tmp_name)
         for workers in worker_counts:
-            native = native_jobs(data, labels)
+            native_phases = breakdowns.setdefault(("native", workers), [])
+            native = native_jobs(data, labels, native_phases)
             invoke = InvokePath(workers, tmp / "cache")
             daemons = {"http": edged_daemon(workers, tmp, tmp / f"state-{workers}"),
                        "native-http": native_server(workers)}
@@ -345,7 +388,7 @@ def main() -> None:
                 for d in daemons.values():
                     d.close()
                 invoke.close()
-            breakdowns[workers] = invoke.breakdown()
+            breakdowns[("invoke", workers)] = invoke.breakdown()
         # A whole `edged invoke` process (imports, model load): context, not a target; quick runs skip it.
         cli = [] if args.quick or 1 not in worker_counts else [
             invoke_cli_once(tmp / "edged-1-state-1.toml") for _ in range(3)]
@@ -393,10 +436,9 @@ def main() -> None:
         for name in modes_order:
             scale = table[(name, 2)]["images_per_s"] / table[(name, 1)]["images_per_s"]
             print(f"{name} images/s, 2 workers / 1 worker: {scale:.2f}  (target >= 1.7)")
-    print(f"native, medians: Pillow decode + resize {pct([p[0] for p in NATIVE_PHASES], 0.5) * 1000:.2f} ms, "
-          f"tensor + invoke + top-5 {pct([p[1] for p in NATIVE_PHASES], 0.5) * 1000:.2f} ms")
-    for workers, text in breakdowns.items():
-        print(f"invoke path, {workers} worker(s), medians: {text}")
+    for workers in worker_counts:
+        print_phases(workers, breakdowns[("native", workers)], breakdowns[("invoke", workers)],
+                     table[("native", workers)]["p50_ms"], table[("invoke", workers)]["p50_ms"])
     print(f"CPU busy (other processes) before each round: {', '.join(f'{x:.0%}' for x in loads)}")
     if cli:
         print(f"\none `edged invoke classify chelsea.jpg` process, start to exit: "
