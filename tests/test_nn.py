@@ -25,7 +25,8 @@ from edged.inference.tflite import Backend, BackendUnavailable, Interpreter, Mod
 from edged.settings import ConfigError, FunctionSettings, ModelSettings, PoolSettings
 from edged.wasm.abi import Errno
 from edged.wasm.host.context import CallContext, activate
-from edged.wasm.host.nn import MAX_GRAPHS, NnErrno, NnHost
+from edged.wasm.host.nn import NnHost
+from edged.wasm.host.nn_state import MAX_GRAPHS, NnErrno
 from edged.wasm.pool import FunctionLoadError, FunctionPool
 from tests.assets import CLASSIFY_WASM
 

@@ -37,124 +37,25 @@ the interpreters it borrowed.
 
 from __future__ import annotations
 
-import enum
 import logging
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import wasmtime
 
-from edged.inference.tflite import WASI_NN_TYPES, Lease, Model, ModelError, ModelRegistry
+from edged.inference.tflite import Model, ModelError, ModelRegistry
 from edged.settings import FunctionSettings
-from edged.wasm.host import models
+from edged.wasm.host import models, nn_state
 from edged.wasm.host.context import CallContext, current
-from edged.wasm.host.guard import Errnos, Refused, host_function
+from edged.wasm.host.guard import Refused, host_function
+from edged.wasm.host.nn_state import NnCall, NnContext, NnErrno, NnGrant
 from edged.wasm.memory import GuestMemory, u32
 from edged.wasm.rawcall import define_i32
 
-__all__ = [
-    "ENCODING_TFLITE",
-    "MAX_CONTEXTS",
-    "MAX_GRAPHS",
-    "MODULE",
-    "NnCall",
-    "NnErrno",
-    "NnGrant",
-    "NnHost",
-]
+__all__ = ["NnHost"]
 
 log = logging.getLogger(__name__)
-
-MODULE = "wasi_ephemeral_nn"
-#: Key of the per-call state in ``CallContext.extensions``.
-EXTENSION = "wasi_nn"
-ENCODING_TFLITE = 4
-_TARGET_CPU, _TARGETS = 0, (0, 1, 2)
-MAX_GRAPHS = 4
-MAX_CONTEXTS = 4
-#: Guest-supplied model bytes per call (``load`` with ``allow_model_bytes``).
-MAX_GUEST_MODELS = 1
-_MAX_RANK = 8
-_MAX_NAME = 256
-_TENSOR = struct.Struct("<IIBxxxII")
-_BUILDER = struct.Struct("<II")
-_DTYPES = {code: dtype for dtype, code in WASI_NN_TYPES.items()}
-
-
-class NnErrno(enum.IntEnum):
-    """The preview1 ``nn_errno`` values."""
-
-    SUCCESS = 0
-    INVALID_ARGUMENT = 1
-    INVALID_ENCODING = 2
-    MISSING_MEMORY = 3
-    BUSY = 4
-    RUNTIME_ERROR = 5
-    UNSUPPORTED_OPERATION = 6
-    TOO_LARGE = 7
-    NOT_FOUND = 8
-
-
-#: Errnos that mean "not granted": logged at WARNING (once per call), the rest at DEBUG.
-_REFUSALS = frozenset({NnErrno.NOT_FOUND, NnErrno.UNSUPPORTED_OPERATION})
-#: What the guard answers: a pointer outside guest memory, and anything unexpected in the host.
-_ERRNOS = Errnos(invalid_argument=NnErrno.INVALID_ARGUMENT, unexpected=NnErrno.RUNTIME_ERROR)
-
-
-def _errno_name(errno: int) -> str:
-    try:
-        return NnErrno(errno).name
-    except ValueError:
-        return str(errno)
-
-
-@dataclass(frozen=True, slots=True)
-class NnGrant:
-    """What one function may load."""
-
-    function: str
-    models: frozenset[str]
-    allow_model_bytes: bool
-
-    @classmethod
-    def of(cls, name: str, fn: FunctionSettings) -> NnGrant:
-        return cls(name, frozenset(fn.models), fn.allow_model_bytes)
-
-
-@dataclass(slots=True)
-class _Context:
-    model: Model
-    lease: Lease
-    inputs_set: set[int] = field(default_factory=set)
-    computed: bool = False
-
-
-@dataclass(slots=True)
-class NnCall:
-    """One call's WASI-NN state: handles to graphs and execution contexts, released by ``close``."""
-
-    #: The call's deadline (time.monotonic()); host code is not interrupted by epochs, so waits honour it.
-    deadline: float = float("inf")
-    graphs: list[Model] = field(default_factory=list)
-    contexts: list[_Context] = field(default_factory=list)
-    #: Models built from guest bytes in this call; dropped with it.
-    owned: list[Model] = field(default_factory=list)
-    #: The last errno's reason, for the call's failure detail and tests.
-    last_error: str | None = None
-    #: Refusals are logged at WARNING once per call (a guest could otherwise flood the log).
-    warned: bool = False
-
-    def close(self) -> None:
-        for ctx in self.contexts:
-            ctx.lease.release()
-        for model in self.owned:
-            model.close()
-        self.contexts.clear()
-        self.graphs.clear()
-        self.owned.clear()
 
 
 class NnHost:
@@ -178,7 +79,7 @@ class NnHost:
         if self.granted(settings):
             return None
         wanted = sorted({f"{imp.module}.{imp.name}" for imp in module.imports
-                         if imp.module == MODULE or (imp.module == "edged" and imp.name in models.IMPORTS)})
+                         if imp.module == nn_state.MODULE or (imp.module == "edged" and imp.name in models.IMPORTS)})
         if not wanted:
             return None
         return (f"the module imports {', '.join(wanted)} but the function may load no model: "
@@ -198,24 +99,24 @@ class NnHost:
             "get_output": (5, self._get_output),
         }
         for import_name, (params, impl) in imports.items():
-            define_i32(linker, MODULE, import_name, params, self._guarded(import_name, grant, impl))
+            define_i32(linker, nn_state.MODULE, import_name, params, self._guarded(import_name, grant, impl))
         # The model declarations, so a function needs no file access to find its model and labels.
         for import_name, host in models.model_imports(self.registry, tuple(settings.models)).items():
             define_i32(linker, "edged", import_name, models.IMPORTS[import_name], host)
 
     def end_call(self, ctx: CallContext) -> None:
         """The call is over: give back its interpreters and drop its graphs (on the call's thread)."""
-        state = ctx.extensions.pop(EXTENSION, None)
+        state = ctx.extensions.pop(nn_state.EXTENSION, None)
         if isinstance(state, NnCall):
             state.close()
 
     @staticmethod
     def state(ctx: CallContext) -> NnCall:
         """The call's WASI-NN state, created on its first import."""
-        state = ctx.extensions.get(EXTENSION)
+        state = ctx.extensions.get(nn_state.EXTENSION)
         if not isinstance(state, NnCall):
             state = NnCall(deadline=ctx.deadline)
-            ctx.extensions[EXTENSION] = state
+            ctx.extensions[nn_state.EXTENSION] = state
         return state
 
     # -- the boundary ----------------------------------------------------------------------------------
@@ -224,16 +125,16 @@ class NnHost:
                  impl: Callable[..., NnErrno]) -> Callable[..., int]:
         def report(_name: str, errno: int, detail: str) -> None:
             ctx = current()
-            call = ctx.extensions.get(EXTENSION) if ctx is not None else None
+            call = ctx.extensions.get(nn_state.EXTENSION) if ctx is not None else None
             level = logging.DEBUG
             if isinstance(call, NnCall):
                 call.last_error = f"{import_name}: {detail}"
-                if errno in _REFUSALS and not call.warned:
+                if errno in nn_state.REFUSALS and not call.warned:
                     call.warned, level = True, logging.WARNING
-            log.log(level, "%s: %s.%s -> %s: %s", grant.function, MODULE, import_name, _errno_name(errno), detail,
-                    extra={"FUNCTION": grant.function})
+            log.log(level, "%s: %s.%s -> %s: %s", grant.function, nn_state.MODULE, import_name,
+                    nn_state.errno_name(errno), detail, extra={"FUNCTION": grant.function})
 
-        @host_function(f"{MODULE}.{import_name}", _ERRNOS, report)
+        @host_function(f"{nn_state.MODULE}.{import_name}", nn_state.ERRNOS, report)
         def host(caller: wasmtime.Caller, *args: int) -> int:
             ctx = current()
             if ctx is None:
@@ -250,8 +151,8 @@ class NnHost:
 
     @staticmethod
     def _add_graph(call: NnCall, model: Model) -> int:
-        if len(call.graphs) >= MAX_GRAPHS:
-            raise Refused(NnErrno.BUSY, f"a call may hold at most {MAX_GRAPHS} graphs")
+        if len(call.graphs) >= nn_state.MAX_GRAPHS:
+            raise Refused(NnErrno.BUSY, f"a call may hold at most {nn_state.MAX_GRAPHS} graphs")
         call.graphs.append(model)
         return len(call.graphs) - 1
 
@@ -260,18 +161,18 @@ class NnHost:
         if not grant.allow_model_bytes:
             raise Refused(NnErrno.UNSUPPORTED_OPERATION,
                         "loading model bytes from the guest is not granted (allow_model_bytes)")
-        if encoding != ENCODING_TFLITE:
+        if encoding != nn_state.ENCODING_TFLITE:
             raise Refused(NnErrno.INVALID_ENCODING, f"encoding {encoding}: only tensorflowlite (4) is available")
-        if target not in _TARGETS:
+        if target not in nn_state.TARGETS:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"execution target {target} is not cpu, gpu or tpu")
-        if target != _TARGET_CPU:
+        if target != nn_state.TARGET_CPU:
             raise Refused(NnErrno.UNSUPPORTED_OPERATION, f"execution target {target}: only cpu (0) is available")
         if builders_len != 1:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"a TFLite graph is one builder, not {builders_len}")
-        if len(call.owned) >= MAX_GUEST_MODELS:
-            raise Refused(NnErrno.BUSY, f"at most {MAX_GUEST_MODELS} guest-supplied model(s) per call")
+        if len(call.owned) >= nn_state.MAX_GUEST_MODELS:
+            raise Refused(NnErrno.BUSY, f"at most {nn_state.MAX_GUEST_MODELS} guest-supplied model(s) per call")
         mem.view(graph_out, 4, "graph_out")
-        data_ptr, data_len = _BUILDER.unpack(mem.view(builders_ptr, _BUILDER.size, "builder array"))
+        data_ptr, data_len = nn_state.BUILDER.unpack(mem.view(builders_ptr, nn_state.BUILDER.size, "builder array"))
         if data_len > self.max_model_bytes:
             raise Refused(NnErrno.TOO_LARGE, f"model of {data_len} bytes is over {self.max_model_bytes}")
         content = bytes(mem.view(data_ptr, data_len, "model bytes"))
@@ -286,7 +187,7 @@ class NnHost:
 
     def _load_by_name(self, call: NnCall, grant: NnGrant, mem: GuestMemory, name_ptr: int, name_len: int,
                       graph_out: int) -> NnErrno:
-        if name_len > _MAX_NAME:
+        if name_len > nn_state.MAX_NAME:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"model name of {name_len} bytes")
         mem.view(graph_out, 4, "graph_out")
         try:
@@ -308,8 +209,8 @@ class NnHost:
         model = call.graphs[graph]
         if any(ctx.model is model for ctx in call.contexts):
             raise Refused(NnErrno.BUSY, f"this call already has an execution context for model {model.name!r}")
-        if len(call.contexts) >= MAX_CONTEXTS:
-            raise Refused(NnErrno.BUSY, f"a call may hold at most {MAX_CONTEXTS} execution contexts")
+        if len(call.contexts) >= nn_state.MAX_CONTEXTS:
+            raise Refused(NnErrno.BUSY, f"a call may hold at most {nn_state.MAX_CONTEXTS} execution contexts")
         timeout = max(0.0, min(self.checkout_timeout, call.deadline - time.monotonic()))
         try:
             lease = model.checkout(timeout)
@@ -317,12 +218,12 @@ class NnHost:
             raise Refused(NnErrno.RUNTIME_ERROR, str(exc)) from exc
         if lease is None:
             raise Refused(NnErrno.BUSY, f"no interpreter of {model.name!r} free within {timeout:.3f} s")
-        call.contexts.append(_Context(model, lease))
+        call.contexts.append(NnContext(model, lease))
         mem.write_u32(ctx_out, len(call.contexts) - 1, "context_out")
         return NnErrno.SUCCESS
 
     @staticmethod
-    def _context(call: NnCall, ctx: int) -> _Context:
+    def _context(call: NnCall, ctx: int) -> NnContext:
         if ctx >= len(call.contexts):
             raise Refused(NnErrno.INVALID_ARGUMENT, f"no execution context {ctx}")
         return call.contexts[ctx]
@@ -334,12 +235,12 @@ class NnHost:
         if index >= len(inputs):
             raise Refused(NnErrno.INVALID_ARGUMENT, f"input {index}: the model has {len(inputs)} input(s)")
         spec = inputs[index]
-        dims_ptr, dims_len, type_code, data_ptr, data_len = _TENSOR.unpack(
-            mem.view(tensor_ptr, _TENSOR.size, "tensor"))
-        if dims_len > _MAX_RANK:
+        dims_ptr, dims_len, type_code, data_ptr, data_len = nn_state.TENSOR.unpack(
+            mem.view(tensor_ptr, nn_state.TENSOR.size, "tensor"))
+        if dims_len > nn_state.MAX_RANK:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"tensor of rank {dims_len}")
         dims = mem.u32s(dims_ptr, dims_len, "tensor dimensions")
-        dtype = _DTYPES.get(type_code)
+        dtype = nn_state.DTYPES.get(type_code)
         if dtype is None:
             raise Refused(NnErrno.INVALID_ARGUMENT, f"unknown tensor type {type_code}")
         if dtype != spec.dtype:
