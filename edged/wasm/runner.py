@@ -162,6 +162,7 @@ class FunctionRunner(ABC):
         for preopen in self.settings.preopens:
             wasi.preopen_dir(str(preopen.host), preopen.guest, fs_mutable=preopen.writable)
         if scratch is not None:
+            scratch.arm()
             self._stdio(wasi, scratch)
         return wasi
 
