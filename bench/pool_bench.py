@@ -109,6 +109,12 @@ class Calls:
     def decode(self, data: bytes, max_pixels: int) -> Frame:
         return self._loop().run_until_complete(self.pool.decode(data, max_pixels))
 
+    def decode_and_call(self, name: str, data: bytes) -> CallResult:
+        """Decode and call in one hand-off, as HTTP and MQTT run one function."""
+        _frame, result = self._loop().run_until_complete(self.pool.decode_and_call(data, 50_000_000, name))
+        assert isinstance(result, CallResult), result
+        return result
+
 
 def jpeg(size: tuple[int, int]) -> bytes:
     with Image.open(PHOTO) as img:
@@ -317,6 +323,8 @@ def latency_tables(n: int, tmp: Path) -> None:
                       timed(lambda d=data: calls.decode(d, 50_000_000), k)))
             print(row(f"{tag} edged fresh instance, frame-v1, host decode",
                       timed(lambda d=data: calls.call("gray", calls.decode(d, 50_000_000)), k)))
+            print(row(f"{tag}   decode and call in one hand-off (HTTP's path)",
+                      timed(lambda d=data: calls.decode_and_call("gray", d), k)))
             print(row(f"{tag}   of which the call (frame given)", timed(lambda f=frame: calls.call("gray", f), k)))
             print(row(f"{tag} reused instance, frame given", timed(lambda f=frame: reused(f), k)))
             print(row(f"{tag} edged fresh instance, frame-v1, sandbox decode",
