@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edged.decode_guard import GuardedReader, check_structure, decode_cost, limit_pillow_text
 from edged.errors import BadImage, ImageError, TooManyPixels, UnsupportedFormat
+from edged.rgb8 import Picture, exportable, packed
 
 __all__ = [
     "FORMAT_CODES",
@@ -76,11 +77,24 @@ class Frame:
     #: The pixels resized (Pillow's bilinear) to the sizes ``decode`` was asked for, as (size, RGB8) pairs.
     #: ``pixels`` is empty when no function needed them as decoded.
     resized: tuple[tuple[Size, bytes], ...] = ()
+    #: The decoded picture as Pillow holds it (4 bytes a pixel), kept instead of ``pixels`` when ``decode``
+    #: was asked to (``keep``): a sandbox packs it straight into its memory (edged.rgb8), see ``rgb8``.
+    picture: Picture | None = None
 
     @property
     def pixel_bytes(self) -> int:
         """The bytes of pixels it holds, at every size."""
-        return len(self.pixels) + sum(len(pixels) for _, pixels in self.resized)
+        held = 4 * self.width * self.height if self.picture is not None else 0
+        return held + len(self.pixels) + sum(len(pixels) for _, pixels in self.resized)
+
+    def rgb8(self) -> bytes:
+        """The pixels as decoded, RGB8: ``pixels``, else packed from the kept ``picture`` now."""
+        if self.pixels or self.picture is None:
+            return self.pixels
+        pixels = packed(self.picture, self.width, self.height)
+        if pixels is None:  # decode keeps only a picture edged.rgb8 reads
+            raise RuntimeError("the kept picture could not be packed")
+        return pixels
 
     def at_size(self, size: Size) -> Frame:
         """This frame resized to exactly ``size``: the one ``decode`` made, else resized from ``pixels`` now."""
@@ -89,10 +103,11 @@ class Frame:
                 return dataclasses.replace(self, width=size[0], height=size[1], pixels=pixels, resized=())
         if (self.width, self.height) == size:
             return dataclasses.replace(self, resized=())
-        if not self.pixels:
+        if not self.pixels and self.picture is None:
             raise ValueError(f"this frame was decoded for other sizes than {size[0]}x{size[1]} only")
-        img = Image.frombytes("RGB", (self.width, self.height), self.pixels)
-        return dataclasses.replace(self, width=size[0], height=size[1], resized=(), pixels=_resized(img, size))
+        img = Image.frombytes("RGB", (self.width, self.height), self.rgb8())
+        return dataclasses.replace(self, width=size[0], height=size[1], resized=(), pixels=_resized(img, size),
+                                   picture=None)
 
     @property
     def format_code(self) -> int:
@@ -138,7 +153,7 @@ def read_header(data: bytes, *, max_pixels: int, deadline: float | None = None,
 def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
            cancel: threading.Event | None = None,
            admit: Callable[[ImageHeader], None] | None = None, need: FrameNeed = None,
-           resize_to: Collection[Size] = (), full: bool = True) -> Frame:
+           resize_to: Collection[Size] = (), full: bool = True, keep: bool = False) -> Frame:
     """Decode ``data`` into a Frame; raise BadImage, UnsupportedFormat, TooManyPixels or ImageTooComplex.
 
     ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set from another thread) are checked
@@ -148,6 +163,8 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
     at least twice that size in both dimensions is decoded smaller (DCT scaling), never below it; the
     pixel limit and the structure checks apply to the file's full size all the same. ``resize_to``: sizes the
     frame also gets its pixels at (``Frame.resized``), resized once here; without ``full`` only those.
+    ``keep``: hold the full-size picture as Pillow decoded it (``Frame.picture``) instead of packing it
+    into ``pixels``, when edged.rgb8 can read it; the one sandbox it goes to packs it into its memory.
     """
     reader = GuardedReader(data, deadline, cancel)
     with _open(data, reader, max_pixels) as img:
@@ -164,8 +181,10 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
         except _CORRUPT as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
         resized = tuple((s, _resized(rgb, s)) for s in dict.fromkeys(resize_to))
-        pixels = _rgb_bytes(rgb) if full else b""
-    return Frame(raw=data, format=fmt, width=img.width, height=img.height, pixels=pixels, scale=scale, resized=resized)
+        picture = rgb.im if full and keep and exportable(rgb.im, rgb.width * rgb.height) else None
+        pixels = _rgb_bytes(rgb) if full and picture is None else b""
+    return Frame(raw=data, format=fmt, width=img.width, height=img.height, pixels=pixels, scale=scale, resized=resized,
+                 picture=picture)
 
 
 def _resized(img: Image.Image, size: Size) -> bytes:

@@ -317,15 +317,16 @@ class FunctionPool(PoolState):
 
     def _decode_now(self, data: bytes, max_pixels: int, timeout_ms: int | None, hold: FrameHold,
                     release: bool, plan: FramePlan, digest: bool = False,
-                    sha256: str | None = None) -> tuple[Frame, float]:
+                    sha256: str | None = None, keep: bool = False) -> tuple[Frame, float]:
         """Decode within ``timeout_ms`` from now, as ``plan`` says; return the frame and when this started.
         ``hold`` keeps the pixels reserved unless ``release`` (released on any error). With ``digest`` the
-        frame carries ``sha256`` (hashed here when not given)."""
+        frame carries ``sha256`` (hashed here when not given); with ``keep`` its picture, for the one runner
+        that packs it into its sandbox (edged.rgb8)."""
         started = time.monotonic()
         deadline = None if timeout_ms is None else started + timeout_ms / 1000
         try:
             frame = decode(data, max_pixels=max_pixels, deadline=deadline, cancel=self._cancel, admit=hold.admit,
-                           need=plan.need, resize_to=plan.resize_to, full=plan.full)
+                           need=plan.need, resize_to=plan.resize_to, full=plan.full, keep=keep)
         except BaseException:
             hold.release()
             raise
@@ -341,7 +342,8 @@ class FunctionPool(PoolState):
                         sha256: str | None = None) -> tuple[Frame, CallResult | FunctionError]:
         hold = FrameHold(self.budget)
         frame, started = self._decode_now(data, max_pixels, runner.settings.timeout_ms, hold, False,
-                                          frame_plan([(runner.settings, runner.need)]), digest, sha256)
+                                          frame_plan([(runner.settings, runner.need)]), digest, sha256,
+                                          runner.packs_pictures)
         try:
             return frame, self._run(runner, frame, started, digest)
         except FunctionError as exc:

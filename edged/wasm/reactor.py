@@ -15,6 +15,7 @@ import wasmtime
 
 from edged.errors import BadOutput, FunctionError
 from edged.frames import Frame
+from edged.rgb8 import pack_into
 from edged.settings import FunctionSettings
 from edged.wasm import rawstore
 from edged.wasm.abi import ABI_VERSION, HEADER_SIZE, KIND_FRAME, KIND_RAW, Output, pack_header
@@ -61,6 +62,7 @@ class FrameRunner(FunctionRunner):
         super().__init__(name, settings, module, engine, tick_ms, extension)
         self._has_initialize = any(e.name == "_initialize" for e in module.exports)
         self._raw_input = settings.input == "raw"
+        self.packs_pictures = not self._raw_input
         #: Set at load when calls may take the raw path (edged.wasm.rawstore).
         self._exports: _Exports | None = None
 
@@ -122,22 +124,30 @@ class FrameRunner(FunctionRunner):
     def _stdio(self, wasi: wasmtime.WasiConfig, scratch: Scratch) -> None:
         wasi.stderr_file = str(scratch.stderr)
 
-    def _input(self, frame: Frame) -> tuple[bytes, bytes]:
-        """The header and data handed to ``edged_alloc``'s buffer."""
+    def _input(self, frame: Frame) -> tuple[bytes, int, bytes | None]:
+        """The header, the data's length and the data handed to ``edged_alloc``'s buffer; data None: the
+        frame's kept picture, packed straight into that buffer (edged.rgb8)."""
         if self._raw_input:
             data = frame.raw
-            return pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data)), data
-        data = frame.pixels
-        return pack_header(KIND_FRAME, frame.width, frame.height, 3, frame.format_code, len(data)), data
+            return pack_header(KIND_RAW, 0, 0, 0, frame.format_code, len(data)), len(data), data
+        direct = not frame.pixels and frame.picture is not None
+        length = 3 * frame.width * frame.height if direct else len(frame.pixels)
+        header = pack_header(KIND_FRAME, frame.width, frame.height, 3, frame.format_code, length)
+        return header, length, None if direct else frame.pixels
 
     @staticmethod
-    def _hand_over(guest: GuestMemory, ptr: int, header: bytes, data: bytes, attempt: Attempt) -> bool:
-        """Copy the input to the guest's buffer at ``ptr``; False (and why, in ``attempt``) when it is outside."""
+    def _hand_over(guest: GuestMemory, ptr: int, header: bytes, frame: Frame, data: bytes | None, length: int,
+                   attempt: Attempt) -> bool:
+        """Put the input in the guest's buffer at ``ptr``; False (and why, in ``attempt``) when it is outside."""
         try:
             guest.write(ptr, header)
-            guest.write(ptr + HEADER_SIZE, data)
+            if data is not None:
+                guest.write(ptr + HEADER_SIZE, data)
+            elif frame.picture is None or not pack_into(frame.picture, frame.width, frame.height,
+                                                        guest.view(ptr + HEADER_SIZE, length)):
+                guest.write(ptr + HEADER_SIZE, frame.rgb8())
         except GuestMemoryError as exc:
-            attempt.bad_pointer = f"edged_alloc({HEADER_SIZE + len(data)}) returned {ptr:#x}: {exc}"
+            attempt.bad_pointer = f"edged_alloc({HEADER_SIZE + length}) returned {ptr:#x}: {exc}"
             return False
         return True
 
@@ -180,21 +190,22 @@ class FrameRunner(FunctionRunner):
         return attempt
 
     def _run_raw(self, raw: rawstore.RawCall, exports: _Exports, frame: Frame, attempt: Attempt) -> None:
-        header, data = self._input(frame)
-        total = HEADER_SIZE + len(data)
+        header, length, data = self._input(frame)
+        total = HEADER_SIZE + length
         if exports.initialize >= 0:
             raw.call(exports.initialize, results=0)
         ptr = u32(raw.call(exports.alloc, total))
         if ptr == 0:
             attempt.alloc_failed = total
             return
-        if self._hand_over(raw.memory(), ptr, header, data, attempt):  # after edged_alloc, which may grow it
+        # After edged_alloc, which may have grown the memory.
+        if self._hand_over(raw.memory(), ptr, header, frame, data, length, attempt):
             attempt.status = raw.call(exports.run, ptr, total)
 
     def _run(self, store: wasmtime.Store, instance: wasmtime.Instance, memory: wasmtime.Memory | None,
              frame: Frame, attempt: Attempt) -> None:
-        header, data = self._input(frame)
-        total = HEADER_SIZE + len(data)
+        header, length, data = self._input(frame)
+        total = HEADER_SIZE + length
         self._initialize(store, instance)
         alloc, run = export(store, instance, "edged_alloc"), export(store, instance, "edged_run")
         if memory is None or not isinstance(alloc, wasmtime.Func) or not isinstance(run, wasmtime.Func):
@@ -206,7 +217,7 @@ class FrameRunner(FunctionRunner):
             attempt.alloc_failed = total
             return
         # After edged_alloc, which may have grown the memory.
-        if self._hand_over(GuestMemory(memory, store), ptr, header, data, attempt):
+        if self._hand_over(GuestMemory(memory, store), ptr, header, frame, data, length, attempt):
             attempt.status = call_i32(store, run, ptr, total)
 
     def _refused(self, ctx: CallContext, scratch: Scratch) -> FunctionError | None:

@@ -57,6 +57,8 @@ class FunctionRunner(ABC):
 
     #: The ``abi`` setting this runner speaks.
     abi: ClassVar[str]
+    #: Whether its calls take a frame's kept picture (``decode(keep=True)``) and pack it themselves.
+    packs_pictures: bool = False
 
     def __init__(self, name: str, settings: FunctionSettings, module: wasmtime.Module, engine: wasmtime.Engine,
                  tick_ms: float, extension: HostExtension | None) -> None:
@@ -160,6 +162,7 @@ class FunctionRunner(ABC):
         for preopen in self.settings.preopens:
             wasi.preopen_dir(str(preopen.host), preopen.guest, fs_mutable=preopen.writable)
         if scratch is not None:
+            scratch.arm()
             self._stdio(wasi, scratch)
         return wasi
 

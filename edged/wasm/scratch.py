@@ -154,10 +154,15 @@ class Scratch:
         self.cuts = 0
         self._lock = threading.Lock()
         self._stdio_used = False
+        # Whether a WASI context may be writing these files (from ``armed`` to ``reset``): the ticker checks
+        # them only then. Most calls have none (frame-v1 without WASI): no fstat per tick for them.
+        self._armed = False
         self._closed = False
 
     def enforce_limits(self) -> None:
         """Cut a stream holding more than its limit back to limit + 1 byte (from the ticker thread)."""
+        if not self._armed:  # read without the lock: a call arms it before its WASI context exists
+            return
         with self._lock:
             if self._closed:
                 return
@@ -165,6 +170,10 @@ class Scratch:
                 if os.fstat(fd).st_blocks * 512 > limit + _PAGE:
                     os.ftruncate(fd, limit + 1)
                     self.cuts += 1
+
+    def arm(self) -> None:
+        """A WASI context is about to get these files: the ticker watches them until ``reset``."""
+        self._armed = True
 
     def write_stdin(self, data: bytes) -> None:
         self._stdio_used = True
@@ -195,6 +204,7 @@ class Scratch:
         """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls.
         ``stderr=False``: the call could not write stderr (no WASI context), so it is still empty."""
         with self._lock:
+            self._armed = False
             if stderr:
                 os.ftruncate(self._err_fd, 0)
             if self._stdio_used:  # only wasi-command calls have stdin and stdout
