@@ -35,6 +35,7 @@ from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.reload import read_checked, reloadable, restart_needed
 from edged.settings import ConfigError, FunctionSettings, Settings
+from edged.startgc import resume as resume_gc
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
@@ -262,6 +263,7 @@ async def run(settings: Settings, config_path: Path | None = None) -> int:
         names = _names(settings)
         app.notifier.ready(f"serving on port {app.http_port}; functions: {names}")
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
+        resume_gc(freeze=True)  # start's cycles collected, its survivors never walked again (edged.startgc)
         trim_heap()  # what startup freed (imports, the model probe) goes back before the daemon idles
         await stop.wait()
         log.info("stopping")
