@@ -41,14 +41,13 @@ from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
-from edged.sync.homeassistant import Discovery
-from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool, model_registry
 from edged.wasm.host.nn import NnHost
 
-if TYPE_CHECKING:  # the deploy service is imported at start only when [deploy] enabled
+if TYPE_CHECKING:  # imported at start only when enabled: the deploy service, MQTT's results (paho)
     from edged.deploy import Deployer
+    from edged.sync.mqtt_results import ResultPublisher
 
 __all__ = ["App", "ListenError", "run"]
 
@@ -100,6 +99,9 @@ class App:
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
         self.results: ResultPublisher | None = None
         if settings.mqtt.enabled:
+            from edged.sync.homeassistant import Discovery
+            from edged.sync.mqtt_results import ResultPublisher
+
             discovery = None
             if settings.mqtt.homeassistant.enabled:
                 discovery = Discovery(settings.mqtt, settings.device_id, __version__)
