@@ -123,17 +123,22 @@ class App:
         log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
                  origin, self.settings.limits.reserve_mb)
         log.info("result images stored for: %s", ", ".join(self.settings.image_readers) or "no reader (metadata only)")
+        # The models load beside the store and the pool: most of it is the TFLite probe's allocation, which
+        # releases the GIL. Shielded: a thread cannot be stopped, so it is always waited for (_settle).
+        loading = asyncio.ensure_future(asyncio.to_thread(self.models.load))
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)
-            await self._stack.enter_async_context(self.models)
+            self._stack.push_async_exit(self.models)  # left after the pool, as if entered here
             self._stack.callback(lambda: self._models_now.close())  # the latest, if a reload replaced it
             await self._stack.enter_async_context(self.pool)
+            await asyncio.shield(loading)  # a bad model stops start here, before anything listens
             if self.results is not None:
                 await self._stack.enter_async_context(self.results)  # closed after ingest stops
             await self._stack.enter_async_context(self.mqtt)
             await self._stack.enter_async_context(self._serve_http())
         except BaseException:
+            await _settle(loading)
             await self._stack.aclose()
             raise
         return self
@@ -239,6 +244,13 @@ class App:
         if self.deployer is not None:
             loops["edged.deploy.rollback"] = self.deployer.run()
         return loops
+
+
+async def _settle(loading: asyncio.Future[None]) -> None:
+    """Wait until the models' load is over, whatever its outcome (the error that stops start is raised)."""
+    await asyncio.wait([loading])
+    if not loading.cancelled():
+        loading.exception()  # retrieved: the start already fails with an error of its own
 
 
 def _names(settings: Settings) -> str:
