@@ -38,7 +38,7 @@ VENV = f"{GUEST}/root/opt/edged/.venv/bin/python"
 TIMEOUT = 3600.0
 NOT_MEASURED = "not measured: no arm64 rootfs, run make cross-test (CROSS_WORK={work})"
 #: What the guest copy of the repo needs: the bench, its helpers, the modules and the model.
-COPIED = ("bench/start_bench.py", "tests/configs.py", "tests/daemon.py", "tests/waiting.py")
+COPIED = ("bench/start_bench.py", "bench/start_floor.py", "tests/configs.py", "tests/daemon.py", "tests/waiting.py")
 
 
 def cross_work() -> Path:
@@ -154,6 +154,10 @@ def report(figures: dict[str, Any]) -> None:
     for name, key in (("cold (empty module cache)", "cold_s"), ("warm (module cache filled)", "warm_s")):
         values = figures[key]
         print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+    if "floor" in figures:  # a rootfs bench older than the floor has none
+        from bench.start_bench import floor_table
+
+        floor_table(figures["floor"], figures["warm_s"], " — emulated aarch64")
     print("\n| process | native x86_64 s | emulated aarch64 s | ratio |\n|---|---|---|---|")
     for label, pair in figures["emulation"].items():
         print(f"| `{label}` | {pair['native_s']:.3f} | {pair['emulated_s']:.3f} | "

@@ -8,6 +8,10 @@ Idle RSS is read from /proc once the daemon has been ready and untouched for ``-
 
 The daemon's Python sources are byte-compiled first (``compileall``), as ``pip install`` does on a device:
 with ``PYTHONDONTWRITEBYTECODE`` set, every start would otherwise compile ~110 edged modules from source.
+Beside each warm start (interleaved, one of each per round) it times the floor, bench/start_floor.py: the
+bare interpreter, the imports serving cannot do without, and the same ready state (cached modules, model
+validated, listening) with nothing of edged, in a table of its own.
+
 ``--tree DIR`` (repeatable) starts the daemon from other source trees too, one run of each in turn
 (old/new side by side under the same load); the first tree's figures go to ``--json``. ``--aarch64``
 measures the same starts inside the emulated arm64 Debian of ``make cross-test`` (bench/start_aarch64.py).
@@ -39,6 +43,7 @@ from tests.daemon import Daemon  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 CLASSIFY = ROOT / "functions" / "classify"
+MODEL = CLASSIFY / "model" / "efficientnet_lite0.tflite"
 START_SECONDS = 120.0
 
 
@@ -48,7 +53,7 @@ def config(path: Path, state_dir: Path) -> Path:
         functions={"grayscale": {"module": ROOT / "functions" / "grayscale" / "grayscale.wasm"},
                    "classify": {"module": CLASSIFY / "classify.wasm", "memory_mb": 256,
                                 "models": ["efficientnet_lite0"]}},
-        models={"efficientnet_lite0": {"path": CLASSIFY / "model" / "efficientnet_lite0.tflite",
+        models={"efficientnet_lite0": {"path": MODEL,
                                        "labels": CLASSIFY / "model" / "labels.txt"}}))
 
 
@@ -73,16 +78,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_once(cfg: Path, settle: float, tree: Path = ROOT,
-               timeout: float = START_SECONDS) -> tuple[float, float, float]:
-    """One start: seconds from spawn to the first /readyz 200, the CPU seconds the daemon used until then,
-    and its idle RSS in MB after ``settle`` seconds."""
+def _env(tree: Path) -> dict[str, str]:
     # The environment a service manager gives the daemon: no CA bundle overrides from this shell.
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(tree))
+    return env
+
+
+def start_once(cfg: Path, settle: float, tree: Path = ROOT, timeout: float = START_SECONDS,
+               command: list[str] | None = None) -> tuple[float, float, float]:
+    """One start: seconds from spawn to the first /readyz 200, the CPU seconds the daemon used until then,
+    and its idle RSS in MB after ``settle`` seconds. ``command`` starts something else that logs where it
+    listens as the daemon does (the floor)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)], cwd=tree,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(command or [sys.executable, "-m", "edged", "run", "--config", str(cfg)], cwd=tree,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=_env(tree))
     daemon = Daemon(proc)
     try:
         daemon.wait_listening(timeout)
@@ -94,6 +105,40 @@ def start_once(cfg: Path, settle: float, tree: Path = ROOT,
         return seconds, cpu, rss_mb(proc.pid)
     finally:
         daemon.stop()
+
+
+def run_once(command: list[str]) -> float:
+    """Seconds from spawning ``command`` to its exit (it must succeed)."""
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, check=True,
+                   env=_env(ROOT), timeout=START_SECONDS)
+    return time.perf_counter() - started
+
+
+def floor_once(state_dir: Path, timeout: float) -> dict[str, float]:
+    """The floor's three figures, one run each (bench/start_floor.py): the bare interpreter, the imports
+    serving cannot do without, and the floor server from spawn to its first /readyz 200."""
+    floor = [sys.executable, str(ROOT / "bench" / "start_floor.py")]
+    seconds, _, _ = start_once(state_dir, 0.0, ROOT, timeout, command=[*floor, str(state_dir), str(MODEL)])
+    return {"python_s": run_once([sys.executable, "-c", "pass"]),
+            "imports_s": run_once([*floor, "--only-imports"]), "ready_s": seconds}
+
+
+FLOOR_ROWS = (("`python -c pass` (the interpreter and site)", "python_s"),
+              ("imports only: aiohttp.web, wasmtime, sqlite3, TFLite runtime + numpy", "imports_s"),
+              ("floor server to /readyz 200: those imports + SQLite file + cached modules deserialised "
+               "+ model validated (2 interpreters) + listen", "ready_s"))
+
+
+def floor_table(floor: dict[str, list[float]], warm: list[float], label: str = "") -> None:
+    """The floor beside edged's warm start (runs interleaved: one of each per round)."""
+    print(f"\n#### Start floor: the same work with nothing of edged (bench/start_floor.py){label}\n")
+    print("| process | runs | median s | min s | share of edged's warm median |\n|---|---|---|---|---|")
+    edged_warm = statistics.median(warm)
+    for name, key in (*FLOOR_ROWS, ("edged warm start to /readyz 200", "")):
+        values = floor[key] if key else warm
+        print(f"| {name} | {len(values)} | {statistics.median(values):.2f} | {min(values):.2f} | "
+              f"{statistics.median(values) / edged_warm:.0%} |")
 
 
 def byte_compile(tree: Path) -> None:
@@ -131,6 +176,7 @@ def main() -> None:
     warm: dict[Path, list[float]] = {t: [] for t in trees}
     rss: dict[Path, list[float]] = {t: [] for t in trees}
     cpu: dict[Path, list[float]] = {t: [] for t in trees}
+    floor: dict[str, list[float]] = {key: [] for _, key in FLOOR_ROWS}
     with tempfile.TemporaryDirectory(prefix="edged-start-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for run in range(args.runs):
@@ -142,13 +188,17 @@ def main() -> None:
                 warm[tree].append(seconds)
                 cpu[tree].append(used)
                 rss[tree].append(mb)
+                if n == 0:  # the floor, on the cache this tree's warm start just used
+                    for key, value in floor_once(tmp / f"state-{run}-{n}", args.start_timeout).items():
+                        floor[key].append(value)
     for tree in trees:
         table("" if tree == ROOT else f" — tree {tree}", cold[tree], warm[tree], cpu[tree])
         print(f"\nidle RSS after a warm start and {args.settle:.0f} s idle: "
               f"median {statistics.median(rss[tree]):.1f} MB "
               f"({', '.join(f'{x:.1f}' for x in rss[tree])})")
+    floor_table(floor, warm[ROOT])
     figures: dict[str, object] = {"cold_s": cold[ROOT], "warm_s": warm[ROOT], "idle_rss_mb": rss[ROOT],
-                                  "warm_cpu_s": cpu[ROOT],
+                                  "warm_cpu_s": cpu[ROOT], "floor": floor,
                                   "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     if args.aarch64:
         from bench.start_aarch64 import measure, report

@@ -35,19 +35,19 @@ from edged.metrics import Metrics
 from edged.pipeline import Pipeline
 from edged.reload import read_checked, reloadable, restart_needed
 from edged.settings import ConfigError, FunctionSettings, Settings
+from edged.startgc import resume as resume_gc
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
 from edged.sync.dapr import COMPONENT as DAPR_COMPONENT
 from edged.sync.dapr import DaprSync
-from edged.sync.homeassistant import Discovery
-from edged.sync.mqtt_results import ResultPublisher
 from edged.systemd import Notifier
 from edged.wasm.build import build_pool, model_registry
 from edged.wasm.host.nn import NnHost
 
-if TYPE_CHECKING:  # the deploy service is imported at start only when [deploy] enabled
+if TYPE_CHECKING:  # imported at start only when enabled: the deploy service, MQTT's results (paho)
     from edged.deploy import Deployer
+    from edged.sync.mqtt_results import ResultPublisher
 
 __all__ = ["App", "ListenError", "run"]
 
@@ -99,6 +99,9 @@ class App:
         self.pipeline = Pipeline(settings, self.pool, self.store, self.metrics)
         self.results: ResultPublisher | None = None
         if settings.mqtt.enabled:
+            from edged.sync.homeassistant import Discovery
+            from edged.sync.mqtt_results import ResultPublisher
+
             discovery = None
             if settings.mqtt.homeassistant.enabled:
                 discovery = Discovery(settings.mqtt, settings.device_id, __version__)
@@ -120,17 +123,22 @@ class App:
         log.info("memory budget for work: %d MiB (from %s, less reserve_mb = %d)", self.budget.total // MIB,
                  origin, self.settings.limits.reserve_mb)
         log.info("result images stored for: %s", ", ".join(self.settings.image_readers) or "no reader (metadata only)")
+        # The models load beside the store and the pool: most of it is the TFLite probe's allocation, which
+        # releases the GIL. Shielded: a thread cannot be stopped, so it is always waited for (_settle).
+        loading = asyncio.ensure_future(asyncio.to_thread(self.models.load))
         try:
             # The store first: everything after it may commit (and it must outlive the sync loop).
             await self._stack.enter_async_context(self.store)
-            await self._stack.enter_async_context(self.models)
+            self._stack.push_async_exit(self.models)  # left after the pool, as if entered here
             self._stack.callback(lambda: self._models_now.close())  # the latest, if a reload replaced it
             await self._stack.enter_async_context(self.pool)
+            await asyncio.shield(loading)  # a bad model stops start here, before anything listens
             if self.results is not None:
                 await self._stack.enter_async_context(self.results)  # closed after ingest stops
             await self._stack.enter_async_context(self.mqtt)
             await self._stack.enter_async_context(self._serve_http())
         except BaseException:
+            await _settle(loading)
             await self._stack.aclose()
             raise
         return self
@@ -238,6 +246,13 @@ class App:
         return loops
 
 
+async def _settle(loading: asyncio.Future[None]) -> None:
+    """Wait until the models' load is over, whatever its outcome (the error that stops start is raised)."""
+    await asyncio.wait([loading])
+    if not loading.cancelled():
+        loading.exception()  # retrieved: the start already fails with an error of its own
+
+
 def _names(settings: Settings) -> str:
     return ", ".join(settings.functions) or "none"
 
@@ -262,6 +277,7 @@ async def run(settings: Settings, config_path: Path | None = None) -> int:
         names = _names(settings)
         app.notifier.ready(f"serving on port {app.http_port}; functions: {names}")
         log.info("edged ready (device %s; functions: %s)", settings.device_id, names)
+        resume_gc(freeze=True)  # start's cycles collected, its survivors never walked again (edged.startgc)
         trim_heap()  # what startup freed (imports, the model probe) goes back before the daemon idles
         await stop.wait()
         log.info("stopping")

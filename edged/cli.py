@@ -22,6 +22,7 @@ from edged.logs import RepeatFilter, configure
 from edged.preflight import Problem, file_problems, load_problems
 from edged.secrets import SecretError, read_secret, resolve_secret
 from edged.settings import ConfigError, Settings, load_settings
+from edged.startgc import resume
 from edged.versions import versions
 
 __all__ = ["EXIT_BUSY", "EXIT_CONFIG", "EXIT_FAILED", "main"]
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not _cmd_run:
+        resume()  # paused by the entry for start-up (edged.startgc); only the daemon keeps it to ready
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -21,6 +21,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "errors": _LEAVES, "events": _LEAVES, "retry": _LEAVES, "secrets": _LEAVES, "cgroup_limit": _LEAVES,
     "malloc": _LEAVES, "lifecycle": _LEAVES, "systemd": _LEAVES, "journal": _LEAVES, "statelock": _LEAVES,
     "versions": _LEAVES, "logs": _LEAVES, "atomic": _LEAVES, "cadir": _LEAVES,
+    "startgc": _LEAVES,
     "metrics": frozenset({"versions"}),
     "status": frozenset({"metrics"}),
     # settings reach into wasm for one stdlib-only module, the outbound URL policy (checked below).

@@ -23,6 +23,9 @@ from tests.configs import daemon_config, write_config
 #: Needed only on a path that uses them: a declared model, [deploy] enabled.
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime")
 DEPLOY_SERVICE = ("edged.deploy", "edged.deploy.service")
+#: Needed only with [mqtt] enabled (the connections, the result publisher and Home Assistant discovery).
+MQTT_ONLY = ("paho", "paho.mqtt.client", "edged.mqtt.connection", "edged.sync.mqtt_results",
+             "edged.sync.homeassistant")
 
 START = """
 import asyncio, json, sys
@@ -55,6 +58,19 @@ def test_start_without_models_imports_no_tflite_runtime_nor_deploy_service(tmp_p
     loaded = _modules_after_start(tmp_path, functions={"grayscale": {"module": GRAYSCALE}})
     assert "edged.app" in loaded  # the probe saw a started daemon
     assert loaded.isdisjoint(TFLITE_RUNTIMES + DEPLOY_SERVICE), sorted(loaded & {*TFLITE_RUNTIMES, *DEPLOY_SERVICE})
+
+
+def test_start_with_mqtt_off_imports_no_paho(tmp_path: Path) -> None:
+    loaded = _modules_after_start(tmp_path, functions={"grayscale": {"module": GRAYSCALE}}, mqtt={"enabled": False})
+    assert "edged.app" in loaded
+    assert loaded.isdisjoint(MQTT_ONLY), sorted(loaded & set(MQTT_ONLY))
+
+
+def test_start_with_mqtt_on_imports_paho(tmp_path: Path) -> None:
+    # Nothing listens on port 1: the connection retries in the background, the start itself completes.
+    loaded = _modules_after_start(tmp_path, functions={"grayscale": {"module": GRAYSCALE}},
+                                  mqtt={"enabled": True, "host": "127.0.0.1", "port": 1})
+    assert set(MQTT_ONLY) <= loaded
 
 
 def test_a_declared_model_is_validated_by_the_runtime_before_ready(tmp_path: Path) -> None:

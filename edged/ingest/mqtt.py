@@ -45,7 +45,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edged.errors import DecodeCancelled, EdgedError, OutboxFull, Overloaded, Quarantined
 from edged.events import StoredEvent
@@ -53,11 +53,14 @@ from edged.ingest.poison import AttemptStore, PoisonGuard
 from edged.ingest.routes import Route, camera_of, rates, route_for, routes
 from edged.ingest.sampling import Key, Sampler
 from edged.metrics import Metrics
-from edged.mqtt import COMPONENT, ConnectionHandler, MqttConnection, Received
+from edged.mqtt import COMPONENT, ConnectionHandler, Received
 from edged.pipeline import IngestPolicy, Outcome, Pipeline
 from edged.retry import backoff_delay
 from edged.settings import Settings, Subscription
 from edged.status import Components
+
+if TYPE_CHECKING:  # paho comes with the connection, made only with [mqtt] enabled
+    from edged.mqtt import MqttConnection
 
 __all__ = ["MqttIngest", "Results"]
 
@@ -143,6 +146,8 @@ class MqttIngest(ConnectionHandler):
             log.warning("QoS 2 subscriptions are made at QoS 1 (at-least-once; duplicates answered from the store)")
         if self._mqtt.publish_images and self._mqtt.protocol != "5":
             log.warning("mqtt.publish_images needs MQTT 5 (user properties): publishing JSON events instead")
+        from edged.mqtt import MqttConnection  # paho: only with [mqtt] enabled
+
         self._conn = MqttConnection(self._mqtt, self._settings.mqtt_client_id, self, self._components)
         return self
 

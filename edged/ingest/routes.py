@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from paho.mqtt.client import topic_matches_sub
-from paho.mqtt.properties import Properties
+from typing import TYPE_CHECKING
 
 from edged.settings import Subscription
+
+if TYPE_CHECKING:  # paho is imported only once MQTT runs: with [mqtt] enabled = false a start never does
+    from paho.mqtt.properties import Properties
 
 __all__ = ["MAX_CAMERA_CHARS", "UNKNOWN_CAMERA", "Route", "camera_of", "rates", "route_for", "routes"]
 
@@ -47,6 +48,8 @@ def rates(table: Sequence[Route]) -> dict[str, float]:
 
 
 def route_for(table: Sequence[Route], topic: str) -> Route | None:
+    from paho.mqtt.client import topic_matches_sub  # already imported by the connection that got the topic
+
     for route in table:
         if topic_matches_sub(route.match, topic):
             return route

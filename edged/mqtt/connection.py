@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edged.mqtt.handler import ConnectionHandler, Received
+from edged.mqtt.handler import COMPONENT, RESULTS_COMPONENT, ConnectionHandler, Received
 from edged.mqtt.loopio import LoopSocket
 from edged.mqtt.options import describe_error, new_properties, tls_context
 from edged.retry import Backoff, jittered
@@ -39,9 +39,6 @@ __all__ = ["COMPONENT", "RESULTS_COMPONENT", "MqttConnection"]
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "mqtt"
-#: The state of the second connection, which publishes the results.
-RESULTS_COMPONENT = "mqtt-results"
 #: How often keepalive and timeouts are checked (paho's loop_misc).
 TICK_SECONDS = 1.0
 #: How long the birth/offline status and the DISCONNECT may take at shutdown.

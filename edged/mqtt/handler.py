@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from paho.mqtt.properties import Properties
+if TYPE_CHECKING:  # paho is imported only where a connection is made (edged.mqtt.connection)
+    from paho.mqtt.properties import Properties
 
-__all__ = ["ConnectionHandler", "Received"]
+__all__ = ["COMPONENT", "RESULTS_COMPONENT", "ConnectionHandler", "Received"]
+
+#: The state of the ingest connection, under this name in /readyz.
+COMPONENT = "mqtt"
+#: The state of the second connection, which publishes the results.
+RESULTS_COMPONENT = "mqtt-results"
 
 
 @dataclass(frozen=True, slots=True)
