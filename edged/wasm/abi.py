@@ -7,6 +7,7 @@ serve host imports and the runners alike.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -84,13 +85,26 @@ class OutputRejected(Exception):
 #: What ``json.loads`` decodes with when given no options; called directly, as loads would for bytes, to
 #: skip its checks of its arguments on every result.
 _DECODER = json.JSONDecoder()
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner
+_TRAILING = re.compile(r"[ \t\n\r]*")  # what JSONDecoder.decode allows after the value (json.decoder.WHITESPACE)
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    if data[:1] == b"{" and (len(data) < 2 or data[1]):
+        # What json.detect_encoding would say (UTF-8: no BOM, no NUL in the first two bytes) and decode would
+        # do (no leading whitespace to skip), without the calls: most results are small JSON objects.
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+        except (UnicodeDecodeError, ValueError, StopIteration):
+            return None
+        if end != len(text) and _TRAILING.match(text, end).end() != len(text):  # type: ignore[union-attr]
+            return None
+    else:
+        try:
+            value = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+        except (UnicodeDecodeError, ValueError):
+            return None
     return value if isinstance(value, dict) else None
 
 
