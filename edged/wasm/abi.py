@@ -15,6 +15,7 @@ from typing import Any
 
 from edged.frames import FRAME_HEADER, FRAME_MAGIC, sniff_image
 from edged.wasm.memory import GuestMemory
+from edged.wasm.outcome import slot_setters
 
 __all__ = [
     "ABI_VERSION",
@@ -60,7 +61,7 @@ def pack_header(kind: int, width: int, height: int, channels: int, source_format
     return FRAME_HEADER.pack(FRAME_MAGIC, kind, width, height, channels, source_format, length, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Output:
     """A result as the guest gave it. Frames stay unencoded pixels until the guest's store is gone."""
 
@@ -71,6 +72,20 @@ class Output:
     width: int = 0
     height: int = 0
     channels: int = 0
+
+    def __init__(self, kind: ResultKind, body: bytes, content_type: str, json: dict[str, Any] | None = None,
+                 width: int = 0, height: int = 0, channels: int = 0) -> None:
+        put = _OUTPUT_SLOTS  # frozen all the same (edged.wasm.outcome.slot_setters)
+        put[0](self, kind)
+        put[1](self, body)
+        put[2](self, content_type)
+        put[3](self, json)
+        put[4](self, width)
+        put[5](self, height)
+        put[6](self, channels)
+
+
+_OUTPUT_SLOTS = slot_setters(Output)
 
 
 class OutputRejected(Exception):
