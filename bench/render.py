@@ -56,7 +56,8 @@ NOTES = (
     "mqtt_pipeline_bench) or, for outbox_bench, its printed lines: a figure a bench no longer writes shows "
     "as \"not measured\".",
     "The no-op ratio is the whole call (awaited through the pool, thread hand-off included); pool_bench also "
-    "prints the ratio for the sandbox cost alone.",
+    "prints the ratio for the sandbox cost alone, and the floors beside it: bare wasmtime doing the same call "
+    "and the bare loop -> thread -> loop round trip, timed in the same interleaved rounds.",
     "The outbox write cost is outbox_bench's 8 cameras at once: the whole fill's wall time over the results "
     "(concurrent commits share a transaction and its fsync); the one-at-a-time cost is beside it.",
     "Start to `/readyz` under emulated aarch64 runs only where `make cross-test` left its arm64 rootfs and the "

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from edged.wasm.workers import Job, Workers
+from edged.wasm.workers import Job, Permits, Workers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +87,14 @@ def test_shutdown_runs_what_was_queued_then_refuses() -> None:
             workers.submit(Job(ran.append, (9,), lambda: None))
 
     asyncio.run(late())
+
+
+def test_permits_bound_holders_and_block_until_one_is_given_back() -> None:
+    permits = Permits(2)
+    entered = threading.Event()
+    with permits, permits:  # both permits taken
+        third = threading.Thread(target=lambda: (permits.__enter__(), entered.set()), daemon=True)
+        third.start()
+        assert not entered.wait(0.05)  # a third holder waits while both are held
+    assert entered.wait(10), "a permit given back lets the waiting holder in"
+    third.join(10)

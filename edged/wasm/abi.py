@@ -7,6 +7,7 @@ serve host imports and the runners alike.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -14,6 +15,7 @@ from typing import Any
 
 from edged.frames import FRAME_HEADER, FRAME_MAGIC, sniff_image
 from edged.wasm.memory import GuestMemory
+from edged.wasm.outcome import slot_setters
 
 __all__ = [
     "ABI_VERSION",
@@ -59,7 +61,7 @@ def pack_header(kind: int, width: int, height: int, channels: int, source_format
     return FRAME_HEADER.pack(FRAME_MAGIC, kind, width, height, channels, source_format, length, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Output:
     """A result as the guest gave it. Frames stay unencoded pixels until the guest's store is gone."""
 
@@ -70,6 +72,20 @@ class Output:
     width: int = 0
     height: int = 0
     channels: int = 0
+
+    def __init__(self, kind: ResultKind, body: bytes, content_type: str, json: dict[str, Any] | None = None,
+                 width: int = 0, height: int = 0, channels: int = 0) -> None:
+        put = _OUTPUT_SLOTS  # frozen all the same (edged.wasm.outcome.slot_setters)
+        put[0](self, kind)
+        put[1](self, body)
+        put[2](self, content_type)
+        put[3](self, json)
+        put[4](self, width)
+        put[5](self, height)
+        put[6](self, channels)
+
+
+_OUTPUT_SLOTS = slot_setters(Output)
 
 
 class OutputRejected(Exception):
@@ -84,13 +100,26 @@ class OutputRejected(Exception):
 #: What ``json.loads`` decodes with when given no options; called directly, as loads would for bytes, to
 #: skip its checks of its arguments on every result.
 _DECODER = json.JSONDecoder()
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner
+_TRAILING = re.compile(r"[ \t\n\r]*")  # what JSONDecoder.decode allows after the value (json.decoder.WHITESPACE)
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    if data[:1] == b"{" and (len(data) < 2 or data[1]):
+        # What json.detect_encoding would say (UTF-8: no BOM, no NUL in the first two bytes) and decode would
+        # do (no leading whitespace to skip), without the calls: most results are small JSON objects.
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+        except (UnicodeDecodeError, ValueError, StopIteration):
+            return None
+        if end != len(text) and _TRAILING.match(text, end).end() != len(text):  # type: ignore[union-attr]
+            return None
+    else:
+        try:
+            value = _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+        except (UnicodeDecodeError, ValueError):
+            return None
     return value if isinstance(value, dict) else None
 
 

@@ -37,7 +37,7 @@ from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats
 from edged.wasm.table import FunctionTable, load_runners
 from edged.wasm.ticker import TICK_SECONDS
-from edged.wasm.workers import Job, Workers
+from edged.wasm.workers import Job, Permits, Workers
 
 __all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
            "OnCall", "OnOutcome"]
@@ -72,7 +72,7 @@ class FunctionPool(PoolState):
         #: Set when close() starts: decodes stop at their next read.
         self._cancel = threading.Event()
         #: Jobs running at once, on the workers or on callers' threads (decode_and_call_sync).
-        self._running = threading.BoundedSemaphore(pool.workers)
+        self._running = Permits(pool.workers)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
