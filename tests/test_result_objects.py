@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from edged.wasm import abi
 from edged.wasm.abi import Output, ResultKind, _json_object
 from edged.wasm.outcome import CallResult
 
@@ -33,12 +34,24 @@ def test_output_is_a_frozen_dataclass_with_its_defaults() -> None:
         output.width = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("data", [
+JSON_CASES = [
     b"{}", b"{} ", b" {}", b'{"a": 1}\n', b'{"a": [1, 2, {"b": null}]}\r\n\t ', b"{}x", b"{", b"{}{}",
     b'{"a": NaN}', b'{"a": \xff}', b'{"a": "\xed\xa0\x80"}', b"[1]", b'"s"', b"", b'{"a": 1}\x0b',
     '{"a": 1}\u2003'.encode(), '{"é": 1}'.encode("utf-16-le"), '{"é": 1}'.encode("utf-16"),
     '{"a": 1}'.encode("utf-8-sig"), b"{\0", b'{"k": 1, "k": 2}',
-])
+]
+
+
+@pytest.fixture(params=["scanner", "fallback"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path on the decoder's scanner (an undocumented attribute), and the fallback without it."""
+    assert callable(abi._SCAN)  # CPython has it; the fallback is for a Python that does not
+    if request.param == "fallback":
+        monkeypatch.setattr(abi, "_SCAN", None)
+
+
+@pytest.mark.usefixtures("scanner")
+@pytest.mark.parametrize("data", JSON_CASES)
 def test_json_results_read_as_json_loads_reads_them(data: bytes) -> None:
     try:
         expected = json.loads(data)

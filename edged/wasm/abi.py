@@ -100,12 +100,16 @@ class OutputRejected(Exception):
 #: What ``json.loads`` decodes with when given no options; called directly, as loads would for bytes, to
 #: skip its checks of its arguments on every result.
 _DECODER = json.JSONDecoder()
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner
+#: The decoder's scanner (an undocumented attribute, checked here; without it every result takes the
+#: documented ``decode`` path below). ARCHITECTURE lists it under private APIs.
+_SCAN: Callable[[str, int], tuple[Any, int]] | None = getattr(_DECODER, "scan_once", None)
+if not callable(_SCAN):
+    _SCAN = None
 _TRAILING = re.compile(r"[ \t\n\r]*")  # what JSONDecoder.decode allows after the value (json.decoder.WHITESPACE)
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
-    if data[:1] == b"{" and (len(data) < 2 or data[1]):
+    if _SCAN is not None and data[:1] == b"{" and (len(data) < 2 or data[1]):
         # What json.detect_encoding would say (UTF-8: no BOM, no NUL in the first two bytes) and decode would
         # do (no leading whitespace to skip), without the calls: most results are small JSON objects.
         try:
