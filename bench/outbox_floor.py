@@ -3,7 +3,8 @@ what each of edged's own steps per result costs, measured apart (bench/outbox_be
 
 - ``floor``: the rows a fill wrote, inserted again by bare sqlite3 into an empty store of the same schema
   and pragmas, the same number of results per transaction (one executemany per table, synchronous=FULL),
-  with nothing else per result. Variants: a larger page cache, or without one index (its price).
+  with nothing else per result. Variants: a larger page cache, checkpoints less often, smaller pages, or
+  without one index (its price).
 - ``wal_pages``: the WAL frames one such transaction appends to a store as full as the fill left it,
   counted by the b-tree each page belongs to (SQLite's dbstat).
 - ``pieces``: edged's per-result steps (JSON, deflate, the sync side's admit, ids and result objects)
@@ -64,19 +65,21 @@ def _rows(filled: Path) -> tuple[list[tuple[Any, ...]], dict[int, int], list[tup
     return events, outbox, inputs
 
 
-def _connect(path: Path, cache_kib: int | None) -> sqlite3.Connection:
+def _connect(path: Path, pragmas: Sequence[str] = ()) -> sqlite3.Connection:
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode = WAL")
     con.execute("PRAGMA synchronous = FULL")
-    if cache_kib is not None:
-        con.execute(f"PRAGMA cache_size = -{cache_kib}")
+    for pragma in pragmas:
+        con.execute(f"PRAGMA {pragma}")
     return con
 
 
-def _schema(path: Path, without: str | None) -> None:
+def _schema(path: Path, without: str | None, page_size: int | None) -> None:
     """The store's schema as edged makes it (edged.store.db; auto_vacuum first), less index ``without``."""
     con = sqlite3.connect(path, isolation_level=None)
     try:
+        if page_size is not None:
+            con.execute(f"PRAGMA page_size = {page_size}")
         con.execute("PRAGMA auto_vacuum = INCREMENTAL")
         con.execute("PRAGMA journal_mode = WAL")
         con.executescript(SCHEMA)
@@ -86,13 +89,14 @@ def _schema(path: Path, without: str | None) -> None:
         con.close()
 
 
-def floor(filled: Path, target: Path, per_transaction: int, *, chunk: int, cache_kib: int | None = None,
-          without: str | None = None) -> FloorRun:
-    """Insert the rows of ``filled`` again into ``target`` (empty), ``per_transaction`` inputs at a time."""
+def floor(filled: Path, target: Path, per_transaction: int, *, chunk: int, pragmas: Sequence[str] = (),
+          without: str | None = None, page_size: int | None = None) -> FloorRun:
+    """Insert the rows of ``filled`` again into ``target`` (empty), ``per_transaction`` inputs at a time;
+    ``pragmas`` on the writing connection, ``page_size`` for the new file."""
     events, outbox, inputs = _rows(filled)
     by_seq = {row[0]: row for row in events}
-    _schema(target, without)
-    con = _connect(target, cache_kib)
+    _schema(target, without, page_size)
+    con = _connect(target, pragmas)
     ends: list[float] = []
     try:
         began, cpu = time.perf_counter(), time.process_time()
@@ -128,7 +132,7 @@ def wal_pages(filled: Path, work: Path, per_transaction: int, transactions: int 
     copy of ``filled``; and per b-tree (pages dbstat does not name: pointer maps, free pages)."""
     for part in filled.parent.glob(filled.name + "*"):
         shutil.copyfile(part, work.parent / part.name.replace(filled.name, work.name))
-    con = _connect(work, None)
+    con = _connect(work)
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         con.execute("PRAGMA wal_autocheckpoint = 0")
