@@ -34,8 +34,10 @@ from edged.store.events import _dumps  # noqa: PLC2701 (the store's own encoder,
 from edged.sync.cloudevents import CloudEvents
 from tests.samples import classify_result, digest
 
-__all__ = ["FloorRun", "floor", "growth", "pieces", "wal_pages"]
+__all__ = ["BUILD", "FloorRun", "floor", "growth", "pieces", "wal_pages"]
 
+#: The step of ``pieces`` that is the bench's, not edged's (it runs on the loop, in the fill's figures).
+BUILD = "the bench building a sample result (tests/samples.py)"
 _INSERT_EVENTS = ("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, created_at, "
                   "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_OUTBOX = "INSERT INTO outbox (seq, with_image) VALUES (?, ?)"
@@ -172,7 +174,7 @@ def pieces(device: str) -> dict[str, float]:
     event_id, sha256 = new_event_id(), digest(1)
     admit = CloudEvents(device, SyncSettings()).admit
     steps: dict[str, Callable[[], object]] = {
-        "the bench building a sample result (tests/samples.py)": lambda: classify_result("cam0", 1, device),
+        BUILD: lambda: classify_result("cam0", 1, device),
         "JSON of the body": lambda: _dumps(event.data),
         "deflate of the body (codec.pack)": lambda: pack(body),
         "admit (OutboxEntry + CloudEvents.admit)": lambda: admit(OutboxEntry(
