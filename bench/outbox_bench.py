@@ -80,7 +80,8 @@ def emulator() -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield url, proc
     finally:
         proc.stdin.close()
-        proc.wait(timeout=60)
+        # It exits once its server thread stops; on a loaded machine after 100k publishes that took over 60 s.
+        proc.wait(timeout=600)
         proc.stdout.close()
 
 
