@@ -23,13 +23,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.outbox_floor import BUILD, floor, growth, pieces, wal_pages  # noqa: E402
 from edged.events import NewEvent  # noqa: E402
 from edged.settings import DaprSettings, OutboxSettings, SyncSettings  # noqa: E402
 from edged.status import Components  # noqa: E402
@@ -40,6 +44,16 @@ from tests.samples import classify_result, digest  # noqa: E402
 from tests.waiting import until  # noqa: E402
 
 DEVICE = "bench-gw"
+#: The floor again with one thing changed: what it would gain (or what an index costs).
+FLOOR_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("with a 64 MiB page cache (default 2 MiB)", {"pragmas": ("cache_size = -65536",)}),
+    ("with a checkpoint every 10,000 WAL pages (default 1,000)", {"pragmas": ("wal_autocheckpoint = 10000",)}),
+    ("with 1 KiB pages (default 4 KiB)", {"page_size": 1024}),
+    ("without inputs_by_frame", {"without": "inputs_by_frame"}),
+    ("without events_by_camera", {"without": "events_by_camera"}),
+)
+#: The fill's first and last this many results are timed apart (the cost grows with the store's size).
+CHUNK = 8000
 DRAIN_SECONDS = 1800.0
 OUTBOX = OutboxSettings(max_bytes=4 * 1024**3)
 
@@ -66,7 +80,8 @@ def emulator() -> Iterator[tuple[str, subprocess.Popen[str]]]:
         yield url, proc
     finally:
         proc.stdin.close()
-        proc.wait(timeout=60)
+        # It exits once its server thread stops; on a loaded machine after 100k publishes that took over 60 s.
+        proc.wait(timeout=600)
         proc.stdout.close()
 
 
@@ -75,12 +90,25 @@ def result_event(camera: str, i: int) -> NewEvent:
     return classify_result(camera, i, DEVICE)
 
 
-async def fill(path: Path, n: int, cameras: int, *,
-               at_once: bool) -> tuple[list[float], float, float, int | None]:
-    """Commit ``n`` results one input at a time, or from every camera at once; (the per-commit wall times
-    in seconds, the whole fill's wall and CPU time (all threads: the loop's and the writer's), the
-    transactions it took when the store counts them)."""
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One fill: per-commit wall times and end times (s), the whole fill's wall and CPU time (all threads:
+    the loop's and the writer's), the writer thread's CPU alone, and the transactions it took when the
+    store counts them."""
+
+    costs: list[float]
+    ends: list[float]
+    began: float
+    wall: float
+    cpu: float
+    writer: float
+    transactions: int | None
+
+
+async def fill(path: Path, n: int, cameras: int, *, at_once: bool) -> Fill:
+    """Commit ``n`` results one input at a time, or from every camera at once."""
     costs: list[float] = []
+    ends: list[float] = []
     async with Store(path, OUTBOX, CloudEvents(DEVICE, SyncSettings()).admit) as store:
         # Counted since the group commit (edged.store.group); older stores have no count.
         counters = store._db.counters  # noqa: SLF001 (a figure for the table, not an API)
@@ -91,21 +119,32 @@ async def fill(path: Path, n: int, cameras: int, *,
             started = time.perf_counter()
             await store.commit_input(transport="mqtt", camera=camera, sha256=digest(i), received_at=time.time(),
                                      correlation=None, events=[result_event(camera, i)], publish_mqtt=False)
-            costs.append(time.perf_counter() - started)
+            ended = time.perf_counter()
+            costs.append(ended - started)
+            ends.append(ended)
 
         async def stream(camera: int) -> None:
             for i in range(camera, n, cameras):
                 await one(i)
 
-        began, cpu = time.perf_counter(), time.process_time()
+        began, cpu, writer = time.perf_counter(), time.process_time(), writer_cpu()
         if at_once:
             await asyncio.gather(*(stream(c) for c in range(cameras)))
         else:
             for i in range(n):
                 await one(i)
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        wall, cpu, writer = time.perf_counter() - began, time.process_time() - cpu, writer_cpu() - writer
         after = getattr(counters, "transactions", None)
-    return costs, wall, cpu, None if before is None or after is None else after - before
+    return Fill(costs, ends, began, wall, cpu, writer, None if before is None or after is None else after - before)
+
+
+def writer_cpu() -> float:
+    """CPU seconds the store's writer thread (edged.store.db, named ``edged.store_0``) has used so far."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("edged.store") and thread.native_id is not None:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return 0.0
 
 
 async def drain(path: Path, url: str, *, bulk: bool, batch: int) -> tuple[int, float]:
@@ -140,43 +179,6 @@ async def drain_local(path: Path, batch: int) -> tuple[int, float]:
             await store.outbox_ack([e.id for e in entries])
             sent += len(bodies)
         return sent, time.perf_counter() - started
-
-
-async def floor(filled: Path, target: Path, per_transaction: int) -> tuple[float, float]:
-    """SQLite's own share: the rows ``filled`` holds (events, outbox, inputs), inserted again into an empty
-    store of the same schema and pragmas by bare sqlite3, ``per_transaction`` inputs a transaction (one
-    executemany per table, synchronous=FULL), with nothing else per result; (wall, CPU) µs per result."""
-    async with Store(target, OUTBOX, CloudEvents(DEVICE, SyncSettings()).admit):
-        pass  # the schema, as edged makes it
-    src = sqlite3.connect(filled)
-    try:
-        events = src.execute("SELECT seq, id, camera, function, kind, data, body, content_type, created_at, "
-                             "mqtt_pending FROM events ORDER BY seq").fetchall()
-        outbox = dict(src.execute("SELECT seq, with_image FROM outbox"))
-        inputs = src.execute("SELECT frame, received_at, first_seq, events FROM inputs ORDER BY id").fetchall()
-    finally:
-        src.close()
-    by_seq = {row[0]: row for row in events}
-    con = sqlite3.connect(target, isolation_level=None)
-    try:
-        con.execute("PRAGMA journal_mode = WAL")
-        con.execute("PRAGMA synchronous = FULL")
-        began, cpu = time.perf_counter(), time.process_time()
-        for start in range(0, len(inputs), per_transaction):
-            group = inputs[start:start + per_transaction]
-            seqs = [seq for _f, _r, first, n in group for seq in range(first, first + n)]
-            con.execute("BEGIN IMMEDIATE")
-            con.executemany("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, "
-                            "created_at, mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [by_seq[seq] for seq in seqs])
-            con.executemany("INSERT INTO outbox (seq, with_image) VALUES (?, ?)",
-                            [(seq, outbox[seq]) for seq in seqs if seq in outbox])
-            con.executemany("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)", group)
-            con.execute("COMMIT")
-        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-    finally:
-        con.close()
-    return wall * 1e6 / len(inputs), cpu * 1e6 / len(inputs)
 
 
 def fsync_us(directory: Path, n: int = 200) -> float:
@@ -230,29 +232,30 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows: list[tuple[str, str]] = []
         alone = Path(tmp) / "alone.db"
-        costs, _, _, _ = await fill(alone, args.n, args.cameras, at_once=False)
+        one_by_one = await fill(alone, args.n, args.cameras, at_once=False)
         remove_db(alone)
-        costs_us = sorted(c * 1e6 for c in costs)
+        costs_us = sorted(c * 1e6 for c in one_by_one.costs)
         rows.append(("write cost, one at a time, mean (µs/result)", f"{statistics.fmean(costs_us):,.0f}"))
         rows.append(("write cost, one at a time, p50 / p99 (µs)",
                      f"{costs_us[len(costs_us) // 2]:,.0f} / {costs_us[int(len(costs_us) * 0.99)]:,.0f}"))
         base = Path(tmp) / "filled.db"
-        costs, wall, cpu, transactions = await fill(base, args.n, args.cameras, at_once=True)
-        costs_us = sorted(c * 1e6 for c in costs)
-        rows.append((f"write cost, {args.cameras} cameras at once, amortised (µs/result)",
-                     f"{wall * 1e6 / args.n:,.0f}"))
-        rows.append((f"CPU time, {args.cameras} cameras at once, all threads (µs/result)",
-                     f"{cpu * 1e6 / args.n:,.0f}"))
+        filled = await fill(base, args.n, args.cameras, at_once=True)
+        costs_us = sorted(c * 1e6 for c in filled.costs)
+        wall, cpu = filled.wall * 1e6 / args.n, filled.cpu * 1e6 / args.n
+        rows.append((f"write cost, {args.cameras} cameras at once, amortised (µs/result)", f"{wall:,.0f}"))
+        rows.append((f"CPU time, {args.cameras} cameras at once, all threads (µs/result)", f"{cpu:,.0f}"))
+        rows.append(("  of which the store's writer thread / the rest (the loop) (µs/result)",
+                     f"{filled.writer * 1e6 / args.n:,.0f} / {cpu - filled.writer * 1e6 / args.n:,.0f}"))
         rows.append((f"commit latency, {args.cameras} cameras at once, p50 / p99 (µs)",
                      f"{costs_us[len(costs_us) // 2]:,.0f} / {costs_us[int(len(costs_us) * 0.99)]:,.0f}"))
-        if transactions:
-            rows.append((f"results per transaction, {args.cameras} cameras at once", f"{args.n / transactions:,.1f}"))
-        if transactions:
-            wall_floor, cpu_floor = await floor(base, Path(tmp) / "floor.db", round(args.n / transactions))
-            remove_db(Path(tmp) / "floor.db")
-            rows.append((f"floor: the same rows by bare sqlite3, {round(args.n / transactions)} a transaction, "
-                         "wall (µs/result)", f"{wall_floor:,.0f}"))
-            rows.append(("floor: the same, CPU (µs/result)", f"{cpu_floor:,.0f}"))
+        chunk = min(CHUNK, args.n // 4)
+        first, last = growth(filled.began, filled.ends, chunk)
+        rows.append((f"  the same, its first / last {chunk:,} results (µs/result)", f"{first:,.0f} / {last:,.0f}"))
+        if filled.transactions:
+            per = round(args.n / filled.transactions)
+            rows.append((f"results per transaction, {args.cameras} cameras at once",
+                         f"{args.n / filled.transactions:,.1f}"))
+            rows += floors(base, Path(tmp), per, chunk, wall, cpu, filled.writer * 1e6 / args.n)
         rows.append(("fsync of 4 KiB on this disk, p50 (µs)", f"{fsync_us(Path(tmp)):,.0f}"))
         left = db_bytes(base)
         checkpoint(base)
@@ -273,6 +276,43 @@ async def main() -> None:
                 rows.append((f"drain {label}, batch {batch} (results/s)", f"{sent / seconds:,.0f}"))
                 remove_db(copy)
     report(rows, args.n, args.cameras)
+
+
+def floors(base: Path, tmp: Path, per: int, chunk: int, wall: float, cpu: float,
+           writer: float) -> list[tuple[str, str]]:
+    """The floor beside edged's fill (wall and CPU µs per result), its variants, the WAL pages a
+    transaction writes and the breakdown of edged's share above the floor (bench/outbox_floor.py)."""
+    rows: list[tuple[str, str]] = []
+    bare = floor(base, tmp / "floor.db", per, chunk=chunk)
+    remove_db(tmp / "floor.db")
+    rows.append((f"floor: the same rows by bare sqlite3, {per} a transaction, wall (µs/result)", f"{bare.wall:,.0f}"))
+    rows.append(("floor: the same, CPU (µs/result)", f"{bare.cpu:,.0f}"))
+    rows.append((f"floor: its first / last {chunk:,} results, wall (µs/result)",
+                 f"{bare.first:,.0f} / {bare.last:,.0f}"))
+    for label, kwargs in FLOOR_VARIANTS:
+        run = floor(base, tmp / "variant.db", per, chunk=chunk, **kwargs)
+        remove_db(tmp / "variant.db")
+        rows.append((f"floor {label}, wall / CPU; last {chunk:,}, wall (µs/result)",
+                     f"{run.wall:,.0f} / {run.cpu:,.0f}; {run.last:,.0f}"))
+    pages, by_tree = wal_pages(base, tmp / "pages.db", per)
+    rows.append((f"WAL pages one transaction of {per} results writes, at the fill's size", f"{pages:,.1f}"))
+    for name, n in by_tree.most_common():
+        rows.append((f"  of which {name}", f"{n:,.1f}"))
+    steps = pieces(DEVICE)
+    built = steps.pop(BUILD)
+    rows.append(("edged above the floor, wall (µs/result)", f"{wall - bare.wall:,.0f}"))
+    rows.append(("edged above the floor, CPU (µs/result)", f"{cpu - bare.cpu:,.0f}"))
+    rows.append(("  the writer thread above the floor's CPU: the store's steps and glue (µs/result)",
+                 f"{writer - bare.cpu:,.0f}"))
+    for name, us in steps.items():
+        rows.append((f"    of which {name}, timed alone", f"{us:,.1f}"))
+    rows.append(("    of which the rest: the writer's glue, and these steps' extra in place (cold caches)",
+                 f"{writer - bare.cpu - sum(steps.values()):,.0f}"))
+    rows.append(("  the loop thread: the callers' coroutines, futures, wake-ups (µs/result)", f"{cpu - writer:,.0f}"))
+    rows.append((f"    of which {BUILD}, timed alone", f"{built:,.1f}"))
+    rows.append(("wall not on a CPU (fsync, wake-ups), edged / floor (µs/result)",
+                 f"{wall - cpu:,.0f} / {bare.wall - bare.cpu:,.0f}"))
+    return rows
 
 
 def report(rows: list[tuple[str, str]], n: int, cameras: int) -> None:
