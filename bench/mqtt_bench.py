@@ -59,14 +59,15 @@ def unique(jpeg: bytes, n: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[2:]
 
 
-def config(tmp: Path, broker: Mosquitto, workers: int, queue: int) -> Path:
+def config(tmp: Path, broker: Mosquitto, workers: int, queue: int, *, topic: str = "cameras/+/image",
+           prefix: str = "edged", client_id: str = "edged-bench") -> Path:
     classify = ROOT / "functions" / "classify"
     return write_config(tmp / "edged.toml", daemon_config(
         tmp / "state", device_id="bench",
         pool={"workers": workers, "queue": queue},
-        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "client_id": "edged-bench",
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port, "client_id": client_id, "prefix": prefix,
               "max_inflight": 16, "reconnect_min_delay": 0.05,
-              "subscriptions": [{"topic": "cameras/+/image", "functions": list(FUNCTIONS), "qos": 1}]},
+              "subscriptions": [{"topic": topic, "functions": list(FUNCTIONS), "qos": 1}]},
         functions={"grayscale": {"module": ROOT / "functions" / "grayscale" / "grayscale.wasm"},
                    "classify": {"module": classify / "classify.wasm", "memory_mb": 256,
                                 "models": ["efficientnet_lite0"]}},

@@ -33,7 +33,8 @@ SECTIONS = (
      "p50/p99 and images/s per mode and worker count; the ratios the targets use are at 1 worker."),
     ("mqtt_pipeline", "MQTT: edged vs a native pipeline (paho + Pillow + TFLite in one process)",
      "Both functions on every frame, same broker, same frames, QoS 1 with manual acks; every frame's two "
-     "results are accounted for."),
+     "results are accounted for. Then the CPU of each process per frame done, thread by thread (read from /proc "
+     "around the same bursts), and edged's store writer jobs and transactions per frame."),
     ("mqtt_rates", "MQTT ingest at increasing rates (bench/mqtt_bench.py)",
      "Four cameras at increasing offered rates, then a saturation burst; latency is publish to both results."),
     ("outbox", "Outbox: write cost and drain",

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -27,8 +27,13 @@ __all__ = ["EventStore", "Guard", "IngestPolicy", "Outcome", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
-#: Held while a frame is decoded and its functions run (edged.ingest.poison counts MQTT attempts in it).
-Guard = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+class Guard(Protocol):
+    """Held while a frame is decoded and its functions run (edged.ingest.poison's FrameAttempt: it counts MQTT
+    attempts); it also makes the frame's dedupe look-up, so it can count in the same trip to the store."""
+
+    def __call__(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+    async def recent_input(self, window_s: float) -> list[StoredEvent] | None: ...
 
 
 class EventStore(Protocol):
@@ -122,7 +127,8 @@ class Pipeline:
         received = time.time() if received_at is None else received_at
         if policy.dedupe_window > 0 and self._store is not None:
             sha256 = sha256 or hashlib.sha256(data).hexdigest()
-            earlier = await self._store.recent_input(camera, sha256, policy.dedupe_window)
+            earlier = await (guard.recent_input(policy.dedupe_window) if guard is not None
+                             else self._store.recent_input(camera, sha256, policy.dedupe_window))
             if earlier is not None:
                 log.info("frame %s from %s already processed: answering from the store", sha256[:12], camera,
                          extra={"CAMERA": camera})

@@ -235,6 +235,41 @@ async def test_a_suspect_runs_alone_and_counts_once(tmp_path: Path) -> None:
             assert store.attempts("cam", SHA_B) == 0
 
 
+async def test_the_dedupe_look_up_counts_the_attempt_in_the_same_writer_job(tmp_path: Path) -> None:
+    metrics = Metrics()
+    async with make_store(tmp_path / "edged.db", metrics=metrics) as store:
+        guard = PoisonGuard(store, max_attempts=3)
+
+        def jobs() -> float:
+            return metrics.registry.get_sample_value("edged_store_commits_total") or 0.0
+
+        async with guard.frame("cam", SHA_A, qos=1) as attempt:
+            before = jobs()
+            assert await attempt.recent_input(60.0) is None  # not seen before: counted on the way
+            assert jobs() - before == 1
+            assert store.attempts("cam", SHA_A) == 1
+            async with attempt():  # already counted: entering counts nothing more
+                assert store.attempts("cam", SHA_A) == 1
+            assert await attempt.recent_input(60.0) is None  # a retry's look-up counts nothing either
+            assert store.attempts("cam", SHA_A) == 1
+        assert store.attempts("cam", SHA_A) == 0  # left uncommitted without a crash: taken back
+
+        await commit(store, SHA_B)
+        async with guard.frame("cam", SHA_B, qos=1) as attempt:
+            earlier = await attempt.recent_input(60.0)  # a redelivery: answered, not counted
+            assert earlier is not None
+            assert [e.kind for e in earlier] == ["error"]
+            assert store.attempts("cam", SHA_B) == 0
+        assert attempt_rows(tmp_path / "edged.db") == []
+
+        await store.count_attempt("cam", SHA_C)  # a suspect: counted only once it runs, alone
+        async with guard.frame("cam", SHA_C, qos=1) as attempt:
+            assert await attempt.recent_input(60.0) is None
+            assert store.attempts("cam", SHA_C) == 1
+            async with attempt():
+                assert store.attempts("cam", SHA_C) == 2
+
+
 async def test_max_attempts_quarantines_without_running(tmp_path: Path) -> None:
     async with make_store(tmp_path / "edged.db") as store:
         for _ in range(3):

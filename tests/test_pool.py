@@ -8,6 +8,7 @@ import io
 import logging
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,7 @@ from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm.admission import call_bytes
 from edged.wasm.engine import InstanceSlots, WasmEngine
 from edged.wasm.pool import FunctionLoadError, FunctionPool
+from edged.wasm.ticker import MAX_TICK_SECONDS, TICK_SECONDS, tick_for
 from tests.pools import call_sync, decode_sync
 from tests.waiting import until, wait_until
 from tests.wat import Wat, raw_frame, write_wasm
@@ -292,6 +294,20 @@ def test_decode_and_call_sync_runs_on_the_callers_thread_within_the_workers_boun
         assert threads_seen[2].startswith("inline")
         assert pool.in_flight == 0
         assert pool.running == 0
+
+
+def test_long_timeouts_tick_coarser_and_a_runaway_guest_still_stops_at_its_deadline_not_before(
+        tmp_path: Path) -> None:
+    assert tick_for([50, 5000]) == TICK_SECONDS  # the shortest timeout sets it
+    assert tick_for([5000]) == MAX_TICK_SECONDS
+    assert tick_for([2000]) == pytest.approx(0.01)
+    assert tick_for([]) == TICK_SECONDS
+    timeout = 2000
+    with make_pool(tmp_path, {"slow": (m_endless(), {"timeout_ms": timeout})}, workers=1) as pool:
+        started = time.monotonic()
+        with pytest.raises(FunctionTimeout, match=f"{timeout} ms"):
+            call_sync(pool, "slow", FRAME)
+        assert time.monotonic() - started >= timeout / 1000  # ticks are late under load, never early
 
 
 def test_close_waits_for_a_call_on_a_callers_thread(tmp_path: Path) -> None:

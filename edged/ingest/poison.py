@@ -10,6 +10,11 @@ A frame with a count (a suspect) runs alone. Frames that were running beside a p
 crashed come back as suspects too; running each alone means every later crash is counted against the
 frame that caused it, so the neighbours of a poison frame are not set aside with it.
 
+Most frames (no count yet) are counted in the same writer job as their dedupe look-up
+(``FrameAttempt.recent_input``, ``Store.recent_or_count``): one trip to the store's writer per frame, not
+two. Such a frame is counted before it waits at the gate, so a crash while it waits counts it as one of the
+neighbours above. A suspect is counted only once its turn to run alone came.
+
 An attempt is counted once per frame per process: a retry after Overloaded or OutboxFull is not a new
 attempt, and a frame that leaves this process uncommitted without a crash (refused, shutdown) takes
 its attempt back. QoS 0 frames are not counted: the broker never delivers them again.
@@ -24,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from edged.errors import EdgedError, Quarantined
+from edged.events import StoredEvent
 
 __all__ = ["AttemptStore", "FrameAttempt", "PoisonGuard", "RunGate"]
 
@@ -36,6 +42,10 @@ class AttemptStore(Protocol):
     def attempts(self, camera: str, sha256: str) -> int: ...
 
     async def count_attempt(self, camera: str, sha256: str, step: int = 1) -> int: ...
+
+    async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None: ...
+
+    async def recent_or_count(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None: ...
 
 
 class RunGate:
@@ -123,6 +133,17 @@ class FrameAttempt:
     def committed(self) -> None:
         """The frame is committed (its count deleted with it): nothing to take back."""
         self._counted_here = False
+
+    async def recent_input(self, window_s: float) -> list[StoredEvent] | None:
+        """The dedupe look-up of this frame (``Store.recent_input``). When it finds nothing, a frame still to be
+        counted that is no suspect is counted in the same writer job."""
+        store = self._guard.store
+        if self._counted or store.attempts(self._camera, self._sha256):
+            return await store.recent_input(self._camera, self._sha256, window_s)
+        earlier = await store.recent_or_count(self._camera, self._sha256, window_s)
+        if earlier is None:
+            self._counted = self._counted_here = True
+        return earlier
 
     @contextlib.asynccontextmanager
     async def __call__(self) -> AsyncIterator[None]:

@@ -125,6 +125,13 @@ class Store:
         """Clear the "to publish on MQTT" mark of these events."""
         await self._events.mqtt_published(ids)
 
+    async def recent_or_count(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
+        """``recent_input``; when it finds nothing, ``count_attempt`` of the frame in the same writer job (one
+        trip to the writer per MQTT frame instead of two)."""
+        found = await self._attempts.count_unless(
+            camera, sha256, found=lambda db: self._events.recent_in(db, camera, sha256, window_s))
+        return None if isinstance(found, int) else found
+
     # -- attempts of MQTT frames (poison frames) ------------------------------------------------------
 
     def attempts(self, camera: str, sha256: str) -> int:

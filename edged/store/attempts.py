@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import TypeVar
 
 from edged.store.codec import frame_key
 from edged.store.counters import Delta
 from edged.store.db import Database
 
 __all__ = ["KEEP_SECONDS", "MAX_ROWS", "Attempts"]
+
+_T = TypeVar("_T")
 
 #: A frame not seen again for this long will not be redelivered (the default MQTT session expiry).
 KEEP_SECONDS = 86400.0
@@ -56,12 +59,24 @@ class Attempts:
     async def count(self, camera: str, sha256: str, step: int = 1) -> int:
         """Add ``step`` to this frame's attempts, durably (-1 takes back one that ended without a crash);
         the new count. A count that falls to 0 deletes the row."""
+        counted = await self.count_unless(camera, sha256, step)
+        assert isinstance(counted, int)
+        return counted
+
+    async def count_unless(self, camera: str, sha256: str, step: int = 1,
+                           found: Callable[[sqlite3.Connection], _T | None] | None = None) -> int | _T:
+        """``count``, in one writer job with a look-up before it: when ``found(db)`` returns something, that is
+        returned and nothing is counted (the MQTT dedupe look-up and the attempt share one trip)."""
         key = frame_key(camera, sha256)
         written = 0
         pruned: dict[int, int] | None = None
+        skipped = False
 
-        def body(db: sqlite3.Connection, delta: Delta) -> int:
-            nonlocal written, pruned
+        def body(db: sqlite3.Connection, delta: Delta) -> int | _T:
+            nonlocal written, pruned, skipped
+            if found is not None and (earlier := found(db)) is not None:
+                skipped = True
+                return earlier
             self._unsettled.add(key)
             now = self._clock()
             # Read from the table, not the mirror: a job before this one in the batch may have changed it.
@@ -78,6 +93,8 @@ class Attempts:
 
         def settle(error: BaseException | None) -> None:
             # Jobs settle in the order they ran, so the mirror ends as the table does.
+            if skipped:
+                return
             self._unsettled.discard(key)
             if error is not None:
                 return

@@ -193,10 +193,11 @@ class EventRows:
         return out
 
     async def recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
-        return await self._db.run(self._recent_input, camera, sha256, window_s)
+        return await self._db.run(lambda: self.recent_in(self._db.con, camera, sha256, window_s))
 
-    def _recent_input(self, camera: str, sha256: str, window_s: float) -> list[StoredEvent] | None:
-        db = self._db.con
+    def recent_in(self, db: sqlite3.Connection, camera: str, sha256: str,
+                  window_s: float) -> list[StoredEvent] | None:
+        """``recent_input`` on the writer thread, inside the caller's job (edged.store.attempts counts after it)."""
         row = db.execute("SELECT first_seq, events FROM inputs WHERE frame = ? AND received_at >= ? "
                          "ORDER BY id DESC LIMIT 1", (frame_key(camera, sha256), self._clock() - window_s)).fetchone()
         if row is None:

@@ -36,7 +36,7 @@ from edged.wasm.poolstate import OnCall, OnOutcome, PoolState
 from edged.wasm.runner import FunctionRunner
 from edged.wasm.stats import FunctionStats
 from edged.wasm.table import FunctionTable, load_runners
-from edged.wasm.ticker import TICK_SECONDS
+from edged.wasm.ticker import TICK_SECONDS, tick_for
 from edged.wasm.workers import Job, Permits, Workers
 
 __all__ = ["DEFAULT_MAX_RESULT_PIXELS", "TICK_SECONDS", "CallResult", "FunctionLoadError", "FunctionPool",
@@ -87,10 +87,10 @@ class FunctionPool(PoolState):
         self._engine = engine
         self._cancel.clear()
         # Validation instantiates frame-v1 modules, which needs epochs advancing: start the ticker first.
-        self._ticker.start(engine)
+        self._ticker.start(engine, tick_for(fn.timeout_ms for fn in self._table.functions.values()))
         try:
             with self._ticker.busy():
-                runners = load_runners(engine, self._table.functions, TICK_SECONDS * 1000, self._extension)
+                runners = load_runners(engine, self._table.functions, self._ticker.tick * 1000, self._extension)
             self._table = FunctionTable(self._table.functions, runners)
             self._files.open()
             self._executor = Workers(self._settings.workers, "edged-wasm")
@@ -125,7 +125,8 @@ class FunctionPool(PoolState):
         if engine is None:
             raise RuntimeError("the pool is not running")
         with self._ticker.busy():
-            runners = load_runners(engine, functions, TICK_SECONDS * 1000, extension,
+            # The running tick (a call in flight counts in it); a new shorter timeout is only rounded coarser.
+            runners = load_runners(engine, functions, self._ticker.tick * 1000, extension,
                                    self._slots_mb if engine.pooling else None)
         self._extension = extension
         with self._lock:
