@@ -154,6 +154,17 @@ def test_a_scan_bomb_is_answered_in_time_while_a_valid_image_beside_it_gets_200(
         healthy(daemon, cg, "a scan bomb beside a valid JPEG")
 
 
+def open_files(pid: int) -> list[Path]:
+    """What the process has open; an fd closed between the listing and its readlink is skipped."""
+    opened = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            opened.append(Path(os.readlink(fd)))
+        except FileNotFoundError:  # the daemon closed it meanwhile (a connection, a finished read)
+            continue
+    return opened
+
+
 def test_stdout_and_stderr_floods_fail_alone(tmp_path: Path) -> None:
     """Guests writing 1 MiB per fd_write to stdout (forever) and stderr (300 MiB): the first fails with
     bad_output, the second is cut at 64 KiB and succeeds, a call beside them gets 200, nothing is
@@ -175,8 +186,7 @@ def test_stdout_and_stderr_floods_fail_alone(tmp_path: Path) -> None:
         assert err_status == 200, err_body
         assert ok_status == 200
         # The daemon's own scratch root: the directory its open stdio files live in.
-        fds = Path(f"/proc/{daemon.proc.pid}/fd")
-        opened = [Path(os.readlink(fd)) for fd in fds.iterdir()]
+        opened = open_files(daemon.proc.pid)
         roots = {p.parents[1] for p in opened if p.name in ("stdout", "stderr") and "edged-wasm-" in str(p)}
         assert roots, opened
         left = sum(f.stat().st_blocks * 512 for root in roots for f in root.glob("worker-*/*") if f.is_file())
