@@ -58,6 +58,7 @@ from edged.wasm.rawcall import call_i32, export
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import noop_floor  # noqa: E402
+from tests.wat import BUMP_ALLOC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAY = ROOT / "functions" / "grayscale" / "grayscale.wasm"
@@ -69,17 +70,7 @@ NOOP_REACTOR = """
   (import "edged" "output" (func $output (param i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 16) "{}")
-  (global $next (mut i32) (i32.const 4096))
-  (func (export "edged_abi_version") (result i32) (i32.const 1))
-  (func (export "edged_alloc") (param $len i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $len)))
-    (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1)))
-                        (i32.const -1)) (then (return (i32.const 0))))))
-    (local.get $p))
-  (func (export "edged_run") (param i32 i32) (result i32)
+""" + BUMP_ALLOC + """  (func (export "edged_run") (param i32 i32) (result i32)
     (drop (call $output (i32.const 16) (i32.const 2) (i32.const 1)))
     (i32.const 0)))
 """
@@ -101,21 +92,29 @@ class Calls:
         self.pool = pool
         self._local = threading.local()
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """This thread's loop."""
         loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
         if loop is None:
             loop = self._local.loop = asyncio.new_event_loop()
         return loop
 
+    def close(self) -> None:
+        """Close this thread's loop (left to the collector, it complains at exit)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
+        if loop is not None:
+            loop.close()
+            self._local.loop = None
+
     def call(self, name: str, frame: Frame) -> CallResult:
-        return self._loop().run_until_complete(self.pool.call(name, frame))
+        return self.loop().run_until_complete(self.pool.call(name, frame))
 
     def decode(self, data: bytes, max_pixels: int) -> Frame:
-        return self._loop().run_until_complete(self.pool.decode(data, max_pixels))
+        return self.loop().run_until_complete(self.pool.decode(data, max_pixels))
 
     def decode_and_call(self, name: str, data: bytes) -> CallResult:
         """Decode and call in one hand-off, as HTTP and MQTT run one function."""
-        _frame, result = self._loop().run_until_complete(self.pool.decode_and_call(data, 50_000_000, name))
+        _frame, result = self.loop().run_until_complete(self.pool.decode_and_call(data, 50_000_000, name))
         assert isinstance(result, CallResult), result
         return result
 
@@ -127,14 +126,8 @@ def jpeg(size: tuple[int, int]) -> bytes:
         return out.getvalue()
 
 
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+#: ``n`` timed calls (ms each) after one untimed: the one timer of this bench and its floors
+timed = noop_floor.time_each
 
 
 def pct(values: list[float], q: float) -> float:
@@ -297,7 +290,11 @@ def noop_tables(n: int, tmp: Path) -> None:
     """Only the per-call overhead (mode ``noop``): a pool of the no-op modules, no grayscale."""
     fns, cli, noop_cwasm = noop_functions(tmp)
     with FunctionPool(fns, PoolSettings(workers=1, queue=4), tmp / "cache") as pool:
-        overhead_table(Calls(pool), n, cli, noop_cwasm)
+        calls = Calls(pool)
+        try:
+            overhead_table(calls, n, cli, noop_cwasm)
+        finally:
+            calls.close()
 
 
 def latency_tables(n: int, tmp: Path) -> None:
@@ -338,21 +335,24 @@ def latency_tables(n: int, tmp: Path) -> None:
             if cli:
                 print(row(f"{tag} process per request (wasmtime CLI)",
                           timed(lambda d=data: process_per_request(cli, cmd_cwasm, d), max(10, k // 5))))
-        overhead_table(calls, n, cli, noop_cwasm)
+        try:
+            overhead_table(calls, n, cli, noop_cwasm)
+        finally:
+            calls.close()
 
 
 def overhead_table(calls: Calls, n: int, cli: str | None, noop_cwasm: Path) -> None:
     """The per-call overhead with no-op modules (pool "noop" and "noop-cmd"), against a process per request,
     with the floors (bench/noop_floor.py) timed in the same rounds, interleaved."""
     print("\n## Per-call overhead beyond the function's own work (no-op modules, ms)\n")
-    print("Whole call: awaited on an event loop as the daemon does, through the pool and back (includes")
-    print("the hand-off to a worker thread and back). In the sandbox: the same calls timed inside the worker")
-    print("(fresh Store, WASI context, instance, ABI calls, result), i.e. what a fresh instance costs instead")
-    print("of a fresh process. Floors, timed in the same rounds (interleaved): the frame-v1 no-op done by bare")
-    print("wasmtime on the pool's Engine and module (fresh Store, memory limit, epoch deadline, instantiate,")
-    print("alloc, input, run with an `edged.output` that only copies the result), through edged's raw C-API")
-    print("primitives and through wasmtime-py's public API; and an empty job handed from an event loop to a")
-    print("waiting thread and back.\n")
+    print("Whole call: awaited in a running event loop as the daemon does, through the pool and back")
+    print("(includes the hand-off to a worker thread and back; each await timed inside one coroutine). In the")
+    print("sandbox: the same calls timed inside the worker (fresh Store, WASI context, instance, ABI calls,")
+    print("result), i.e. what a fresh instance costs instead of a fresh process. Floors, timed in the same rounds")
+    print("(interleaved): the frame-v1 no-op done by bare wasmtime on the pool's Engine and module (fresh Store,")
+    print("memory limit, epoch deadline, instantiate, alloc, input, run with an `edged.output` that only copies")
+    print("the result), through edged's raw C-API primitives and through wasmtime-py's public API; and an empty")
+    print("job handed from an event loop to a waiting thread and back, awaited the same way.\n")
     print(f"| {'variant':<52} | {'p50':>9} | {'p99':>9} |\n|{'-' * 54}|{'-' * 11}|{'-' * 11}|")
     tiny = calls.decode(jpeg((16, 16)), 1000)
     runner = calls.pool._table.runners["noop"]  # the pool's Engine and compiled module, for the floors
@@ -362,19 +362,23 @@ def overhead_table(calls: Calls, n: int, cli: str | None, noop_cwasm: Path) -> N
     noop_in: list[float] = []
     cmd_in: list[float] = []
 
-    def noop_call(name: str, inside: list[float]) -> None:
-        result: CallResult = calls.call(name, tiny)
+    async def noop_call(name: str, inside: list[float]) -> None:
+        result: CallResult = await calls.pool.call(name, tiny)
         inside.append(result.duration_ms)
 
+    loop = calls.loop()
     series: dict[str, list[float]] = {}
-    steps: dict[str, Callable[[], object]] = {
-        "noop": lambda: noop_call("noop", noop_in), "noop-cmd": lambda: noop_call("noop-cmd", cmd_in),
-        "raw": raw_floor, "public": public_floor, "simple": handoff.simple_queue,
-        "executor": handoff.run_in_executor}
+    timers: dict[str, Callable[[int], list[float]]] = {
+        "noop": lambda k: noop_floor.time_awaits(loop, lambda: noop_call("noop", noop_in), k),
+        "noop-cmd": lambda k: noop_floor.time_awaits(loop, lambda: noop_call("noop-cmd", cmd_in), k),
+        "raw": lambda k: noop_floor.time_each(raw_floor, k),
+        "public": lambda k: noop_floor.time_each(public_floor, k),
+        "simple": lambda k: noop_floor.time_awaits(handoff.loop, handoff.simple_queue, k),
+        "executor": lambda k: noop_floor.time_awaits(handoff.loop, handoff.run_in_executor, k)}
     rounds = 8
     for _ in range(rounds):  # interleaved, so the VM's fast and slow states hit every series alike
-        for key, step in steps.items():
-            series.setdefault(key, []).extend(noop_floor.time_each(step, max(5, n * 4 // rounds)))
+        for key, timer in timers.items():
+            series.setdefault(key, []).extend(timer(max(5, n * 4 // rounds)))
     handoff.close()
     noop, noop_cmd = series["noop"], series["noop-cmd"]
     print(row("edged frame-v1 no-op, whole call", noop))

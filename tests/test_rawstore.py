@@ -14,7 +14,7 @@ from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm import rawstore
 from edged.wasm.pool import FunctionPool
 from tests.pools import call_sync
-from tests.wat import raw_frame, write_wasm
+from tests.wat import BUMP_ALLOC, raw_frame, write_wasm
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,19 +27,9 @@ MODULE = """
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "{\\"init\\":1}")
-  (global $next (mut i32) (i32.const 4096))
   (global $inited (mut i32) (i32.const 0))
   (func (export "_initialize") (global.set $inited (i32.const 1)))
-  (func (export "edged_abi_version") (result i32) (i32.const 1))
-  (func (export "edged_alloc") (param $len i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $len)))
-    (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1)))
-                        (i32.const -1)) (then (return (i32.const 0))))))
-    (local.get $p))
-  (func (export "edged_run") (param $ptr i32) (param $len i32) (result i32)
+""" + BUMP_ALLOC + """  (func (export "edged_run") (param $ptr i32) (param $len i32) (result i32)
     (local $op i32)
     (local.set $op (i32.load8_u (i32.add (local.get $ptr) (i32.const 32))))
     (if (i32.eq (local.get $op) (i32.const 116)) (then unreachable))

@@ -19,7 +19,7 @@ from edged.settings import FunctionSettings, PoolSettings
 from edged.wasm import rawstore
 from edged.wasm.pool import CallResult, FunctionPool
 from tests.assets import CHELSEA, GRAYSCALE_WASM
-from tests.wat import write_wasm
+from tests.wat import BUMP_ALLOC, write_wasm
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,17 +31,7 @@ ECHO = """
 (module
   (import "edged" "output" (func $output (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (global $next (mut i32) (i32.const 4096))
-  (func (export "edged_abi_version") (result i32) (i32.const 1))
-  (func (export "edged_alloc") (param $len i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $len)))
-    (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1)))
-                        (i32.const -1)) (then (return (i32.const 0))))))
-    (local.get $p))
-  (func (export "edged_run") (param $ptr i32) (param $len i32) (result i32)
+""" + BUMP_ALLOC + """  (func (export "edged_run") (param $ptr i32) (param $len i32) (result i32)
     (call $output (local.get $ptr) (local.get $len) (i32.const 3))))
 """
 NEAR_END = ECHO.replace("(local.get $p))\n  (func (export \"edged_run\")",

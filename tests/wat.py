@@ -17,9 +17,22 @@ import wasmtime
 
 from edged.frames import Frame
 
-__all__ = ["OUT_FD", "RESP_BUF", "RESP_LEN", "Wat", "raw_frame", "write_wasm"]
+__all__ = ["BUMP_ALLOC", "OUT_FD", "RESP_BUF", "RESP_LEN", "Wat", "raw_frame", "write_wasm"]
 
 JSON_BUF = 8192
+#: The smallest frame-v1 prelude, for hand-written modules: ABI version 1 and a bump ``edged_alloc`` from
+#: 4096 that grows the memory as needed and returns 0 when it cannot (a module using it defines no $next).
+BUMP_ALLOC = """  (global $next (mut i32) (i32.const 4096))
+  (func (export "edged_abi_version") (result i32) (i32.const 1))
+  (func (export "edged_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $len)))
+    (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1)))
+                        (i32.const -1)) (then (return (i32.const 0))))))
+    (local.get $p))
+"""
 RESP_BUF = 16384
 RESP_LEN = 900
 OUT_FD = 904
