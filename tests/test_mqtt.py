@@ -36,7 +36,8 @@ from edged.settings import Settings, Subscription
 from edged.status import Components
 from edged.store import Store
 from edged.sync.cloudevents import CloudEvents
-from edged.sync.mqtt_results import ResultPublisher, render
+from edged.sync.mqtt_render import render
+from edged.sync.mqtt_results import ResultPublisher
 from edged.wasm.pool import FunctionPool
 from tests.configs import daemon_config, write_config
 from tests.daemon import run_daemon

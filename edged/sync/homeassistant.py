@@ -78,7 +78,7 @@ class Discovery:
         self._device_id = device_id
         self._version = version
         self._availability = f"{settings.prefix}/status"
-        #: Image results arrive as bytes on the results topic only with MQTT 5 (see mqtt_results.render).
+        #: Image results arrive as bytes on the results topic only with MQTT 5 (see mqtt_render.render).
         self._images = settings.publish_images and settings.protocol == "5"
         self.birth_topic = f"{self._settings.discovery_prefix}/status"
         self._cameras: dict[str, _Camera] = {}
