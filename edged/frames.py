@@ -19,11 +19,10 @@ from PIL import Image, UnidentifiedImageError
 
 from edged.decode_guard import GuardedReader, check_structure, decode_cost, limit_pillow_text
 from edged.errors import BadImage, ImageError, TooManyPixels, UnsupportedFormat
-from edged.rgb8 import Picture, exportable, packed
+from edged.rgb8 import Picture, exportable, packed, resized_rgb, rgb_bytes
 
 __all__ = [
     "FORMAT_CODES",
-    "PACK_WHOLE",
     "FRAME_HEADER",
     "FRAME_MAGIC",
     "Frame",
@@ -106,7 +105,7 @@ class Frame:
         if not self.pixels and self.picture is None:
             raise ValueError(f"this frame was decoded for other sizes than {size[0]}x{size[1]} only")
         img = Image.frombytes("RGB", (self.width, self.height), self.rgb8())
-        return dataclasses.replace(self, width=size[0], height=size[1], resized=(), pixels=_resized(img, size),
+        return dataclasses.replace(self, width=size[0], height=size[1], resized=(), pixels=resized_rgb(img, size),
                                    picture=None)
 
     @property
@@ -180,16 +179,11 @@ def decode(data: bytes, *, max_pixels: int, deadline: float | None = None,
             rgb = img if img.mode == "RGB" else img.convert("RGB")
         except _CORRUPT as exc:
             raise BadImage(f"corrupt {fmt} image: {exc}") from exc
-        resized = tuple((s, _resized(rgb, s)) for s in dict.fromkeys(resize_to))
+        resized = tuple((s, resized_rgb(rgb, s)) for s in dict.fromkeys(resize_to))
         picture = rgb.im if full and keep and exportable(rgb.im, rgb.width * rgb.height) else None
-        pixels = _rgb_bytes(rgb) if full and picture is None else b""
+        pixels = rgb_bytes(rgb) if full and picture is None else b""
     return Frame(raw=data, format=fmt, width=img.width, height=img.height, pixels=pixels, scale=scale, resized=resized,
                  picture=picture)
-
-
-def _resized(img: Image.Image, size: Size) -> bytes:
-    """``img`` resized to exactly ``size`` as RGB8: the one resampling the host uses (classify's own, byte for byte)."""
-    return _rgb_bytes(img.resize(size, Image.Resampling.BILINEAR))
 
 
 def _resize_peak(sizes: Collection[Size], decoded: Size) -> int:
@@ -257,34 +251,6 @@ def _header(img: Image.Image, file_bytes: int, size: tuple[int, int], scale: int
                        resize_bytes=resize_bytes)
 
 
-def _pack_whole(img: Image.Image, size: int) -> bytes | None:
-    """The pixels of a loaded image packed in one piece by Pillow's raw encoder, or None if it did not."""
-    encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see _rgb_bytes)
-    try:
-        encoder.setimage(img.im, (0, 0, img.width, img.height))
-        _consumed, status, data = encoder.encode(size + 1)
-    finally:
-        encoder.cleanup()
-    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
-        return None
-    return bytes(data)
-
-
-def _whole_packing_works() -> bool:
-    """Whether Pillow's private raw encoder still packs as ``_rgb_bytes`` expects (checked once, at import)."""
-    try:
-        probe = Image.new("RGB", (3, 2), (1, 2, 3))
-        probe.putpixel((2, 1), (250, 251, 252))
-        packed = _pack_whole(probe, 3 * 2 * 3)
-        return packed is not None and packed == probe.tobytes()
-    except Exception:  # noqa: BLE001 (any surprise in Pillow's internals means: do not use them)
-        return False
-
-
-#: ``Image._getencoder`` (Pillow internals) packs frames in one piece; else ``tobytes`` does, always.
-PACK_WHOLE = _whole_packing_works()
-
-
 def _bomb_error(data: bytes, exc: Exception) -> ImageError:
     """What to answer when Pillow's own pixel bound fires in ``Image.open``, before the format is known.
 
@@ -300,24 +266,6 @@ def _bomb_error(data: bytes, exc: Exception) -> ImageError:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError):
         pass
     return TooManyPixels(str(exc))
-
-
-def _rgb_bytes(img: Image.Image) -> bytes:
-    """``img.tobytes()`` for a loaded RGB image, packed in one piece.
-
-    ``tobytes`` packs in 64 KiB pieces and joins them: a second frame-sized allocation and copy (with
-    the pinned mmap threshold, also a second round of page faults). The raw encoder it uses packs the
-    whole frame at once when given room for it. That encoder is Pillow's internal API: ``PACK_WHOLE``
-    says whether it behaved at import, and without it ``tobytes`` does the work.
-    """
-    if PACK_WHOLE:
-        try:
-            data = _pack_whole(img, img.width * img.height * 3)
-        except (ValueError, OSError):  # the encoder's own errors: tobytes reports them if they are real
-            data = None
-        if data is not None:
-            return data
-    return img.tobytes()
 
 
 def sniff_image(data: bytes) -> str | None:

@@ -6,6 +6,10 @@ per 4 KiB, each time) and then copies that into the guest. Measured on the grays
 (640x480): the pack with its 226 faults took 1.16 ms and the copy 0.19 ms of thread CPU; packing into
 the guest's memory, which is resident, takes ~0.36 ms.
 
+Without a caller's buffer, ``rgb_bytes`` packs a picture into one ``bytes`` in one piece (Pillow's raw
+encoder, checked at import as ``PACK_WHOLE``; ``tobytes`` otherwise), and ``resized_rgb`` resizes first,
+with the one resampling the host uses.
+
 The picture's memory is read through the Arrow C data interface that Pillow exports
 (``__arrow_c_array__``: a public, stable ABI), and packed with three strided numpy copies. Pillow exports
 only a picture held in one block, in the layout checked here; anything else (and any Pillow that fails
@@ -18,8 +22,9 @@ import ctypes
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
-__all__ = ["DIRECT", "Picture", "exportable", "pack_into", "packed"]
+__all__ = ["DIRECT", "PACK_WHOLE", "Picture", "exportable", "pack_into", "packed", "resized_rgb", "rgb_bytes"]
 
 
 class Picture(Protocol):
@@ -126,3 +131,56 @@ def _probe() -> bool:
 
 #: Whether ``pack_into`` may be used with this Pillow; else it always returns False.
 DIRECT = _probe()
+
+
+# -- packing into a fresh bytes ------------------------------------------------------------------------
+
+def _pack_whole(img: Image.Image, size: int) -> bytes | None:
+    """The pixels of a loaded image packed in one piece by Pillow's raw encoder, or None if it did not."""
+    encoder = Image._getencoder(img.mode, "raw", img.mode)  # noqa: SLF001 (see rgb_bytes)
+    try:
+        encoder.setimage(img.im, (0, 0, img.width, img.height))
+        _consumed, status, data = encoder.encode(size + 1)
+    finally:
+        encoder.cleanup()
+    if status != 1 or len(data) != size:  # 1: the encoder finished in this one call
+        return None
+    return bytes(data)
+
+
+def _whole_packing_works() -> bool:
+    """Whether Pillow's private raw encoder still packs as ``rgb_bytes`` expects (checked once, at import)."""
+    try:
+        probe = Image.new("RGB", (3, 2), (1, 2, 3))
+        probe.putpixel((2, 1), (250, 251, 252))
+        packed = _pack_whole(probe, 3 * 2 * 3)
+        return packed is not None and packed == probe.tobytes()
+    except Exception:  # noqa: BLE001 (any surprise in Pillow's internals means: do not use them)
+        return False
+
+
+#: ``Image._getencoder`` (Pillow internals) packs frames in one piece; else ``tobytes`` does, always.
+PACK_WHOLE = _whole_packing_works()
+
+
+def rgb_bytes(img: Image.Image) -> bytes:
+    """``img.tobytes()`` for a loaded RGB image, packed in one piece.
+
+    ``tobytes`` packs in 64 KiB pieces and joins them: a second frame-sized allocation and copy (with
+    the pinned mmap threshold, also a second round of page faults). The raw encoder it uses packs the
+    whole frame at once when given room for it. That encoder is Pillow's internal API: ``PACK_WHOLE``
+    says whether it behaved at import, and without it ``tobytes`` does the work.
+    """
+    if PACK_WHOLE:
+        try:
+            data = _pack_whole(img, img.width * img.height * 3)
+        except (ValueError, OSError):  # the encoder's own errors: tobytes reports them if they are real
+            data = None
+        if data is not None:
+            return data
+    return img.tobytes()
+
+
+def resized_rgb(img: Image.Image, size: tuple[int, int]) -> bytes:
+    """``img`` resized to exactly ``size`` as RGB8: the one resampling the host uses (classify's own, byte for byte)."""
+    return rgb_bytes(img.resize(size, Image.Resampling.BILINEAR))

@@ -1,4 +1,5 @@
-"""edged.frames: the decoded frame's pixels are exactly Pillow's RGB bytes, however they are packed."""
+"""edged.frames and edged.rgb8's packing: the decoded frame's pixels are exactly Pillow's RGB bytes, however
+they are packed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edged import frames
+from edged import rgb8
 from edged.frames import decode
 
 
@@ -20,7 +21,7 @@ def _noise(width: int, height: int, seed: int) -> Image.Image:
 @pytest.mark.parametrize("size", [(1, 1), (5, 4), (451, 300), (3, 2000), (1920, 1080)])
 def test_pixels_in_one_piece_equal_tobytes(size: tuple[int, int]) -> None:
     img = _noise(*size, seed=size[0])
-    packed = frames._rgb_bytes(img)  # noqa: SLF001
+    packed = rgb8.rgb_bytes(img)
     assert type(packed) is bytes
     assert packed == img.tobytes()
 
@@ -59,16 +60,16 @@ def test_falls_back_to_tobytes_when_pillows_encoder_is_not_as_expected(monkeypat
         return _Unfinished() if len(calls) == 1 else real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Image, "_getencoder", first_one_unfinished)
-    assert frames._rgb_bytes(img) == expected  # noqa: SLF001
+    assert rgb8.rgb_bytes(img) == expected  # noqa: SLF001
     assert len(calls) == 2  # the one-piece attempt, then tobytes
 
 
 def test_pillows_encoder_is_checked_once_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert frames.PACK_WHOLE, "the installed Pillow must still offer the one-piece packing"
+    assert rgb8.PACK_WHOLE, "the installed Pillow must still offer the one-piece packing"
     monkeypatch.delattr(Image, "_getencoder")
-    assert not frames._whole_packing_works()  # noqa: SLF001
+    assert not rgb8._whole_packing_works()  # noqa: SLF001
     monkeypatch.setattr(Image, "_getencoder", lambda *_args: _Unfinished(), raising=False)
-    assert not frames._whole_packing_works()  # noqa: SLF001
+    assert not rgb8._whole_packing_works()  # noqa: SLF001
 
 
 @pytest.mark.parametrize("mode", ["RGB", "P"])
@@ -81,7 +82,7 @@ def test_without_pillows_encoder_frames_are_packed_by_tobytes(monkeypatch: pytes
     def not_used(*_args: object) -> bytes | None:
         raise AssertionError("the one-piece packing was used although the check at import failed")
 
-    monkeypatch.setattr(frames, "PACK_WHOLE", False)
-    monkeypatch.setattr(frames, "_pack_whole", not_used)
+    monkeypatch.setattr(rgb8, "PACK_WHOLE", False)
+    monkeypatch.setattr(rgb8, "_pack_whole", not_used)
     frame = decode(out.getvalue(), max_pixels=1_000_000)
     assert frame.pixels == img.convert("RGB").tobytes()
