@@ -200,13 +200,12 @@ class Scratch:
                            STDERR_LIMIT, STDERR_LIMIT)
         return text
 
-    def reset(self, *, stderr: bool = True) -> None:
-        """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls.
-        ``stderr=False``: the call could not write stderr (no WASI context), so it is still empty."""
+    def reset(self) -> None:
+        """Empty the files, so a big payload or a chatty guest does not keep tmpfs memory between calls
+        (only after a call with a WASI context: without one, nothing could have written them)."""
         with self._lock:
             self._armed = False
-            if stderr:
-                os.ftruncate(self._err_fd, 0)
+            os.ftruncate(self._err_fd, 0)
             if self._stdio_used:  # only wasi-command calls have stdin and stdout
                 os.truncate(self.stdin, 0)
                 os.ftruncate(self._out_fd, 0)
