@@ -30,7 +30,12 @@ from edged.settings import SyncSettings
 from edged.store import OutboxEntry
 from edged.store.codec import frame_key, id_bytes, pack, with_id
 from edged.store.db import SCHEMA
-from edged.store.events import _dumps  # noqa: PLC2701 (the store's own encoder, timed alone)
+from edged.store.events import (
+    INSERT_EVENTS,
+    INSERT_INPUTS,
+    INSERT_OUTBOX,
+    _dumps,  # noqa: PLC2701 (the store's own encoder, timed alone)
+)
 from edged.sync.cloudevents import CloudEvents
 from tests.samples import classify_result, digest
 
@@ -38,10 +43,6 @@ __all__ = ["BUILD", "FloorRun", "floor", "growth", "pieces", "wal_pages"]
 
 #: The step of ``pieces`` that is the bench's, not edged's (it runs on the loop, in the fill's figures).
 BUILD = "the bench building a sample result (tests/samples.py)"
-_INSERT_EVENTS = ("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, created_at, "
-                  "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_INSERT_OUTBOX = "INSERT INTO outbox (seq, with_image) VALUES (?, ?)"
-_INSERT_INPUTS = "INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +107,9 @@ def floor(filled: Path, target: Path, per_transaction: int, *, chunk: int, pragm
             group = inputs[start:start + per_transaction]
             seqs = [seq for _f, _r, first, n in group for seq in range(first, first + n)]
             con.execute("BEGIN IMMEDIATE")
-            con.executemany(_INSERT_EVENTS, [by_seq[seq] for seq in seqs])
-            con.executemany(_INSERT_OUTBOX, [(seq, outbox[seq]) for seq in seqs if seq in outbox])
-            con.executemany(_INSERT_INPUTS, group)
+            con.executemany(INSERT_EVENTS, [by_seq[seq] for seq in seqs])
+            con.executemany(INSERT_OUTBOX, [(seq, outbox[seq]) for seq in seqs if seq in outbox])
+            con.executemany(INSERT_INPUTS, group)
             con.execute("COMMIT")
             ends.append(time.perf_counter())
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
@@ -146,11 +147,11 @@ def wal_pages(filled: Path, work: Path, per_transaction: int, transactions: int 
             rows = template[t * per_transaction:(t + 1) * per_transaction]
             seqs = [last + t * per_transaction + i + 1 for i in range(len(rows))]
             con.execute("BEGIN IMMEDIATE")
-            con.executemany(_INSERT_EVENTS, [(seq, id_bytes(new_event_id()), *row[2:])
+            con.executemany(INSERT_EVENTS, [(seq, id_bytes(new_event_id()), *row[2:])
                                              for seq, row in zip(seqs, rows, strict=True)])
-            con.executemany(_INSERT_OUTBOX, [(seq, 0) for seq in seqs])
+            con.executemany(INSERT_OUTBOX, [(seq, 0) for seq in seqs])
             # A new frame's key is a hash: as random as edged.store.codec.frame_key makes it.
-            con.executemany(_INSERT_INPUTS, [(struct.unpack(">q", os.urandom(8))[0], time.time(), seq, 1)
+            con.executemany(INSERT_INPUTS, [(struct.unpack(">q", os.urandom(8))[0], time.time(), seq, 1)
                                              for seq in seqs])
             con.execute("COMMIT")
         names = dict(con.execute("SELECT pageno, name FROM dbstat"))

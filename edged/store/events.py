@@ -26,7 +26,7 @@ from edged.store.group import Job
 from edged.store.outbox import OutboxEntry
 from edged.store.space import Space
 
-__all__ = ["Admit", "EventRows", "Queueing"]
+__all__ = ["INSERT_EVENTS", "INSERT_INPUTS", "INSERT_OUTBOX", "Admit", "EventRows", "Queueing"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ Admit = Callable[[OutboxEntry], Queueing]
 SELECT_EVENTS = "SELECT id, seq, camera, function, kind, data, body, content_type, created_at FROM events "
 
 
-_INSERT_EVENTS = ("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, created_at, "
-                  "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: The rows of one committed input, the same statements for one input or many (bench/outbox_floor.py too).
+INSERT_EVENTS = ("INSERT INTO events (seq, id, camera, function, kind, data, body, content_type, created_at, "
+                 "mqtt_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_OUTBOX = "INSERT INTO outbox (seq, with_image) VALUES (?, ?)"
+INSERT_INPUTS = "INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)"
 # The seq AUTOINCREMENT would hand out next, minus one: the rows of a batch get theirs in one go.
 _LAST_SEQ = ("SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), "
              "COALESCE((SELECT MAX(seq) FROM events), 0))")
@@ -184,10 +187,10 @@ class EventRows:
             # One job by the one writer: an input's events have consecutive seqs.
             input_rows.append((inp.key, inp.received_at, stored[0].seq if stored else 0, len(stored)))
             out.append(stored)
-        db.executemany(_INSERT_EVENTS, event_rows)
+        db.executemany(INSERT_EVENTS, event_rows)
         if outbox_rows:
-            db.executemany("INSERT INTO outbox (seq, with_image) VALUES (?, ?)", outbox_rows)
-        db.executemany("INSERT INTO inputs (frame, received_at, first_seq, events) VALUES (?, ?, ?, ?)", input_rows)
+            db.executemany(INSERT_OUTBOX, outbox_rows)
+        db.executemany(INSERT_INPUTS, input_rows)
         for inp, _ in inputs:
             inp.forgotten = self._attempts.forget_in(db, inp.key)
         return out
