@@ -21,7 +21,7 @@ from edged.wasm.abi import Output
 from edged.wasm.admission import CallMemory
 from edged.wasm.memory import GuestMemory
 
-__all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "enter", "escape_text"]
+__all__ = ["LOG_BUDGET", "CallContext", "activate", "current", "enter", "escape_text", "guest_memory"]
 
 #: What a guest may write to the log (edged.log) or stderr in one call.
 LOG_BUDGET = 64 * 1024
@@ -76,6 +76,13 @@ def current() -> CallContext | None:
     """The call running on this thread, or None (e.g. while a module is validated at startup)."""
     ctx: CallContext | None = getattr(_local, "call", None)
     return ctx
+
+
+def guest_memory(caller: wasmtime.Caller) -> GuestMemory | None:
+    """The calling instance's memory, as this thread's call sees it (``CallContext.guest_memory``); without a
+    call, through the Caller."""
+    ctx = current()
+    return ctx.guest_memory(caller) if ctx is not None else GuestMemory.of_caller(caller)
 
 
 def enter(ctx: CallContext | None) -> None:

@@ -36,7 +36,7 @@ from edged.wasm.host.connect import AddrInfo, open_connection, remaining, resolv
 from edged.wasm.host.context import CallContext, current, escape_text
 from edged.wasm.host.guard import Errnos, Refused, host_function
 from edged.wasm.host.urls import split_url
-from edged.wasm.memory import GuestMemory, u32
+from edged.wasm.memory import u32
 
 __all__ = ["EXTENSION", "HttpCall", "HttpRequest", "edged_http_request", "parse_request", "screen"]
 
@@ -187,7 +187,7 @@ def edged_http_request(caller: wasmtime.Caller, req_ptr: int, req_len: int, body
     ctx = current()
     if ctx is None or not ctx.settings.allowed_hosts:
         return DENIED
-    memory = GuestMemory.of_caller(caller)
+    memory = ctx.guest_memory(caller)
     if memory is None:
         return INVALID_ARGUMENT
     req_len, body_len, resp_cap = u32(req_len), u32(body_len), u32(resp_cap)

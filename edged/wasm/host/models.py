@@ -24,6 +24,7 @@ import wasmtime
 
 from edged.inference.tflite import ModelRegistry
 from edged.wasm.abi import Errno
+from edged.wasm.host.context import guest_memory
 from edged.wasm.host.guard import EDGED_ERRNOS, host_function
 from edged.wasm.memory import GuestMemory, u32
 
@@ -52,7 +53,7 @@ def model_imports(registry: ModelRegistry, granted: tuple[str, ...]) -> dict[str
     # Pointers outside the memory: the guard answers invalid_argument.
     @host_function("edged.model_name", EDGED_ERRNOS)
     def model_name(caller: wasmtime.Caller, index: int, buf: int, cap: int, len_out: int) -> int:
-        memory = GuestMemory.of_caller(caller)
+        memory = guest_memory(caller)
         if memory is None:
             return Errno.INVALID_ARGUMENT
         index = u32(index)
@@ -63,7 +64,7 @@ def model_imports(registry: ModelRegistry, granted: tuple[str, ...]) -> dict[str
     @host_function("edged.model_labels", EDGED_ERRNOS)
     def model_labels(caller: wasmtime.Caller, name_ptr: int, name_len: int, buf: int, cap: int,
                      len_out: int) -> int:
-        memory = GuestMemory.of_caller(caller)
+        memory = guest_memory(caller)
         name_len = u32(name_len)
         if memory is None or name_len > _MAX_NAME:
             return Errno.INVALID_ARGUMENT

@@ -140,7 +140,7 @@ class NnHost:
             if ctx is None:
                 raise Refused(NnErrno.RUNTIME_ERROR, "no call in progress on this thread")
             call = self.state(ctx)
-            memory = GuestMemory.of_caller(caller)
+            memory = ctx.guest_memory(caller)
             if memory is None:
                 raise Refused(NnErrno.MISSING_MEMORY, "the module exports no memory named 'memory'")
             return impl(call, grant, memory, *(u32(a) for a in args))
