@@ -111,18 +111,23 @@ def _pack(picture: Picture, pixels: int, dest: ctypes.Array[ctypes.c_ubyte] | by
 
 
 def packed(picture: Picture, width: int, height: int) -> bytes | None:
-    """``picture`` as RGB8 bytes through the same route (tests and the probe); None when it cannot."""
+    """``picture`` as RGB8 bytes through the same route (``Frame.rgb8`` of a kept picture); None when it
+    cannot."""
     out = bytearray(3 * width * height)
     return bytes(out) if pack_into(picture, width, height, out) else None
+
+
+def _probe_picture() -> Image.Image:
+    """The 3x2 RGB picture both checks at import pack and compare with ``tobytes``."""
+    probe = Image.new("RGB", (3, 2), (1, 2, 3))
+    probe.putpixel((2, 1), (250, 251, 252))
+    return probe
 
 
 def _probe() -> bool:
     """Whether this Pillow exports RGB pictures as ``pack_into`` reads them (checked once, at import)."""
     try:
-        from PIL import Image
-
-        probe = Image.new("RGB", (3, 2), (1, 2, 3))
-        probe.putpixel((2, 1), (250, 251, 252))
+        probe = _probe_picture()
         out = bytearray(18)
         return _pack(probe.im, 6, out) and bytes(out) == probe.tobytes()
     except Exception:  # noqa: BLE001 (any surprise in Pillow's export means: do not use it)
@@ -151,8 +156,7 @@ def _pack_whole(img: Image.Image, size: int) -> bytes | None:
 def _whole_packing_works() -> bool:
     """Whether Pillow's private raw encoder still packs as ``rgb_bytes`` expects (checked once, at import)."""
     try:
-        probe = Image.new("RGB", (3, 2), (1, 2, 3))
-        probe.putpixel((2, 1), (250, 251, 252))
+        probe = _probe_picture()
         packed = _pack_whole(probe, 3 * 2 * 3)
         return packed is not None and packed == probe.tobytes()
     except Exception:  # noqa: BLE001 (any surprise in Pillow's internals means: do not use them)
